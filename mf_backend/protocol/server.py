@@ -1,0 +1,214 @@
+"""The serve loop: reads requests from stdin, runs at most one job at a time on a worker thread.
+
+Rules (docs/protocol.md): every request gets exactly one response; notifications get none; no input
+line can stop the server; stdout carries protocol lines only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+import uuid
+from typing import Any, BinaryIO, Optional
+
+from mf_backend import PROTOCOL_VERSION, __version__
+from mf_backend import errors as E
+from mf_backend.jobs import JobContext, run_job
+from mf_backend.params import JobParams
+from mf_backend.protocol.framing import LineTooLong, Writer, read_lines
+
+log = logging.getLogger(__name__)
+
+JOB_METHODS = ("prepare", "edit")
+METHODS = ("initialize", "prepare", "edit", "cancel", "shutdown")
+JOB_STAGES = {
+    "prepare": ("read", "poses", "masks", "write"),
+    "edit": ("read", "poses", "masks", "load", "reconstruction", "editing", "decode", "write"),
+}
+
+
+class _ProtocolError(Exception):
+    def __init__(self, code: int, message: str, data: Optional[dict] = None):
+        super().__init__(message)
+        self.code, self.message, self.data = code, message, data
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+class Server:
+    def __init__(self, stdin: BinaryIO, stdout, defaults: Optional[dict[str, Any]] = None):
+        self.stdin = stdin
+        self.writer = Writer(stdout)
+        self.defaults = dict(defaults or {})  # e.g. models_dir/device from the command line or initialize
+        self._job_lock = threading.Lock()
+        self._job: Optional[tuple[JobContext, threading.Thread]] = None
+        self._stop = threading.Event()
+
+    # ---- main loop -------------------------------------------------------------------------
+    def run(self) -> int:
+        for raw in read_lines(self.stdin):
+            if isinstance(raw, LineTooLong):
+                self._error(None, E.INVALID_REQUEST, f"Invalid Request: {raw}")
+                continue
+            try:
+                self.handle_line(raw)
+            except Exception as exc:  # the loop must survive anything
+                log.exception("unexpected error handling a line")
+                self._error(None, E.INTERNAL_ERROR, f"Internal error: {type(exc).__name__}: {exc}")
+            if self._stop.is_set():
+                break
+        self._cancel_job(wait=True)
+        return 0
+
+    def handle_line(self, raw: bytes) -> None:
+        if not raw.strip():
+            return  # blank lines are tolerated and ignored
+        try:
+            msg = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            self._error(None, E.PARSE_ERROR, f"Parse error: {exc}"[:300])
+            return
+        if not isinstance(msg, dict):
+            what = "batches are not supported" if isinstance(msg, list) else "a request must be a JSON object"
+            self._error(None, E.INVALID_REQUEST, f"Invalid Request: {what}")
+            return
+        if "method" not in msg and ("result" in msg or "error" in msg):
+            return  # a response from the client: we never send requests, ignore it
+        is_notification = "id" not in msg
+        req_id = msg.get("id")
+        if not is_notification and (isinstance(req_id, bool) or not isinstance(req_id, (str, int, type(None)))):
+            self._error(None, E.INVALID_REQUEST, "Invalid Request: id must be a string, an integer or null")
+            return
+        if msg.get("jsonrpc") != "2.0":
+            if not is_notification:
+                self._error(req_id, E.INVALID_REQUEST, 'Invalid Request: "jsonrpc" must be "2.0"')
+            return
+        method = msg.get("method")
+        if not isinstance(method, str):
+            if not is_notification:
+                self._error(req_id, E.INVALID_REQUEST, 'Invalid Request: "method" must be a string')
+            return
+        params = msg.get("params", {})
+        if params is None:
+            params = {}
+        try:
+            if not isinstance(params, dict):
+                raise _ProtocolError(E.INVALID_PARAMS, "Invalid params: params must be a JSON object")
+            self._dispatch(method, params, req_id, is_notification)
+        except _ProtocolError as exc:
+            if not is_notification:
+                self._error(req_id, exc.code, exc.message, exc.data)
+        except E.MFError as exc:
+            if not is_notification:
+                self._error(req_id, exc.code, exc.message, exc.to_data())
+
+    # ---- methods -----------------------------------------------------------------------------
+    def _dispatch(self, method: str, params: dict, req_id: Any, is_notification: bool) -> None:
+        if method == "cancel":
+            result = self._cancel(params)
+        elif method == "shutdown":
+            self._cancel_job(wait=True)
+            self._stop.set()
+            result = {"ok": True}
+        elif is_notification:
+            log.info("ignoring notification %r (only cancel and shutdown act as notifications)", method)
+            return
+        elif method == "initialize":
+            result = self._initialize(params)
+        elif method in JOB_METHODS:
+            self._start_job(method, params, req_id)
+            return  # answered by the job thread
+        else:
+            raise _ProtocolError(E.METHOD_NOT_FOUND, f"Method not found: {method[:100]}",
+                                 {"methods": list(METHODS)})
+        if not is_notification:
+            self.writer.send({"jsonrpc": "2.0", "id": req_id, "result": result})
+
+    def _initialize(self, params: dict) -> dict[str, Any]:
+        for key in ("models_dir", "device", "precision"):
+            if key in params:
+                if params[key] is not None and not isinstance(params[key], str):
+                    raise _ProtocolError(E.INVALID_PARAMS, f"Invalid params: {key} must be a string")
+                self.defaults[key] = params[key]
+        from mf_backend.environment import backend_info
+
+        info = backend_info(self.defaults.get("models_dir"), self.defaults.get("device", "auto"),
+                            self.defaults.get("precision", "auto"))
+        info.update(protocolVersion=PROTOCOL_VERSION, backendVersion=__version__,
+                    serverInfo={"name": "mf_backend", "version": __version__})
+        info["capabilities"]["methods"] = list(METHODS)
+        return info
+
+    def _cancel(self, params: dict) -> dict[str, Any]:
+        job_id = params.get("job_id")
+        with self._job_lock:
+            job = self._job
+        if job is None or (job_id is not None and job_id != job[0].job_id):
+            return {"cancelled": False, "job_id": job_id, "reason": "no such running job"}
+        job[0].cancel()
+        return {"cancelled": True, "job_id": job[0].job_id}
+
+    def _start_job(self, method: str, params: dict, req_id: Any) -> None:
+        job_params = JobParams.from_dict({**{k: v for k, v in self.defaults.items() if k in ("models_dir", "device", "precision")},
+                                          **{k: v for k, v in params.items() if k != "job_id"}})
+        job_id = params.get("job_id")
+        if job_id is not None and not isinstance(job_id, str):
+            raise _ProtocolError(E.INVALID_PARAMS, "Invalid params: job_id must be a string")
+        job_id = job_id or (str(req_id) if req_id is not None else uuid.uuid4().hex[:8])
+        with self._job_lock:
+            if self._job is not None and self._job[1].is_alive():
+                raise E.Busy(f"busy: job {self._job[0].job_id} is running",
+                             "wait for it to finish or send cancel first")
+            ctx = JobContext(job_id=job_id, sink=self._send_progress, stages=JOB_STAGES[method])
+            thread = threading.Thread(target=self._run_job, args=(method, job_params, ctx, req_id),
+                                      name=f"job-{job_id}", daemon=True)
+            self._job = (ctx, thread)
+            thread.start()
+
+    def _run_job(self, method: str, params: JobParams, ctx: JobContext, req_id: Any) -> None:
+        try:
+            result = run_job(method, params, ctx)
+            result = {"job_id": ctx.job_id, **result}
+            self.writer.send({"jsonrpc": "2.0", "id": req_id, "result": result})
+        except BaseException as exc:  # noqa: BLE001 - every failure becomes an error response
+            err = E.translate_exception(exc)
+            if not isinstance(exc, E.MFError):
+                log.exception("job %s failed", ctx.job_id)
+            else:
+                log.info("job %s ended: %s", ctx.job_id, err.message)
+            self._error(req_id, err.code, err.message, {"job_id": ctx.job_id, **err.to_data()})
+        finally:
+            with self._job_lock:
+                if self._job is not None and self._job[0] is ctx:
+                    self._job = None
+
+    def _cancel_job(self, wait: bool) -> None:
+        with self._job_lock:
+            job = self._job
+        if job is not None:
+            job[0].cancel()
+            if wait:
+                job[1].join(timeout=30)
+
+    # ---- output ------------------------------------------------------------------------------
+    def _send_progress(self, event: dict[str, Any]) -> None:
+        self.writer.send({"jsonrpc": "2.0", "method": "progress", "params": event})
+
+    def _error(self, req_id: Any, code: int, message: str, data: Optional[dict] = None) -> None:
+        error: dict[str, Any] = {"code": code, "message": message}
+        if data:
+            error["data"] = data
+        self.writer.send({"jsonrpc": "2.0", "id": req_id, "error": error})
+
+
+def serve(defaults: Optional[dict[str, Any]] = None) -> int:
+    """Run the server on this process's stdin/stdout (stdout is then reserved for the protocol)."""
+    from mf_backend.logs import protocol_stdout, use_stderr_for_prints
+
+    out = protocol_stdout()
+    use_stderr_for_prints()
+    return Server(sys.stdin.buffer, out, defaults).run()
