@@ -128,8 +128,23 @@ def atomic_output_dir(final: Path) -> Iterator[Path]:
         raise
 
 
+REQUIRED = {"prepare": ("source", "driving", "out"), "edit": ("source", "driving", "out"), "demo": ("out",)}
+
+
+def check_params(method: str, params: JobParams) -> None:
+    """Fail fast (before any work starts) on missing paths and an output folder that is in use."""
+    if method not in REQUIRED:
+        raise InvalidParams(f"unknown job kind {method!r}")
+    params.require_paths(*REQUIRED[method])
+    out = params.out_path
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise InvalidParams(f"output '{out}' already exists and is not empty",
+                            "choose a new output folder; nothing of yours is overwritten")
+
+
 def run_job(method: str, params: JobParams, ctx: JobContext) -> dict[str, Any]:
-    """Run `prepare` or `edit`; returns the JSON-able result (paths are absolute strings)."""
+    """Run `prepare`, `edit` or `demo`; returns the JSON-able result (paths are absolute strings)."""
+    check_params(method, params)
     if method == "prepare":
         from mf_backend.prepare import prepare
 

@@ -15,7 +15,7 @@ from typing import Any, BinaryIO, Optional
 
 from mf_backend import PROTOCOL_VERSION, __version__
 from mf_backend import errors as E
-from mf_backend.jobs import JobContext, run_job
+from mf_backend.jobs import JobContext, check_params, run_job
 from mf_backend.params import JobParams
 from mf_backend.protocol.framing import LineTooLong, Writer, read_lines
 
@@ -83,14 +83,14 @@ class Server:
         if not is_notification and (isinstance(req_id, bool) or not isinstance(req_id, (str, int, type(None)))):
             self._error(None, E.INVALID_REQUEST, "Invalid Request: id must be a string, an integer or null")
             return
+        # An object that is not a valid request is answered (id null if it had none), as in the spec's
+        # examples; only a valid notification goes unanswered.
         if msg.get("jsonrpc") != "2.0":
-            if not is_notification:
-                self._error(req_id, E.INVALID_REQUEST, 'Invalid Request: "jsonrpc" must be "2.0"')
+            self._error(req_id, E.INVALID_REQUEST, 'Invalid Request: "jsonrpc" must be "2.0"')
             return
         method = msg.get("method")
         if not isinstance(method, str):
-            if not is_notification:
-                self._error(req_id, E.INVALID_REQUEST, 'Invalid Request: "method" must be a string')
+            self._error(req_id, E.INVALID_REQUEST, 'Invalid Request: "method" must be a string')
             return
         params = msg.get("params", {})
         if params is None:
@@ -155,6 +155,7 @@ class Server:
     def _start_job(self, method: str, params: dict, req_id: Any) -> None:
         job_params = JobParams.from_dict({**{k: v for k, v in self.defaults.items() if k in ("models_dir", "device", "precision")},
                                           **{k: v for k, v in params.items() if k != "job_id"}})
+        check_params(method, job_params)
         job_id = params.get("job_id")
         if job_id is not None and not isinstance(job_id, str):
             raise _ProtocolError(E.INVALID_PARAMS, "Invalid params: job_id must be a string")

@@ -1,0 +1,109 @@
+"""Shared test helpers: a real backend subprocess speaking the protocol."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_CASES = REPO.parent / "shared" / "real-cases"
+
+
+class BackendProcess:
+    """`python -m mf_backend serve` as a subprocess; every stdout line is collected and must be JSON-RPC."""
+
+    def __init__(self, extra_env: Optional[dict[str, str]] = None):
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mf_backend", "serve"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=str(REPO), env=env,
+        )
+        self.lines: "queue.Queue[bytes]" = queue.Queue()
+        self.raw_stdout: list[bytes] = []
+        self.stderr_chunks: list[bytes] = []
+        threading.Thread(target=self._read, daemon=True).start()
+        threading.Thread(target=self._read_err, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.raw_stdout.append(line)
+            self.lines.put(line)
+
+    def _read_err(self) -> None:
+        for chunk in self.proc.stderr:
+            self.stderr_chunks.append(chunk)
+
+    def send_raw(self, data: bytes) -> None:
+        self.proc.stdin.write(data)
+        self.proc.stdin.flush()
+
+    def send(self, obj: Any) -> None:
+        self.send_raw(json.dumps(obj).encode() + b"\n")
+
+    def next_message(self, timeout: float = 30.0) -> dict:
+        line = self.lines.get(timeout=timeout)
+        return json.loads(line)
+
+    def response(self, req_id: Any, timeout: float = 60.0, on_notification=None) -> dict:
+        """Wait for the response to req_id, passing notifications to on_notification."""
+        deadline = time.monotonic() + timeout
+        while True:
+            msg = self.next_message(max(0.1, deadline - time.monotonic()))
+            if "method" in msg:
+                if on_notification:
+                    on_notification(msg)
+                continue
+            assert msg.get("id") == req_id, f"expected response to {req_id!r}, got {msg}"
+            return msg
+
+    def request(self, method: str, params: Optional[dict] = None, req_id: Any = 1, timeout: float = 60.0) -> dict:
+        msg = {"jsonrpc": "2.0", "id": req_id, "method": method}
+        if params is not None:
+            msg["params"] = params
+        self.send(msg)
+        return self.response(req_id, timeout)
+
+    @property
+    def stderr(self) -> str:
+        return b"".join(self.stderr_chunks).decode(errors="replace")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.send({"jsonrpc": "2.0", "id": "bye", "method": "shutdown"})
+                self.proc.wait(timeout=20)
+            except Exception:
+                self.proc.kill()
+        for s in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            try:
+                s.close()
+            except Exception:
+                pass
+
+
+@pytest.fixture
+def backend():
+    b = BackendProcess()
+    yield b
+    b.close()
+
+
+def assert_valid_jsonrpc_line(line: bytes) -> dict:
+    msg = json.loads(line)
+    assert isinstance(msg, dict) and msg.get("jsonrpc") == "2.0", line
+    if "method" in msg:
+        assert "id" not in msg and isinstance(msg.get("params"), dict), line
+    else:
+        assert "id" in msg and (("result" in msg) != ("error" in msg)), line
+        if "error" in msg:
+            assert isinstance(msg["error"]["code"], int) and isinstance(msg["error"]["message"], str), line
+    return msg
