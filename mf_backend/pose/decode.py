@@ -48,6 +48,7 @@ def decode_pose(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     labels = label_pixels(image)
     scale = max(image.shape[0], image.shape[1]) / 512.0
     min_area = max(3, int(10 * scale * scale))
+    disc_area = np.pi * (JOINT_RADIUS * scale) ** 2  # a blob bigger than one disc is not more likely
     ring = max(3, int(round(6 * scale)))
     body = np.zeros((NUM_BODY, 3), np.float32)
     used = np.zeros(labels.shape, bool)  # pixels claimed by a body joint (not hand dots)
@@ -63,11 +64,12 @@ def decode_pose(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             y0, y1 = max(0, y - ring), min(labels.shape[0], y + h + ring)
             x0, x1 = max(0, x - ring), min(labels.shape[1], x + w + ring)
             touching = np.isin(labels[y0:y1, x0:x1], _INCIDENT[j]).sum()
-            score = area + 3.0 * touching
+            score = min(area, disc_area) + 3.0 * touching
             if score > best_score:
                 best, best_score = c, score
         if best:
-            body[j] = (cents[best][0], cents[best][1], 1.0)
+            # Pixel i covers [i, i+1): a disc drawn at floor(x) has its pixel centroid at floor(x).
+            body[j] = (cents[best][0] + 0.5, cents[best][1] + 0.5, 1.0)
             used |= comp == best
     hands = _decode_hands(labels, used, body, scale)
     return body, hands
@@ -114,7 +116,7 @@ def _hand_from_edges(labels: np.ndarray, region: np.ndarray, wrist: np.ndarray, 
         ys, xs = np.nonzero(region & (labels == _HAND0 + i))
         if len(xs) < 2:
             continue
-        pts = np.stack([xs, ys], 1).astype(np.float64)
+        pts = np.stack([xs, ys], 1).astype(np.float64) + 0.5  # pixel centres
         mean = pts.mean(0)
         u = np.linalg.svd(pts - mean, full_matrices=False)[2][0]
         t = (pts - mean) @ u

@@ -7,6 +7,7 @@ One `PoseSequence` per clip, stored as one JSON file next to the rendered pose f
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -143,6 +144,8 @@ def body_size(body: np.ndarray) -> np.ndarray:
         d = np.linalg.norm(body[:, a, :2] - body[:, b, :2], axis=-1)
         return np.where(ok, d, np.nan)
 
-    torso = np.nanmean(np.stack([dist(1, 8), dist(1, 11)]), axis=0) if len(body) else np.zeros(0)
+    with warnings.catch_warnings():  # all-NaN frames (no hips) are expected
+        warnings.simplefilter("ignore", RuntimeWarning)
+        torso = np.nanmean(np.stack([dist(1, 8), dist(1, 11)]), axis=0)
     shoulders = dist(2, 5) * 1.6  # typical torso/shoulder-width ratio of adults
     return np.where(np.isnan(torso), shoulders, torso)

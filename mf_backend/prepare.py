@@ -1,0 +1,140 @@
+"""The `prepare` stage: poses (and, later, masks) in the example-case folder layout.
+
+    out/source_poses/frame_{k}.png          renders of the source protagonist
+    out/target_poses/frame_{k}.png          renders of the driver, one per source frame (timing applied)
+    out/target_aligned_poses/frame_{k}.png  the driver retargeted onto the source body (the edit's pose)
+    out/{source,target,target_aligned}_keypoints.json
+
+Built from small stages that return in-memory results, so `edit()` can reuse them without re-reading
+files: `read_inputs` → `compute_poses` → (masks) → `write_poses`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from mf_backend.errors import BadInputMedia
+from mf_backend.jobs import JobContext, atomic_output_dir
+from mf_backend.params import JobParams
+from mf_backend.pose.align import align_poses
+from mf_backend.pose.decode import decode_poses, looks_like_pose_render
+from mf_backend.pose.extract import extract_poses
+from mf_backend.pose.keypoints import PoseSequence
+from mf_backend.pose.render import render_poses
+from mf_backend.pose.smooth import smooth_poses
+
+PREPARE_STAGES = ("read", "poses", "masks", "write")
+
+
+@dataclass
+class PosePrep:
+    """Poses of one prepare/edit job, all in the SOURCE frame's pixels and with one frame per source frame."""
+
+    source: PoseSequence  # the source protagonist
+    target: PoseSequence  # the driver after the timing map (not aligned)
+    aligned: PoseSequence  # the driver retargeted onto the source body: what the edit renders
+    driving_index: np.ndarray  # float64 (F_src,) driving position per source frame, NaN = not edited
+
+
+def read_inputs(params: JobParams, ctx: JobContext):
+    """→ (source Clip, driving Clip) from video files or frame folders."""
+    from mf_backend.media import read_clip
+
+    ctx.progress("read", 0, 2, "reading the source clip")
+    source = read_clip(params.source, fps=params.source_fps)
+    ctx.progress("read", 1, 2, "reading the driving clip")
+    driving = read_clip(params.driving, fps=params.driving_fps)
+    ctx.progress("read", 2, 2)
+    return source, driving
+
+
+def resolve_align_mode(params: JobParams) -> str:
+    """"auto": under camera motion follow the source's own placement per frame, else anchor at frame 0."""
+    if params.align != "auto":
+        return params.align
+    return "per-frame" if params.camera else "first-frame"
+
+
+def _poses_of(frames: np.ndarray, params: JobParams, fps: Optional[float], ctx: JobContext,
+              user_folder: Optional[str] = None) -> PoseSequence:
+    """Keypoints of a clip: a user-supplied pose folder, a clip that is already pose renders, or extraction."""
+    if user_folder:
+        from mf_backend.media import read_clip
+
+        renders = read_clip(user_folder).frames
+        seq = decode_poses(renders, fps, ctx)
+        return seq.scaled(frames.shape[2], frames.shape[1])
+    if params.pose_extractor == "decode" or (params.pose_extractor == "auto" and looks_like_pose_render(frames)):
+        return decode_poses(frames, fps, ctx)  # renders: exact already, no smoothing
+    seq = extract_poses(frames, params.pose_extractor, params.models_dir, fps, ctx)
+    return smooth_poses(seq)
+
+
+def compute_poses(source_frames: np.ndarray, driving_frames: np.ndarray, params: JobParams, ctx: JobContext,
+                  source_fps: Optional[float] = None, driving_fps: Optional[float] = None) -> PosePrep:
+    """Source and driving frames (F,H,W,3) uint8 → PosePrep (extract/decode, timing map, align)."""
+    from mf_backend.timing import driving_positions, resample_pose_sequence
+
+    src = _poses_of(source_frames, params, source_fps, ctx, params.source_poses)
+    drv = _poses_of(driving_frames, params, driving_fps, ctx)
+    frame_range = (params.frame_start, params.frame_end)
+    pos = driving_positions(len(src), source_fps, len(drv), driving_fps, params.timing, frame_range)
+    edited = ~np.isnan(pos)
+    if not edited.any():
+        raise BadInputMedia("no source frame is driven by the driving clip with these timing settings",
+                            "check frame_start/frame_end and the timing policy")
+    # One driver pose per source frame; frames outside the edit keep the source's own pose.
+    target = resample_pose_sequence(drv, np.where(edited, pos, 0.0), fps=source_fps)
+    target = target.scaled(src.width, src.height)
+    target.body[~edited], target.hands[~edited] = src.body[~edited], src.hands[~edited]
+    if params.target_aligned_poses:
+        aligned = _poses_of(source_frames, params, source_fps, ctx, params.target_aligned_poses)
+    else:
+        aligned = align_poses(src, target, resolve_align_mode(params))
+        aligned.body[~edited], aligned.hands[~edited] = src.body[~edited], src.hands[~edited]
+    ctx.progress("poses", 1, 1)
+    return PosePrep(src, target, aligned, pos)
+
+
+def write_poses(prep: PosePrep, folder: Path, ctx: JobContext) -> dict[str, Any]:
+    """Render and write the three pose folders + keypoint JSON into `folder` → paths and counts."""
+    from mf_backend.media import write_frames
+
+    out: dict[str, Any] = {}
+    items = (("source_poses", "source_keypoints.json", prep.source),
+             ("target_poses", "target_keypoints.json", prep.target),
+             ("target_aligned_poses", "target_aligned_keypoints.json", prep.aligned))
+    for i, (kind, json_name, seq) in enumerate(items):
+        ctx.progress("write", i, len(items), f"writing {kind}")
+        write_frames(render_poses(seq), folder / kind)
+        seq.save(folder / json_name)
+        out[kind] = kind
+        out[kind.replace("poses", "keypoints")] = json_name
+    ctx.progress("write", len(items), len(items))
+    return out
+
+
+def prepare(params: JobParams, ctx: JobContext) -> dict[str, Any]:
+    """The `prepare` job: poses (and masks) of source and driving in the example-case layout under params.out."""
+    params.require_paths("source", "driving", "out")
+    ctx.stages = ctx.stages or PREPARE_STAGES
+    source, driving = read_inputs(params, ctx)
+    prep = compute_poses(source.frames, driving.frames, params, ctx, source.fps, driving.fps)
+
+    # --- MASKS STEP (issue: masks) -------------------------------------------------------------
+    # The masks engineer adds source_masks/ and predicted_masks/ here, from `source.frames` and
+    # `prep.aligned`, written into the same atomic folder below.
+    # ---------------------------------------------------------------------------------------------
+
+    final = params.out_path
+    with atomic_output_dir(final) as tmp:
+        written = write_poses(prep, tmp, ctx)
+    result: dict[str, Any] = {"out": str(final), "frames": len(prep.source),
+                              "edited_frames": int((~np.isnan(prep.driving_index)).sum()),
+                              "align": resolve_align_mode(params)}
+    result.update({k: str(final / v) for k, v in written.items()})
+    return result
