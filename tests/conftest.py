@@ -107,3 +107,26 @@ def assert_valid_jsonrpc_line(line: bytes) -> dict:
         if "error" in msg:
             assert isinstance(msg["error"]["code"], int) and isinstance(msg["error"]["message"], str), line
     return msg
+
+
+def write_pose_render_clip(folder: Path, frames: int = 12, size: int = 128, phase: float = 0.0) -> Path:
+    """A small clip whose frames are pose renders of a waving stick figure (decoded without mediapipe)."""
+    import numpy as np
+
+    from mf_backend.media import write_frames
+    from mf_backend.pose.keypoints import PoseSequence
+    from mf_backend.pose.render import render_poses
+
+    s = size / 128.0
+    base = np.array([[64, 22], [64, 36], [52, 36], [46, 52], [42, 66], [76, 36], [82, 52], [86, 66],
+                     [56, 66], [55, 88], [54, 110], [72, 66], [73, 88], [74, 110], [61, 19], [67, 19],
+                     [58, 21], [70, 21]], np.float32) * s
+    body = np.zeros((frames, 18, 3), np.float32)
+    body[:, :, :2] = base
+    body[:, :, 2] = 1.0
+    t = np.arange(frames, dtype=np.float32)
+    body[:, 4, 1] -= (10 * s) * (1 + np.sin(t / 2 + phase))  # right wrist waves
+    body[:, 7, 1] -= (10 * s) * (1 + np.cos(t / 2 + phase))
+    seq = PoseSequence(body=body, hands=np.zeros((frames, 2, 21, 3), np.float32), width=size, height=size, fps=8.0)
+    write_frames(render_poses(seq), folder)
+    return folder
