@@ -247,6 +247,18 @@ def _check_count(n: int, p: Path) -> None:
                             "cut the clip, or pass a frame range")
 
 
+def _check_memory(n: int, h: int, w: int, p: Path) -> None:
+    """Refuse before decoding a clip whose frames cannot fit in memory (minutes of decoding, then a crash)."""
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not on this OS
+        return
+    need = n * h * w * 3
+    if need > 0.8 * ram:
+        raise BadInputMedia(f"'{p}': {n} frames of {w}x{h} need {need / 2**30:.1f} GiB, this machine has {ram / 2**30:.1f} GiB",
+                            "pass a frame range (frame_start/frame_end) or a shorter clip")
+
+
 def _png_size(p: Path) -> Optional[tuple[int, int]]:
     """(h, w) from a PNG header, so absurd images are refused before decoding them."""
     try:
@@ -293,6 +305,7 @@ def _read_image(p: Path) -> np.ndarray:
 
 def _read_images(files: Sequence[Path], folder: Optional[Path]) -> np.ndarray:
     first = _read_image(files[0])
+    _check_memory(len(files), first.shape[0], first.shape[1], folder or files[0])
     out = np.empty((len(files), *first.shape), np.uint8)
     out[0] = first
 
@@ -330,9 +343,12 @@ def _read_video(p: Path, a: int, b: Optional[int], max_frames: Optional[int]) ->
     try:
         fps = _video_fps(cap)
         w, h = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))  # from the container: may be approximate or 0
+        _check_count(n, p)
         if w > 0 and h > 0:
             _check_size(h, w, p)
-        _check_count(int(cap.get(cv2.CAP_PROP_FRAME_COUNT)), p)
+            wanted = max(0, n - a) if b is None else min(max(0, n - a), b - a + 1)
+            _check_memory(wanted if max_frames is None else min(wanted, max_frames), h, w, p)
         for _ in range(a):  # grab() without retrieve(): no colour conversion; exact, unlike seeking
             if not cap.grab():
                 raise BadInputMedia(f"'{p}' ends before frame {a}", "check frame_start against the clip length")

@@ -150,3 +150,12 @@ def test_unreadable_and_zero_frame_videos_are_named(tmp_path):
     _raises_naming("empty.avi", read_clip, empty)
     short = write_video(_frames(3, 32, 32), tmp_path / "short.avi", 25.0, "MJPG")
     _raises_naming("short.avi", read_clip, short, frame_range=(5, None))
+
+
+def test_clip_too_big_for_memory_is_refused_before_decoding(tmp_path, monkeypatch):
+    write_frames(_frames(3, 16, 16), tmp_path)
+    video = write_video(_frames(3, 16, 16), tmp_path.parent / "v.avi", 25.0, "MJPG")
+    monkeypatch.setattr(media.os, "sysconf", lambda name: 1024 if name == "SC_PHYS_PAGES" else 1)  # 1 KiB of RAM
+    err = _raises_naming(str(tmp_path), read_clip, tmp_path)
+    assert "GiB" in str(err) and "frame range" in err.hint
+    _raises_naming("v.avi", read_clip, video)

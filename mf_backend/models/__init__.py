@@ -1,0 +1,19 @@
+"""The MotionFollower diffusion model stack (method.md §C, §D).
+
+Public API (other subsystems code against these names):
+
+* `config.get_config("official" | "tiny" | "demo") -> ModelConfig`; `ModelConfig.feature_shapes(H, W)`.
+* `unet3d.UNet3DConditionModel(config)`: forward(sample (B,4,F,h,w), timestep, encoder_hidden_states (B,F,D),
+  pose_features=None, appearance_features=None, up_ft_indices=None, attention_hook=None) -> v-prediction
+  (B,4,F,h,w), or {i: up_blocks[i] output (B,C,F,h_i,w_i)} with up_ft_indices (early exit). ReCtr lives
+  at `unet.appearance_adapter`. See unet3d.py's docstring for the details.
+* `controllers.PoseController(config)`: pose (B,3,F,H,W) in [0,1] -> (B,C0,F,H/8,W/8), zero-initialised output.
+  `controllers.ReferenceController(config)`: frames (B,F,3,H,W) in [-1,1] -> list of (B,C_k,F,h_k,w_k).
+* `loading.MotionFollowerModels(unet, pose_controller, image_encoder, vae, config_name, ...)`,
+  `load_models(model, models_dir, device, dtype)`, `save_models(models, folder)`, `build_models(config_name, seed)`,
+  `build_estimator(models, "shared" | "official", models_dir)`, `load_state_file(path)` (safe loading).
+* `checkpoints.weights_command(args)`: `python -m mf_backend weights manifest|verify|convert`.
+* `python -m mf_backend.models.bench_forward --config official --frames 24 --size 512 --dtype bf16`.
+
+Submodules import torch; this package's __init__ does not.
+"""
