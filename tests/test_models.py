@@ -21,6 +21,16 @@ FIXTURE = Path(__file__).resolve().parent / "fixtures" / "official_state_dict_ma
 SIZE = 64  # pixels; latent 8x8
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """These models are tiny: on a shared 2-core machine OpenMP threads only fight (measured 0.75 s vs
+    0.065 s per forward), so run this module single-threaded."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def tiny():
     models = build_models("tiny", seed=0)
@@ -137,8 +147,8 @@ def test_zero_initialised_pose_controller_and_motion_modules_are_identity():
     pose, unet = PoseController(cfg), UNet3DConditionModel(cfg)
     assert pose(torch.rand(1, 3, 2, SIZE, SIZE)).abs().max() == 0
     # identity motion modules + per-frame spatial ops => frames do not interact
-    z = torch.randn(1, 4, 4, 8, 8)
-    ctx = torch.randn(1, 4, cfg.cross_attention_dim)
+    z = torch.randn(1, 4, 2, 8, 8)
+    ctx = torch.randn(1, 2, cfg.cross_attention_dim)
     z2 = z.clone()
     z2[:, :, 0] += 1
     with torch.no_grad():
@@ -147,12 +157,12 @@ def test_zero_initialised_pose_controller_and_motion_modules_are_identity():
 
 
 def test_motion_modules_mix_frames(tiny):
-    z, ctx, pose_img, frames_img = inputs(tiny, 4)
+    z, ctx, pose_img, frames_img = inputs(tiny, 2)
     z2 = z.clone()
     z2[:, :, 0] += 1
     with torch.no_grad():
         a, b = run(tiny, z, ctx, pose_img, frames_img), run(tiny, z2, ctx, pose_img, frames_img)
-    assert (a[:, :, 3] - b[:, :, 3]).abs().max() > 1e-4
+    assert (a[:, :, 1] - b[:, :, 1]).abs().max() > 1e-4
 
 
 def test_controller_shapes_follow_config(tiny):
@@ -192,7 +202,7 @@ def test_early_exit_features(tiny):
 
 
 def test_attention_hook(tiny):
-    z, ctx, pose_img, frames_img = inputs(tiny, 3)
+    z, ctx, pose_img, frames_img = inputs(tiny, 2)
     seen = []
 
     def identity(name, hidden, k, v):
@@ -209,7 +219,7 @@ def test_attention_hook(tiny):
     n_up_attn = (cfg.num_blocks - 1) * (cfg.layers_per_block + 1)
     assert len(seen) == n_up_attn
     assert all(n.startswith("up_blocks.") and n.endswith(".attn1") for n, _, _ in seen)
-    assert all(h[0] == 3 and h == k for _, h, k in seen)  # (B*F, N, C)
+    assert all(h[0] == 2 and h == k for _, h, k in seen)  # (B*F, N, C)
     assert not torch.allclose(base, doubled)
 
 
@@ -229,7 +239,7 @@ def test_low_precision_and_frame_limit(tiny):
 
 # ---------------------------------------------------------------- save / load
 
-def _outputs(models, frames=3):
+def _outputs(models, frames=2):
     z, ctx, pose_img, frames_img = inputs(models, frames)
     with torch.no_grad():
         v = run(models, z, ctx, pose_img, frames_img)

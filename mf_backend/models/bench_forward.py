@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--features", action="store_true", help="early-exit feature path + backward (guidance)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = torch's default)")
     p.add_argument("--flops", action="store_true", help="also count the FLOPs of one step (load-independent)")
     a = p.parse_args(argv)
 
@@ -41,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     from mf_backend.models.loading import DTYPES
     from mf_backend.models.unet3d import UNet3DConditionModel
 
+    if a.threads:
+        torch.set_num_threads(a.threads)
     device = resolve_device(a.device)
     dtype = DTYPES[a.dtype]
     cfg = get_config(a.config)
