@@ -1,13 +1,17 @@
 """The `edit` job: prepare (or the user's own poses/masks) → load models → score-guided sampling →
-VAE decode → frames back at the source resolution, written atomically.
+VAE decode → composite back into the full-resolution source frames, written atomically.
 
-Output folder: `frame_{k}.png` for every source frame k (frames the driving clip does not reach under
-the timing policy are copied from the source unchanged) and `edit.json` (settings, timings).
+Output folder: `frame_{k}.png` for every source frame k at the source's resolution, and `edit.json`
+(settings, the crop plan, the timing map, timings). Frames outside the frame range, or not reached by
+the driving clip under the timing policy (mf_backend/timing.py), are the source's bytes unchanged.
 
-Working geometry: the model sees square `size`×`size` frames. The source is letterboxed (centred,
-black bars) to a square and resized; the edit is resized back and the bars cropped off. Inputs given
-as folders (poses, masks) may be at the source resolution (they get the same letterbox) or already
-square working frames (resized only).
+Working geometry (mf_backend/framing.py, docs/footage.md): the model sees square `size`×`size` frames.
+`crop="person"` plans ONE square per clip around the source person and where the person will be
+(source + aligned target keypoints, M_r ∪ M_e); `crop="letterbox"` is the whole frame padded square.
+Frames, pose renders and masks all go through the same CropPlan; the edit is composited back only
+where M_r ∪ M_e (dilated, feathered) — every other pixel stays bit-exact from the source.
+User-supplied folders (poses, masks) hold one image per source frame (pose folders may instead hold
+one per edited frame) at the source's aspect ratio; other sizes are resized to the source's.
 """
 
 from __future__ import annotations
@@ -25,74 +29,13 @@ import torch
 from mf_backend.editing.guidance import guidance_from_params
 from mf_backend.editing.sampler import EditInputs, MotionEditSampler, SampleResult, SamplerSettings, StageTimer
 from mf_backend.errors import BadInputMedia
+from mf_backend.framing import CropPlan, composite, plan_crop
 from mf_backend.jobs import JobContext, atomic_output_dir
 from mf_backend.params import JobParams
 
 log = logging.getLogger(__name__)
 
 EDIT_STAGES = ("read", "poses", "masks", "load", "editing", "decode", "write")
-
-
-# ---------------------------------------------------------------------------------------------- geometry
-
-
-@dataclass(frozen=True)
-class Letterbox:
-    """Source (height, width) ↔ working size×size: centred padding to a square, then a resize."""
-
-    height: int
-    width: int
-    size: int
-
-    @property
-    def side(self) -> int:
-        return max(self.height, self.width)
-
-    @property
-    def offset(self) -> tuple[int, int]:  # (top, left) of the source inside the padded square
-        return (self.side - self.height) // 2, (self.side - self.width) // 2
-
-    def to_working(self, images: np.ndarray, nearest: bool = False) -> np.ndarray:
-        """(F,h,w[,3]) at the source size, or already square → (F,size,size[,3])."""
-        f, h, w = images.shape[:3]
-        if (h, w) == (self.height, self.width) and h != w:
-            top, left = self.offset
-            pad = [(0, 0), (top, self.side - h - top), (left, self.side - w - left)] + [(0, 0)] * (images.ndim - 3)
-            images = np.pad(images, pad)
-        elif h != w:
-            raise BadInputMedia(f"an input of {w}x{h} matches neither the source ({self.width}x{self.height}) nor a "
-                                "square working frame", "give poses/masks at the source resolution")
-        return _resize(images, self.size, self.size, nearest)
-
-    def to_source(self, images: np.ndarray) -> np.ndarray:
-        """(F,size,size,3) → (F,height,width,3)."""
-        square = _resize(images, self.side, self.side, nearest=False)
-        top, left = self.offset
-        return np.ascontiguousarray(square[:, top:top + self.height, left:left + self.width])
-
-    def pose_transform(self, seq):
-        """A PoseSequence in source pixels → the same poses in working pixels."""
-        from mf_backend.pose.keypoints import PoseSequence
-
-        top, left = self.offset
-        s = self.size / self.side
-        shift = np.array([left, top, 0.0], np.float32)
-        scale = np.array([s, s, 1.0], np.float32)
-
-        def tf(k: np.ndarray) -> np.ndarray:
-            out = (k + shift) * scale
-            return np.where(k[..., 2:3] > 0, out, 0.0).astype(np.float32)  # missing joints stay zero
-
-        seq = seq.scaled(self.width, self.height)
-        return PoseSequence(tf(seq.body), tf(seq.hands), self.size, self.size, seq.fps)
-
-
-def _resize(images: np.ndarray, h: int, w: int, nearest: bool) -> np.ndarray:
-    if images.shape[1:3] == (h, w):
-        return images
-    down = images.shape[1] > h
-    interp = cv2.INTER_NEAREST if nearest else (cv2.INTER_AREA if down else cv2.INTER_LANCZOS4)
-    return np.stack([cv2.resize(im, (w, h), interpolation=interp) for im in images])
 
 
 # ---------------------------------------------------------------------------------------------- inputs
@@ -104,92 +47,85 @@ class PreparedClip:
 
     source_frames: np.ndarray  # uint8 (F_src,H,W,3) the whole source clip at its own resolution
     edited: np.ndarray  # int64 indices of the source frames that are edited (contiguous)
-    inputs: EditInputs  # working-resolution inputs of the edited frames
-    geometry: Letterbox
+    positions: np.ndarray  # float64 (F_src,) driving-clip position per source frame, NaN = not edited
+    timing: dict  # policy, fps values and frame range the positions come from (for edit.json)
+    plan: CropPlan  # full frame ↔ working crop
+    inputs: EditInputs  # crop-space (size×size) inputs of the edited frames
+    seconds: dict  # wall time of the crop steps (planning, cropping frames/masks/poses)
 
 
-def _read_folder(folder: str, n_src: int, edited: np.ndarray, masks: bool) -> np.ndarray:
-    """A user folder with one image per source frame (or per edited frame) → the edited frames."""
-    from mf_backend.media import read_clip, read_masks
+def _read_renders(folder: str, n_src: int, edited: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """A user pose-render folder with one image per source frame (or per edited frame) → uint8
+    (F_edit,H,W,3) at the source size (resized when the folder has another size of the same aspect)."""
+    from mf_backend.media import read_clip
 
-    data = read_masks(folder) if masks else read_clip(folder).frames
+    data = read_clip(folder).frames
     if len(data) == n_src:
-        return data[edited]
-    if len(data) == len(edited):
+        data = data[edited]
+    elif len(data) != len(edited):
+        raise BadInputMedia(f"'{folder}' has {len(data)} frames; the source has {n_src} ({len(edited)} edited)",
+                            "give one file per source frame (frame_0.png ...)")
+    h, w = hw
+    fh, fw = data.shape[1:3]
+    if (fh, fw) == (h, w):
         return data
-    raise BadInputMedia(f"'{folder}' has {len(data)} frames; the source has {n_src} ({len(edited)} edited)",
-                        "give one file per source frame (frame_0.png ...)")
-
-
-def _masks(source_frames: np.ndarray, prep, params: JobParams, ctx: JobContext,
-           edited: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(M_r, M_e) float (F_edit,H,W) at the source resolution: the user's folders, else the masks stage
-    (`prepare.compute_masks` when the prepare module provides it, else M_r from the source-mask extractor
-    and M_e from the target-mask predictor, on the edited frames)."""
-    n = len(source_frames)
-    M_r = _read_folder(params.source_masks, n, edited, True) if params.source_masks else None
-    M_e = _read_folder(params.predicted_masks, n, edited, True) if params.predicted_masks else None
-    if M_r is not None and M_e is not None:
-        return M_r, M_e
-    from mf_backend import prepare as prep_mod
-
-    compute = getattr(prep_mod, "compute_masks", None)
-    if compute is not None:  # the shared masks stage: (M_r, M_e) for every source frame
-        r, e = compute(source_frames, prep, params, ctx)
-        return (np.asarray(r)[edited] if M_r is None else M_r), (np.asarray(e)[edited] if M_e is None else M_e)
-    from mf_backend.masks.predict import predict_masks
-    from mf_backend.masks.source import source_masks
-
-    frames = source_frames[edited]
-    if M_r is None:
-        ctx.progress("masks", 0, 2, "source masks")
-        M_r = source_masks(frames, "auto", params.models_dir, ctx=ctx)
-    if M_e is None:
-        M_e, _ = predict_masks(frames, M_r, prep.source.frames(edited), prep.aligned.frames(edited),
-                               params.mask_predictor, tta_steps=params.tta_steps, ctx=ctx)
-    return M_r, M_e
+    if abs(fw / fh - w / h) > 0.01:
+        raise BadInputMedia(f"'{folder}' has {fw}x{fh} images; the source is {w}x{h} (another aspect ratio)",
+                            "give pose renders at the source's resolution")
+    return np.stack([cv2.resize(im, (w, h), interpolation=cv2.INTER_LINEAR) for im in data])
 
 
 def prepare_clip(params: JobParams, ctx: JobContext) -> PreparedClip:
-    """Read the clips; poses and masks from the user's folders or the prepare stages; to working size."""
-    from mf_backend.media import read_clip
+    """Read the clips; poses and masks from the user's folders or the prepare stages; the timing map;
+    the crop plan; everything the model sees cropped to size×size."""
+    from mf_backend.media import probe_clip, read_clip
+    from mf_backend.prepare import compute_masks, compute_poses, timing_positions
 
     ctx.progress("read", 0, 1, "reading the source clip")
     source = read_clip(params.source, fps=params.source_fps)
     frames = source.frames
-    n = len(frames)
-    geo = Letterbox(frames.shape[1], frames.shape[2], params.size)
+    n, h, w = frames.shape[:3]
     user_poses = bool(params.source_poses and params.target_aligned_poses)
     user_masks = bool(params.source_masks and params.predicted_masks)
     prep = None
     if not (user_poses and user_masks):  # keypoints are needed for the poses and/or the masks
-        from mf_backend.prepare import compute_poses
-
         ctx.progress("read", 0, 1, "reading the driving clip")
         driving = read_clip(params.driving, fps=params.driving_fps)
         prep = compute_poses(frames, driving.frames, params, ctx, source.fps, driving.fps)
-    if user_poses:  # pose renders used as they are (the reference example cases run unchanged)
-        a = params.frame_start or 0
-        b = n - 1 if params.frame_end is None else min(params.frame_end, n - 1)
-        edited = np.arange(a, b + 1)
-        src_poses = geo.to_working(_read_folder(params.source_poses, n, edited, False))
-        tgt_poses = geo.to_working(_read_folder(params.target_aligned_poses, n, edited, False))
-    else:
+        pos, n_drv, drv_fps = prep.driving_index, len(driving.frames), driving.fps
+    else:  # the user's aligned poses hold one pose per source frame: the driving clip's length and
+        # fps (probed, not decoded) only decide which frames are edited, as in prepare
+        info = probe_clip(params.driving)
+        n_drv, drv_fps = info.num_frames, params.driving_fps or info.fps
+        pos = timing_positions(n, source.fps, n_drv, drv_fps, params)
+    timing = {"policy": params.timing, "frame_start": params.frame_start, "frame_end": params.frame_end,
+              "source_fps": source.fps, "driving_fps": drv_fps, "driving_frame_count": int(n_drv)}
+    edited = np.flatnonzero(~np.isnan(pos))  # contiguous under every policy (timing.py)
+    ctx.progress("read", 1, 1)
+
+    ctx.progress("masks", 0, 1)
+    M_r, M_e = compute_masks(frames, prep, params, ctx)  # (F_src,H,W) each, the shared masks stage
+    M_r, M_e = np.asarray(M_r, np.float32)[edited], np.asarray(M_e, np.float32)[edited]
+    ctx.progress("masks", 1, 1)
+
+    t0 = time.perf_counter()
+    keypoints = None if prep is None else [prep.source.frames(edited), prep.aligned.frames(edited)]
+    plan = plan_crop(keypoints, [M_r, M_e], (h, w), params.size, mode=params.crop)
+    t_plan = time.perf_counter() - t0
+    work = plan.apply(frames[edited])  # (F_edit,S,S,3)
+    M_r_c, M_e_c = plan.apply_masks(M_r), plan.apply_masks(M_e)  # (F_edit,S,S) soft; thresholded at 0.5 downstream
+    t_crop = time.perf_counter() - t0
+    if user_poses:  # the user's renders, as images, through the same crop
+        src_poses = plan.apply(_read_renders(params.source_poses, n, edited, (h, w)))
+        tgt_poses = plan.apply(_read_renders(params.target_aligned_poses, n, edited, (h, w)))
+    else:  # rendered at the working size from keypoints in crop pixels (DWPose line widths at `size`)
         from mf_backend.pose.render import render_poses
 
-        edited = np.flatnonzero(~np.isnan(prep.driving_index))
-        edited = np.arange(edited[0], edited[-1] + 1)  # the driven span (contiguous under every policy)
-        src_poses = render_poses(geo.pose_transform(prep.source.frames(edited)))
-        tgt_poses = render_poses(geo.pose_transform(prep.aligned.frames(edited)))
-    ctx.progress("read", 1, 1)
-    ctx.progress("masks", 0, 1)
-    M_r, M_e = _masks(frames, prep, params, ctx, edited)
-    M_r, M_e = geo.to_working(M_r.astype(np.float32), nearest=True), geo.to_working(M_e.astype(np.float32), nearest=True)
-    ctx.progress("masks", 1, 1)
-    work = geo.to_working(frames[edited])
+        src_poses = render_poses(plan.apply_keypoints(prep.source.frames(edited)))
+        tgt_poses = render_poses(plan.apply_keypoints(prep.aligned.frames(edited)))
     inputs = EditInputs(torch.from_numpy(work), torch.from_numpy(src_poses), torch.from_numpy(tgt_poses),
-                        torch.from_numpy(M_r), torch.from_numpy(M_e))
-    return PreparedClip(frames, edited, inputs, geo)
+                        torch.from_numpy(M_r_c), torch.from_numpy(M_e_c))
+    return PreparedClip(frames, edited, pos, timing, plan, inputs, {"plan": t_plan, "crop": t_crop})
 
 
 # ---------------------------------------------------------------------------------------------- core
@@ -254,17 +190,36 @@ def edit(params: JobParams, ctx: JobContext) -> dict[str, Any]:
         with timer.section("decode"):
             work = decode_latents(models, result.latents, 2 if params.low_memory else 8,
                                   lambda d, t: ctx.progress("decode", d, t))
-        out_frames = clip.source_frames.copy()
-        out_frames[clip.edited] = clip.geometry.to_source(work)
-        ctx.progress("write", 0, 1)
+        ctx.progress("write", 0, 2, "compositing into the source frames")
+        t0 = time.perf_counter()
+        out_frames = clip.source_frames.copy()  # frames outside the edit: the source's bytes
+        out_frames[clip.edited] = composite(clip.source_frames[clip.edited], work, clip.plan,
+                                            clip.inputs.M_r.numpy(), clip.inputs.M_e.numpy(),
+                                            source_crops=clip.inputs.frames.numpy())
+        t_comp = time.perf_counter() - t0
+        ctx.progress("write", 1, 2)
         write_frames(out_frames, tmp)
-        timings = {"prepare": round(t_prep, 3), **{k: round(v, 3) for k, v in timer.seconds.items()}}
+        per_frame_ms = 1000.0 * (clip.seconds["crop"] + t_comp) / len(clip.edited)
+        timings = {"prepare": round(t_prep, 3), **{k: round(v, 3) for k, v in timer.seconds.items()},
+                   "crop": round(clip.seconds["crop"], 3), "composite": round(t_comp, 3),
+                   "crop_composite_ms_per_frame": round(per_frame_ms, 2)}
         info = {"model": models.source if models.source != "random" else models.config_name,
                 "config": models.config_name, "device": str(device), "dtype": str(dtype).replace("torch.", ""),
-                "frames": len(out_frames), "edited_frames": [int(clip.edited[0]), int(clip.edited[-1])],
+                "frames": len(out_frames), "width": int(out_frames.shape[2]), "height": int(out_frames.shape[1]),
+                "edited_frames": [int(clip.edited[0]), int(clip.edited[-1])],
+                "crop": clip.plan.to_dict(), "timing": {**clip.timing, **_timing_map(clip.positions)},
                 "timings": timings, "params": {k: v for k, v in params.to_dict().items() if k != "extra"}}
         (tmp / "edit.json").write_text(json.dumps(info, indent=2, default=str))
-        ctx.progress("write", 1, 1)
+        ctx.progress("write", 2, 2)
     h, w = clip.source_frames.shape[1:3]
     return {"out": str(final), "frames": len(out_frames), "width": int(w), "height": int(h),
-            "model": params.model, "timings": timings}
+            "edited_frames": info["edited_frames"], "model": params.model, "timings": timings}
+
+
+def _timing_map(positions: np.ndarray) -> dict[str, list]:
+    """For edit.json: the driving frame of each source frame (-1 = not edited, copied from the source)
+    and the exact positions (fractional under `stretch`; null = not edited)."""
+    from mf_backend.timing import frames_from_positions
+
+    return {"driving_frames": frames_from_positions(positions).tolist(),
+            "driving_positions": [None if np.isnan(p) else round(float(p), 4) for p in positions]}

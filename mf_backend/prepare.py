@@ -26,6 +26,7 @@ from mf_backend.pose.extract import extract_poses
 from mf_backend.pose.keypoints import PoseSequence
 from mf_backend.pose.render import render_poses
 from mf_backend.pose.smooth import smooth_poses
+from mf_backend.masks.stage import compute_masks, write_mask_folders  # noqa: F401 (edit.py uses compute_masks)
 
 PREPARE_STAGES = ("read", "poses", "masks", "write")
 
@@ -74,19 +75,29 @@ def _poses_of(frames: np.ndarray, params: JobParams, fps: Optional[float], ctx: 
     return smooth_poses(seq)
 
 
+def timing_positions(n_source: int, source_fps: Optional[float], n_driving: int, driving_fps: Optional[float],
+                     params: JobParams) -> np.ndarray:
+    """float64 (n_source,) driving position per source frame (NaN = not edited) under the job's timing
+    policy and frame range (mf_backend/timing.py); an error when no frame would be edited."""
+    from mf_backend.timing import driving_positions
+
+    pos = driving_positions(n_source, source_fps, n_driving, driving_fps, params.timing,
+                            (params.frame_start, params.frame_end))
+    if np.isnan(pos).all():
+        raise BadInputMedia("no source frame is driven by the driving clip with these timing settings",
+                            "check frame_start/frame_end and the timing policy")
+    return pos
+
+
 def compute_poses(source_frames: np.ndarray, driving_frames: np.ndarray, params: JobParams, ctx: JobContext,
                   source_fps: Optional[float] = None, driving_fps: Optional[float] = None) -> PosePrep:
     """Source and driving frames (F,H,W,3) uint8 → PosePrep (extract/decode, timing map, align)."""
-    from mf_backend.timing import driving_positions, resample_pose_sequence
+    from mf_backend.timing import resample_pose_sequence
 
     src = _poses_of(source_frames, params, source_fps, ctx, params.source_poses)
     drv = _poses_of(driving_frames, params, driving_fps, ctx)
-    frame_range = (params.frame_start, params.frame_end)
-    pos = driving_positions(len(src), source_fps, len(drv), driving_fps, params.timing, frame_range)
+    pos = timing_positions(len(src), source_fps, len(drv), driving_fps, params)
     edited = ~np.isnan(pos)
-    if not edited.any():
-        raise BadInputMedia("no source frame is driven by the driving clip with these timing settings",
-                            "check frame_start/frame_end and the timing policy")
     # One driver pose per source frame; frames outside the edit keep the source's own pose.
     target = resample_pose_sequence(drv, np.where(edited, pos, 0.0), fps=source_fps)
     target = target.scaled(src.width, src.height)
@@ -125,14 +136,14 @@ def prepare(params: JobParams, ctx: JobContext) -> dict[str, Any]:
     source, driving = read_inputs(params, ctx)
     prep = compute_poses(source.frames, driving.frames, params, ctx, source.fps, driving.fps)
 
-    # --- MASKS STEP (issue: masks) -------------------------------------------------------------
-    # The masks engineer adds source_masks/ and predicted_masks/ here, from `source.frames` and
-    # `prep.aligned`, written into the same atomic folder below.
+    # --- MASKS STEP (issue: masks): M_r and M_e for every source frame (mf_backend/masks/stage.py) ---
+    M_r, M_e = compute_masks(source.frames, prep, params, ctx)
     # ---------------------------------------------------------------------------------------------
 
     final = params.out_path
     with atomic_output_dir(final) as tmp:
         written = write_poses(prep, tmp, ctx)
+        written.update(write_mask_folders(M_r, M_e, tmp, ctx))  # masks step
     result: dict[str, Any] = {"out": str(final), "frames": len(prep.source),
                               "edited_frames": int((~np.isnan(prep.driving_index)).sum()),
                               "align": resolve_align_mode(params)}

@@ -85,8 +85,13 @@ def map_driving_frames(
     `stretch` positions are rounded to the nearest driving frame (use `driving_positions` +
     `resample_keypoints` to interpolate the poses instead).
     """
-    pos = driving_positions(n_source, source_fps, n_driving, driving_fps, policy, frame_range)
-    out = np.full(n_source, -1, np.int64)
+    return frames_from_positions(driving_positions(n_source, source_fps, n_driving, driving_fps, policy, frame_range))
+
+
+def frames_from_positions(positions: np.ndarray) -> np.ndarray:
+    """Driving positions (NaN = not edited) → int64 nearest driving frame, -1 where not edited."""
+    pos = np.asarray(positions, np.float64)
+    out = np.full(len(pos), -1, np.int64)
     ok = ~np.isnan(pos)
     out[ok] = np.floor(pos[ok] + 0.5).astype(np.int64)
     return out

@@ -1,0 +1,39 @@
+"""MotionFollower for Blender: edit the motion of a person in a VSE strip with a diffusion backend.
+
+The model runs in a separate process (the backend venv made by install.py), driven over JSON-RPC
+(client.py); this package only exports strips, shows progress and imports the result. Scripting
+API: `scene.motionfollower` + `bpy.ops.motionfollower.edit()` (docs/blender.md).
+"""
+
+bl_info = {  # legacy installs (scripts/addons); 4.2+ extensions read blender_manifest.toml
+    "name": "MotionFollower",
+    "author": "MotionFollower for Blender contributors",
+    "version": (0, 1, 0),
+    "blender": (4, 2, 0),
+    "location": "Sequencer > Sidebar > MotionFollower",
+    "description": "Make the person in a video strip follow the motion of another strip (score-guided diffusion)",
+    "category": "Sequencer",
+}
+
+if "bpy" in locals():  # F8 / script reload: re-import the sub-modules
+    import importlib
+
+    for _name in ("client", "strips", "properties", "preferences", "operators", "ui"):
+        if _name in locals():
+            importlib.reload(locals()[_name])
+
+import bpy  # noqa: E402,F401
+
+from . import client, operators, preferences, properties, strips, ui  # noqa: E402,F401
+
+_MODULES = (preferences, properties, operators, ui)
+
+
+def register() -> None:
+    for m in _MODULES:
+        m.register()
+
+
+def unregister() -> None:
+    for m in reversed(_MODULES):
+        m.unregister()

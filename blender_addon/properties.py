@@ -1,0 +1,82 @@
+"""Per-scene settings: `scene.motionfollower` (the scripting API, docs/blender.md).
+
+Strips are referenced by name (strings survive strip edits, undo and file reloads); the job
+parameters mirror `mf_backend.params.JobParams` and `job_params()` builds its dict.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import bpy
+from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
+
+from . import strips
+
+
+def _strip_search(self, context, edit_text):  # noqa: ARG001 - bpy's search callback signature
+    return [n for n in strips.strip_names(strips.vse_scene(context)) if edit_text.lower() in n.lower()]
+
+
+class MotionFollowerSettings(bpy.types.PropertyGroup):
+    source_strip: StringProperty(name="Source", description="Strip whose person is edited (empty: the active strip)",
+                                 search=_strip_search)
+    driving_strip: StringProperty(name="Driving", description="Strip whose motion the person follows "
+                                  "(a video, or a strip that already is a pose render)", search=_strip_search)
+    driving_is_pose: BoolProperty(name="Driving is a pose render", default=False,
+                                  description="The driving strip already shows DWPose-style skeletons: decode them "
+                                              "instead of detecting a person")
+    model: EnumProperty(name="Model", default="auto", items=[
+        ("auto", "Auto", "The released model when its weights are complete, else the demo model"),
+        ("official", "Released", "The released MotionFollower weights (models folder in the preferences)"),
+        ("demo", "Demo", "The small embedded demo model"),
+        ("folder", "Folder", "A folder of weights trained with this project")])
+    model_folder: StringProperty(name="Model folder", subtype="DIR_PATH")
+    steps: IntProperty(name="Steps", default=50, min=1, max=1000, description="Denoising steps (DDIM)")
+    guidance_scale: FloatProperty(name="Guidance scale", default=3.5, min=0.0, max=30.0,
+                                  description="Classifier-free guidance scale (7.0 for people, 3.5 with camera motion)")
+    seed: IntProperty(name="Seed", default=42, min=0)
+    size: IntProperty(name="Resolution", default=512, min=32, max=2048, step=32,
+                      description="Working resolution of the model (square, a multiple of 32); "
+                                  "the result is scaled back to the scene resolution")
+    camera: BoolProperty(name="Camera mode", default=False,
+                         description="Keep a moving camera's background (K/V injection from the source)")
+    use_fg: BoolProperty(name="Foreground", default=True)
+    use_over: BoolProperty(name="Overlap", default=True)
+    use_body: BoolProperty(name="Body", default=True)
+    use_com: BoolProperty(name="Common", default=True)
+    w_fg: FloatProperty(name="Foreground weight", default=4.0, min=0.0, max=100.0)
+    w_over: FloatProperty(name="Overlap weight", default=1.2, min=0.0, max=100.0)
+    w_body: FloatProperty(name="Body weight", default=6.0, min=0.0, max=100.0)
+    w_com: FloatProperty(name="Common weight", default=1.2, min=0.0, max=100.0)
+    timing: EnumProperty(name="Timing", default="hold-last", items=[
+        ("hold-last", "Hold last", "A shorter driving clip holds its last pose, so the whole source is edited"),
+        ("loop", "Loop", "A shorter driving clip loops"),
+        ("stretch", "Stretch", "The driving clip is retimed to the source length"),
+        ("trim", "Trim", "Edit only as many frames as the driving clip has")])
+    use_frame_range: BoolProperty(name="Limit frame range", default=False,
+                                  description="Edit only the source frames inside this timeline range")
+    frame_start: IntProperty(name="Start", default=1)
+    frame_end: IntProperty(name="End", default=250, description="Last timeline frame (inclusive)")
+    keep_inputs: BoolProperty(name="Keep exported inputs", default=False,
+                              description="Keep the exported source/driving frames in the job folder")
+
+    def job_params(self) -> dict[str, Any]:
+        """The backend's JobParams fields these settings set (paths are added by the operator)."""
+        p: dict[str, Any] = {k: getattr(self, k) for k in (
+            "steps", "guidance_scale", "seed", "size", "camera", "timing",
+            "use_fg", "use_over", "use_body", "use_com", "w_fg", "w_over", "w_body", "w_com")}
+        p["model"] = bpy.path.abspath(self.model_folder) if self.model == "folder" else self.model
+        if self.driving_is_pose:
+            p["pose_extractor"] = "decode"
+        return p
+
+
+def register() -> None:
+    bpy.utils.register_class(MotionFollowerSettings)
+    bpy.types.Scene.motionfollower = bpy.props.PointerProperty(type=MotionFollowerSettings)
+
+
+def unregister() -> None:
+    del bpy.types.Scene.motionfollower
+    bpy.utils.unregister_class(MotionFollowerSettings)

@@ -1,0 +1,222 @@
+"""VSE strips: export a strip's frames to a PNG folder, import frames as an image strip; the 4.2↔5.x shim.
+
+Export renders the strip through the sequencer, so what is exported is what the user sees: strip
+offsets and trims, retiming (speed), transform/crop, modifiers and the scene's fps. It renders a
+temporary *copy* of the scene (Scene.copy() duplicates the sequencer but links everything else)
+with every other strip muted and the view transform set to Standard, then removes the copy: the
+user's scene, its colour management and its frame range are never touched.
+
+API drift handled here (and only here): `strips`/`strips_all` (4.4+) vs `sequences`/`sequences_all`
+(≤4.3, removed in 5.0), `context.sequencer_scene` (5.x), `content_trim_*` vs `animation_offset_*`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import bpy
+
+FRAME_RE = re.compile(r"(\d+)")
+
+
+# ---- the shim ----------------------------------------------------------------------------------
+
+def vse_scene(context: Any) -> "bpy.types.Scene":
+    """The scene the sequencer shows: `context.sequencer_scene` on 5.x when set, else `context.scene`."""
+    return getattr(context, "sequencer_scene", None) or context.scene
+
+
+def top_strips(scene: "bpy.types.Scene") -> Iterable[Any]:
+    ed = scene.sequence_editor
+    if ed is None:
+        return []
+    coll = getattr(ed, "strips", None)
+    return coll if coll is not None else ed.sequences
+
+
+def all_strips(scene: "bpy.types.Scene") -> Iterable[Any]:
+    ed = scene.sequence_editor
+    if ed is None:
+        return []
+    coll = getattr(ed, "strips_all", None)
+    return coll if coll is not None else ed.sequences_all
+
+
+def top_collection(scene: "bpy.types.Scene") -> Any:
+    ed = scene.sequence_editor or scene.sequence_editor_create()
+    coll = getattr(ed, "strips", None)
+    return coll if coll is not None else ed.sequences
+
+
+def find_strip(scene: "bpy.types.Scene", name: str) -> Optional[Any]:
+    for s in all_strips(scene):
+        if s.name == name:
+            return s
+    return None
+
+
+def strip_names(scene: "bpy.types.Scene") -> list[str]:
+    return [s.name for s in all_strips(scene)]
+
+
+def content_trim(strip: Any) -> tuple[int, int]:
+    """Frames trimmed off the media itself (hold offsets): content_trim_* on new versions."""
+    start = getattr(strip, "content_trim_start", None)
+    if start is None:
+        start = getattr(strip, "animation_offset_start", 0)
+        return int(start), int(getattr(strip, "animation_offset_end", 0))
+    return int(start), int(getattr(strip, "content_trim_end", 0))
+
+
+def visible_range(strip: Any) -> tuple[int, int]:
+    """[first, end) timeline frames where the strip shows."""
+    return int(strip.frame_final_start), int(strip.frame_final_end)
+
+
+def parent_meta(strip: Any) -> Optional[Any]:
+    fn = getattr(strip, "parent_meta", None)
+    return fn() if callable(fn) else None
+
+
+def top_level_of(strip: Any) -> Any:
+    """The top-level strip that contains `strip` (itself, or its outermost meta)."""
+    while parent_meta(strip) is not None:
+        strip = parent_meta(strip)
+    return strip
+
+
+# ---- export ------------------------------------------------------------------------------------
+
+class ExportError(Exception):
+    pass
+
+
+def export_strip(scene: "bpy.types.Scene", strip_name: str, folder: Path,
+                 frame_range: Optional[tuple[int, int]] = None) -> dict[str, Any]:
+    """Render `strip_name` alone over its visible range (∩ frame_range, [a, b)) to folder/frame_{k}.png.
+
+    Returns {"first": timeline frame of frame_0, "count": n, "fps": float, "width": w, "height": h}.
+    """
+    strip = find_strip(scene, strip_name)
+    if strip is None:
+        raise ExportError(f"strip '{strip_name}' not found in scene '{scene.name}'")
+    first, end = visible_range(strip)
+    if frame_range is not None:
+        first, end = max(first, frame_range[0]), min(end, frame_range[1])
+    if end <= first:
+        raise ExportError(f"strip '{strip_name}' shows no frames in the chosen frame range")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    render_dir = folder / ".render"
+    had_render_result = "Render Result" in bpy.data.images
+
+    keep = {strip.name}
+    parent = parent_meta(strip)
+    while parent is not None:  # a strip inside a meta renders only through its metas
+        keep.add(parent.name)
+        parent = parent_meta(parent)
+
+    tmp = scene.copy()  # links objects/world, duplicates the sequencer: the user's scene stays as it is
+    try:
+        tmp.name = "MF export (temporary)"
+        for s in all_strips(tmp):
+            if s.name not in keep:
+                s.mute = True
+            elif s.name != strip.name:
+                s.mute = False
+        find_strip(tmp, strip.name).mute = False
+        r = tmp.render
+        r.use_sequencer = True
+        r.use_compositing = False
+        r.resolution_percentage = 100
+        r.use_border = False
+        r.film_transparent = False
+        r.filepath = str(render_dir / "f_")
+        r.use_file_extension = True
+        r.use_overwrite = True
+        r.use_placeholder = False
+        im = r.image_settings
+        if hasattr(im, "media_type"):  # 5.0 groups formats by media type
+            im.media_type = "IMAGE"
+        im.file_format = "PNG"
+        im.color_mode = "RGB"
+        im.color_depth = "8"
+        im.compression = 15
+        # Frames for a model: no tone mapping (AgX/Filmic would change every pixel).
+        tmp.view_settings.view_transform = "Standard"
+        tmp.view_settings.look = "None"
+        tmp.view_settings.exposure = 0.0
+        tmp.view_settings.gamma = 1.0
+        tmp.view_settings.use_curve_mapping = False
+        tmp.frame_start, tmp.frame_end = first, end - 1
+        ed = tmp.sequence_editor
+        ed.use_prefetch = False
+        result = bpy.ops.render.render(animation=True, scene=tmp.name)
+        if "FINISHED" not in result:
+            raise ExportError(f"rendering strip '{strip_name}' failed ({result})")
+        fps = tmp.render.fps / tmp.render.fps_base
+        width = tmp.render.resolution_x
+        height = tmp.render.resolution_y
+    finally:
+        bpy.data.scenes.remove(tmp)
+        if not had_render_result and "Render Result" in bpy.data.images:
+            bpy.data.images.remove(bpy.data.images["Render Result"])
+
+    rendered = sorted(render_dir.glob("f_*.png"), key=lambda p: int(FRAME_RE.findall(p.stem)[-1]))
+    if len(rendered) != end - first:
+        raise ExportError(f"expected {end - first} frames of '{strip_name}', the render wrote {len(rendered)}")
+    for k, p in enumerate(rendered):
+        os.replace(p, folder / f"frame_{k}.png")
+    shutil.rmtree(render_dir, ignore_errors=True)
+    return {"first": first, "count": end - first, "fps": fps, "width": width, "height": height}
+
+
+# ---- import ------------------------------------------------------------------------------------
+
+def frame_files(folder: Path) -> list[Path]:
+    """PNG files of a folder in frame order (frame_0, frame_1, …, frame_10)."""
+    files = [p for p in Path(folder).iterdir() if p.suffix.lower() == ".png"]
+    return sorted(files, key=lambda p: (int(FRAME_RE.findall(p.stem)[-1]) if FRAME_RE.findall(p.stem) else -1, p.name))
+
+
+def first_free_channel(scene: "bpy.types.Scene", above: int, start: int, end: int) -> int:
+    """Lowest channel > above with no top-level strip overlapping [start, end)."""
+    busy = {s.channel for s in top_strips(scene) if s.frame_final_start < end and s.frame_final_end > start}
+    channel = above + 1
+    while channel in busy:
+        channel += 1
+    if channel > 128:
+        raise ExportError("no free channel above the source strip (the sequencer has 128)")
+    return channel
+
+
+def import_frames(scene: "bpy.types.Scene", folder: Path, name: str, source_name: str, first_frame: int,
+                  metadata: Optional[dict[str, Any]] = None) -> Any:
+    """Add folder's frames as one image-sequence strip above `source_name`, starting at first_frame."""
+    files = frame_files(folder)
+    if not files:
+        raise ExportError(f"the backend wrote no frames in '{folder}'")
+    source = find_strip(scene, source_name)
+    base = top_level_of(source) if source is not None else None
+    above = base.channel if base is not None else 0
+    channel = first_free_channel(scene, above, first_frame, first_frame + len(files))
+    ed = scene.sequence_editor
+    prefetch = ed.use_prefetch
+    ed.use_prefetch = False  # the prefetch thread must not read strips while we add one
+    try:
+        strip = top_collection(scene).new_image(name=name, filepath=str(files[0]), channel=channel,
+                                                frame_start=first_frame, fit_method="FIT")
+        for f in files[1:]:
+            strip.elements.append(f.name)
+        strip.colorspace_settings.name = "sRGB"
+        strip.frame_final_duration = len(files)
+        for key, value in (metadata or {}).items():
+            if isinstance(value, (int, float, str)):
+                strip["motionfollower_" + key] = value
+    finally:
+        ed.use_prefetch = prefetch
+    return strip

@@ -1,0 +1,110 @@
+"""The Sequencer sidebar panel (tab "MotionFollower"): strips, settings, Run; progress + Cancel; errors."""
+
+from __future__ import annotations
+
+import bpy
+
+from . import operators, strips
+
+
+def _eta(seconds) -> str:
+    if seconds is None:
+        return "estimating…"
+    seconds = int(seconds)
+    return f"{seconds // 60}:{seconds % 60:02d} left" if seconds >= 60 else f"{seconds} s left"
+
+
+class SEQUENCER_PT_motionfollower(bpy.types.Panel):
+    bl_label = "MotionFollower"
+    bl_idname = "SEQUENCER_PT_motionfollower"
+    bl_space_type = "SEQUENCE_EDITOR"
+    bl_region_type = "UI"
+    bl_category = "MotionFollower"
+
+    def draw(self, context):
+        layout = self.layout
+        scene = strips.vse_scene(context)
+        mf = scene.motionfollower
+        state = operators.STATE
+
+        col = layout.column()
+        col.prop(mf, "source_strip", icon="SEQUENCE")
+        if not mf.source_strip:
+            ed = scene.sequence_editor
+            active = ed.active_strip if ed else None
+            col.label(text=f"Using the active strip: {active.name}" if active else "No active strip", icon="INFO")
+        col.prop(mf, "driving_strip", icon="ARMATURE_DATA")
+        col.prop(mf, "driving_is_pose")
+
+        if state.running:
+            draw_progress(layout, state)
+        else:
+            row = layout.row()
+            row.scale_y = 1.5
+            row.operator("motionfollower.edit", icon="PLAY")
+
+        if state.last_error is not None and not state.running:
+            box = layout.box()
+            message, hint = state.last_error
+            for i, line in enumerate(message.splitlines()[:6]):
+                box.label(text=line, icon="ERROR" if i == 0 else "BLANK1")
+            if hint:
+                box.label(text=hint, icon="QUESTION")
+            box.operator("motionfollower.copy_error", icon="COPYDOWN")
+        elif state.last_message and not state.running:
+            layout.label(text=state.last_message, icon="CHECKMARK")
+
+        box = layout.box()
+        box.label(text="Sampling")
+        col = box.column(align=True)
+        col.prop(mf, "model")
+        if mf.model == "folder":
+            col.prop(mf, "model_folder")
+        col.prop(mf, "steps")
+        col.prop(mf, "guidance_scale")
+        col.prop(mf, "seed")
+        col.prop(mf, "size")
+        col.prop(mf, "camera")
+        col.prop(mf, "timing")
+
+        box = layout.box()
+        box.label(text="Consistency guidance")
+        for term in ("fg", "over", "body", "com"):
+            row = box.row(align=True)
+            row.prop(mf, f"use_{term}", text="")
+            sub = row.row(align=True)
+            sub.active = getattr(mf, f"use_{term}")
+            sub.prop(mf, f"w_{term}")
+
+        box = layout.box()
+        box.prop(mf, "use_frame_range")
+        if mf.use_frame_range:
+            row = box.row(align=True)
+            row.prop(mf, "frame_start")
+            row.prop(mf, "frame_end")
+        box.prop(mf, "keep_inputs")
+        if state.client is not None and not state.running:
+            layout.operator("motionfollower.stop_backend", icon="X")
+
+
+def draw_progress(layout, state) -> None:
+    """Progress bar with stage, step and ETA, and the Cancel button."""
+    p = state.progress() or {}
+    box = layout.box()
+    fraction = float(p.get("fraction") or 0.0)
+    text = f"{p.get('stage', '')} {p.get('done', 0)}/{p.get('total', 0)} — {_eta(p.get('eta_s'))}"
+    if hasattr(box, "progress"):  # UILayout.progress: 4.0+
+        box.progress(factor=fraction, type="BAR", text=text)
+    else:
+        box.label(text=f"{fraction * 100:.0f}%  {text}")
+    if p.get("message"):
+        box.label(text=str(p["message"]))
+    box.operator("motionfollower.cancel", icon="CANCEL")
+
+
+def register() -> None:
+    bpy.utils.register_class(SEQUENCER_PT_motionfollower)
+
+
+def unregister() -> None:
+    bpy.utils.unregister_class(SEQUENCER_PT_motionfollower)

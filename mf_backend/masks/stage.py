@@ -1,0 +1,63 @@
+"""The masks stage of `prepare`/`edit`: M_r and M_e for every source frame, and writing them.
+
+    out/source_masks/frame_{k}.png     M_r, 8-bit L {0,255}
+    out/predicted_masks/frame_{k}.png  M_e (the source protagonist in the aligned target pose)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def compute_masks(source_frames: np.ndarray, prep, params, ctx) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 source frames (F,H,W,3) + `prepare.PosePrep` → (M_r, M_e) float32 (F,H,W) in {0,1}.
+
+    The user's `source_masks` / `predicted_masks` folders are used when given. Frames the driving clip
+    does not drive keep the source pose, so their M_e is M_r.
+    """
+    from mf_backend.masks.predict import predict_masks
+    from mf_backend.masks.source import source_masks
+    from mf_backend.media import read_masks
+
+    n, h, w = source_frames.shape[:3]
+    if params.source_masks:
+        M_r = _fit(read_masks(params.source_masks), n, h, w, params.source_masks)
+    else:
+        M_r = source_masks(source_frames, "auto", params.models_dir, ctx=ctx)
+    if params.predicted_masks:
+        return M_r, _fit(read_masks(params.predicted_masks), n, h, w, params.predicted_masks)
+    M_e = M_r.copy()
+    edited = np.nonzero(~np.isnan(prep.driving_index))[0]
+    if len(edited):
+        M_e[edited], info = predict_masks(source_frames[edited], M_r[edited], prep.source.frames(edited),
+                                          prep.aligned.frames(edited), params.mask_predictor,
+                                          tta_steps=params.tta_steps, ctx=ctx)
+    return M_r, M_e
+
+
+def write_mask_folders(M_r: np.ndarray, M_e: np.ndarray, folder: Path, ctx=None) -> dict[str, Any]:
+    """Write source_masks/ and predicted_masks/ into `folder` → {kind: relative folder name}."""
+    from mf_backend.media import write_masks
+
+    if ctx is not None:
+        ctx.progress("write", 0, 1, "writing masks")
+    write_masks(M_r, Path(folder) / "source_masks")
+    write_masks(M_e, Path(folder) / "predicted_masks")
+    return {"source_masks": "source_masks", "predicted_masks": "predicted_masks"}
+
+
+def _fit(masks: np.ndarray, n: int, h: int, w: int, where: str) -> np.ndarray:
+    """A user mask folder must have one mask per source frame; resized (nearest) to the frame size."""
+    import cv2
+
+    from mf_backend.errors import BadInputMedia
+
+    if len(masks) != n:
+        raise BadInputMedia(f"'{where}' has {len(masks)} masks for {n} source frames",
+                            "give one mask per source frame (frame_0.png ...)")
+    if masks.shape[1:] != (h, w):
+        masks = np.stack([cv2.resize(m, (w, h), interpolation=cv2.INTER_NEAREST) for m in masks])
+    return (masks >= 0.5).astype(np.float32)

@@ -1,0 +1,483 @@
+"""The Blender add-on in real bpy (5.0.1): registration, export, import, panel, operator, real backend.
+
+The edit runs against the real backend subprocess (`python -m mf_backend serve`) with a tiny model,
+exactly as Blender would start it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+bpy = pytest.importorskip("bpy", reason="bpy (Blender as a module) is not installed: install.py installs it")
+import addon_utils  # noqa: E402  (ships with bpy)
+import cv2  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+SIZE = 64  # scene resolution
+N = 8  # frames per clip
+
+
+# ---- fixtures ----------------------------------------------------------------------------------
+
+def write_movie(path: Path, n: int, base: tuple[int, int, int], fps: float = 24) -> Path:
+    """A 64×64 clip whose frame i shows a white bar at x = 4i..4i+12 (so frames can be told apart)."""
+    vw = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (SIZE, SIZE))
+    for i in range(n):
+        f = np.zeros((SIZE, SIZE, 3), np.uint8)
+        f[:] = base
+        f[16:48, i * 4:i * 4 + 12] = 255
+        vw.write(f)
+    vw.release()
+    return path
+
+
+def bar_position(png: Path) -> float:
+    img = cv2.imread(str(png))
+    cols = np.where(img[32].min(axis=1) > 200)[0]
+    return float(cols.min())
+
+
+@pytest.fixture(scope="module")
+def addon(tmp_path_factory):
+    mod = addon_utils.enable("blender_addon", default_set=True)
+    assert mod is not None, "the add-on did not register"
+    prefs = bpy.context.preferences.addons["blender_addon"].preferences
+    prefs.python = sys.executable
+    prefs.jobs_dir = str(tmp_path_factory.mktemp("jobs"))
+    yield mod
+    mod.operators.stop_backend()
+
+
+@pytest.fixture
+def scene(addon, tmp_path):
+    """A fresh scene with a source movie (channel 2, frames 10..17) and a driving movie (channel 5)."""
+    sc = bpy.data.scenes.new(f"test-{tmp_path.name}")
+    bpy.context.window.scene = sc
+    sc.render.resolution_x = sc.render.resolution_y = SIZE
+    sc.render.resolution_percentage = 50  # the export must not depend on the preview percentage
+    sc.render.fps, sc.render.fps_base = 24, 1.0
+    sc.view_settings.view_transform = "AgX"  # the export must force Standard on its own copy only
+    sc.frame_start, sc.frame_end, sc.frame_current = 1, 40, 13
+    ed = sc.sequence_editor_create()
+    ed.strips.new_movie("source", str(write_movie(tmp_path / "src.avi", N, (40, 40, 200))), channel=2, frame_start=10)
+    ed.strips.new_movie("driving", str(write_movie(tmp_path / "drv.avi", N, (40, 200, 40))), channel=5, frame_start=10)
+    mf = sc.motionfollower
+    mf.source_strip, mf.driving_strip = "source", "driving"
+    mf.size, mf.steps, mf.seed = 64, 1, 1  # 64: the tiny model's smallest working size
+    yield sc
+    addon.operators.STATE.run = None
+    addon.operators.STATE.last_error = None
+    bpy.data.scenes.remove(sc)
+
+
+@pytest.fixture(scope="module")
+def small_model(tmp_path_factory):
+    """A tiny random-weight model folder in our own layout (fast on CPU; the pipeline shape is real)."""
+    from mf_backend.models.loading import build_models, save_models
+
+    folder = tmp_path_factory.mktemp("model") / "tiny"
+    save_models(build_models("tiny", seed=0), folder)
+    return str(folder)
+
+
+def person_clips(sc, tmp_path: Path) -> None:
+    """Replace the bar clips by a synthetic person (movie) and a driver's pose renders (image strip)."""
+    from mf_backend.pose.render import render_poses
+    from mf_backend.synthetic.pair import make_pair
+
+    pair = make_pair(seed=3, frames=N, size=SIZE)
+    src = tmp_path / "person.avi"
+    vw = cv2.VideoWriter(str(src), cv2.VideoWriter_fourcc(*"MJPG"), 24, (SIZE, SIZE))
+    for f in pair.source.frames:
+        vw.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+    vw.release()
+    poses = tmp_path / "poses"
+    poses.mkdir()
+    for k, f in enumerate(render_poses(pair.driving.poses)):
+        cv2.imwrite(str(poses / f"pose_{k:03d}.png"), cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+    coll = sc.sequence_editor.strips
+    for name in ("source", "driving"):
+        coll.remove(coll[name])
+    coll.new_movie("source", str(src), channel=2, frame_start=10)
+    d = coll.new_image("driving", str(poses / "pose_000.png"), channel=5, frame_start=10)
+    for k in range(1, N):
+        d.elements.append(f"pose_{k:03d}.png")
+    d.frame_final_duration = N
+    sc.motionfollower.driving_is_pose = True
+
+
+def snapshot(sc) -> dict:
+    """Everything of the user's scene that an edit must leave alone."""
+    strips = {s.name: (s.type, s.channel, s.frame_start, s.frame_final_start, s.frame_final_end,
+                       s.frame_offset_start, s.frame_offset_end, s.mute, s.select)
+              for s in sc.sequence_editor.strips_all}
+    v, r = sc.view_settings, sc.render
+    return {"strips": strips, "view": (v.view_transform, v.look, v.exposure, v.gamma),
+            "render": (r.filepath, r.image_settings.file_format, r.resolution_x, r.resolution_percentage, r.fps),
+            "frames": (sc.frame_start, sc.frame_end, sc.frame_current),
+            "data": (len(bpy.data.scenes), len(bpy.data.images), len(bpy.data.objects), len(bpy.data.movieclips)),
+            "prefetch": sc.sequence_editor.use_prefetch}
+
+
+def edited_strips(sc) -> list:
+    return [s for s in sc.sequence_editor.strips_all if s.name.endswith("(MotionFollower)")]
+
+
+# ---- registration, export, import ----------------------------------------------------------------
+
+def test_registers_panel_operators_and_scene_settings(addon):
+    assert hasattr(bpy.types, "SEQUENCER_PT_motionfollower")
+    for op in ("edit", "cancel", "check_backend", "stop_backend", "copy_error"):
+        assert hasattr(bpy.ops.motionfollower, op)
+    mf = bpy.context.scene.motionfollower
+    p = mf.job_params()
+    assert {"steps", "size", "seed", "guidance_scale", "w_fg", "use_com", "camera", "model"} <= set(p)
+    from mf_backend.params import JobParams  # the add-on's settings are valid backend params
+
+    JobParams.from_dict({**p, "source": "s", "driving": "d", "out": "o"})
+
+
+def test_export_respects_trims_and_leaves_the_scene_alone(scene, tmp_path):
+    from blender_addon import strips
+
+    src = scene.sequence_editor.strips["source"]
+    src.frame_offset_start, src.frame_offset_end = 2, 1  # visible: media frames 2..6 at timeline 12..16
+    before = snapshot(scene)
+    info = strips.export_strip(scene, "source", tmp_path / "exp")
+    assert info == {"first": 12, "count": 5, "fps": 24.0, "width": SIZE, "height": SIZE}
+    files = strips.frame_files(tmp_path / "exp")
+    assert [f.name for f in files] == [f"frame_{k}.png" for k in range(5)]
+    assert cv2.imread(str(files[0])).shape == (SIZE, SIZE, 3)  # full resolution despite the 50 % preview
+    assert [bar_position(f) for f in files] == pytest.approx([4.0 * (k + 2) for k in range(5)], abs=1.5)
+    # only the strip itself was rendered: the driving strip above it (green) is not in the frames
+    assert cv2.imread(str(files[0]))[5, 5, 1] < 100
+    assert snapshot(scene) == before
+    # a frame range limits the export
+    info = strips.export_strip(scene, "source", tmp_path / "exp2", frame_range=(14, 16))
+    assert (info["first"], info["count"]) == (14, 2)
+
+
+def test_export_uses_standard_view_transform(scene, tmp_path):
+    from blender_addon import strips
+
+    img = np.full((SIZE, SIZE, 3), (30, 128, 220), np.uint8)
+    for k in range(3):
+        cv2.imwrite(str(tmp_path / f"still_{k}.png"), img)
+    s = scene.sequence_editor.strips.new_image("stills", str(tmp_path / "still_0.png"), channel=7, frame_start=30)
+    for k in (1, 2):
+        s.elements.append(f"still_{k}.png")
+    s.frame_final_duration = 3
+    strips.export_strip(scene, "stills", tmp_path / "exp")
+    out = cv2.imread(str(tmp_path / "exp" / "frame_0.png"))
+    # sRGB in, Standard out: the pixels come back unchanged (AgX would shift them by tens of levels)
+    assert np.abs(out.astype(int) - img).max() <= 2
+    assert scene.view_settings.view_transform == "AgX"
+
+
+def test_import_goes_on_the_first_free_channel_above_the_source(scene, tmp_path):
+    from blender_addon import strips
+
+    ed = scene.sequence_editor
+    ed.strips.new_effect("blocker", type="COLOR", channel=3, frame_start=15, length=5)  # overlaps the source
+    ed.strips.new_effect("elsewhere", type="COLOR", channel=4, frame_start=30, length=5)  # does not
+    folder = tmp_path / "edited"
+    folder.mkdir()
+    for k in range(12):  # frame_10 must come after frame_9
+        cv2.imwrite(str(folder / f"frame_{k}.png"), np.full((SIZE, SIZE, 3), k * 10, np.uint8))
+    s = strips.import_frames(scene, folder, "source (MotionFollower)", "source", 10, {"seed": 7})
+    assert (s.type, s.channel, s.frame_final_start, s.frame_final_duration) == ("IMAGE", 4, 10, 12)
+    assert [e.filename for e in s.elements] == [f"frame_{k}.png" for k in range(12)]
+    assert s.colorspace_settings.name == "sRGB" and s["motionfollower_seed"] == 7
+    assert Path(bpy.path.abspath(s.directory)) == folder
+
+
+# ---- panel ---------------------------------------------------------------------------------------
+
+ICONS = set(bpy.types.UILayout.bl_rna.functions["prop"].parameters["icon"].enum_items.keys())
+
+
+def check_call(func: str, kw: dict) -> None:
+    """The keyword arguments and icon must be ones the real UILayout accepts (a typo raises in Blender)."""
+    params = bpy.types.UILayout.bl_rna.functions[func].parameters
+    assert set(kw) <= set(params.keys()), f"{func}() has no argument {set(kw) - set(params.keys())}"
+    assert kw.get("icon", "NONE") in ICONS, f"no icon {kw['icon']!r}"
+
+
+class FakeLayout:
+    """Records draw calls and checks that every property, operator, argument and icon the panel uses exists."""
+
+    def __init__(self, log: list):
+        self.log = log
+        self.active = True
+        self.scale_y = 1.0
+
+    def _sub(self, *a, **k):
+        return FakeLayout(self.log)
+
+    row = column = box = split = _sub
+
+    def prop(self, data, name, **kw):
+        check_call("prop", kw)
+        assert name in data.bl_rna.properties, f"no property {name!r} on {data}"
+        self.log.append(("prop", name))
+
+    def operator(self, idname, **kw):
+        check_call("operator", kw)
+        cat, op = idname.split(".")
+        assert hasattr(getattr(bpy.ops, cat), op), idname
+        self.log.append(("operator", idname))
+
+    def label(self, text="", **kw):
+        check_call("label", kw)
+        self.log.append(("label", text))
+
+    def progress(self, factor=0.0, type="BAR", text=""):
+        check_call("progress", {"factor": factor, "type": type, "text": text})
+        assert 0.0 <= factor <= 1.0
+        self.log.append(("progress", factor, text))
+
+
+def draw_panel() -> list:
+    log: list = []
+    panel = type("P", (), {"layout": FakeLayout(log)})()
+    bpy.types.SEQUENCER_PT_motionfollower.draw(panel, bpy.context)
+    return log
+
+
+def test_panel_draws_idle_running_and_failed(scene, addon):
+    from blender_addon import client, operators
+
+    log = draw_panel()
+    assert ("operator", "motionfollower.edit") in log and ("prop", "w_body") in log
+    assert not any(e[0] == "progress" for e in log)
+
+    job = client.Job(job_id="j", method="edit", request_id=1)
+    job._progress({"stage": "editing", "done": 3, "total": 10, "fraction": 0.42, "eta_s": 75, "message": "step 3/10"})
+    operators.STATE.run = operators.EditRun("s", "source", "driving", Path("/nonexistent"), 10, N, {}, job=job)
+    log = draw_panel()
+    bars = [e for e in log if e[0] == "progress"]
+    assert bars and bars[0][1] == pytest.approx(0.42) and "editing 3/10" in bars[0][2] and "1:15" in bars[0][2]
+    assert ("operator", "motionfollower.cancel") in log and ("operator", "motionfollower.edit") not in log
+    operators.STATE.run.job = None  # still exporting
+    assert any(e[0] == "progress" and "export" in e[2] for e in draw_panel())
+
+    operators.STATE.run = None
+    operators.STATE.last_error = ("MotionFollower failed: out of memory", "use a lower resolution")
+    log = draw_panel()
+    assert ("label", "use a lower resolution") in log and ("operator", "motionfollower.copy_error") in log
+
+
+def test_check_backend_and_preferences_panel(addon, tmp_path):
+    from blender_addon import preferences
+
+    prefs = bpy.context.preferences.addons["blender_addon"].preferences
+    assert bpy.ops.motionfollower.check_backend() == {"FINISHED"}
+    report = list(preferences.CHECK_REPORT)
+    assert report[0].startswith("Backend ") and "torch" in report[0]
+    assert any(line.startswith("Models folder") for line in report)
+    log: list = []
+    fake = type("Prefs", (), {"layout": FakeLayout(log), "bl_rna": prefs.bl_rna, "python": prefs.python})()
+    preferences.MotionFollowerPreferences.draw(fake, bpy.context)
+    assert ("operator", "motionfollower.check_backend") in log and ("label", report[0]) in log
+
+    good = prefs.python
+    prefs.python = str(tmp_path / "missing-python")
+    try:
+        with pytest.raises(RuntimeError, match="backend Python not found"):
+            bpy.ops.motionfollower.check_backend()
+        assert preferences.CHECK_REPORT[0].startswith("ERROR") and "install.py" in preferences.CHECK_REPORT[1]
+    finally:
+        prefs.python = good
+
+
+# ---- the operator against the real backend -------------------------------------------------------
+
+def test_operator_reports_a_missing_strip_and_changes_nothing(scene, addon):
+    scene.motionfollower.driving_strip = "nope"
+    before = snapshot(scene)
+    jobs = set(os.listdir(addon.preferences.get_settings().jobs_dir))
+    with pytest.raises(RuntimeError, match="driving strip 'nope' not found"):
+        bpy.ops.motionfollower.edit()
+    assert snapshot(scene) == before
+    assert set(os.listdir(addon.preferences.get_settings().jobs_dir)) == jobs
+    assert addon.operators.STATE.last_error[1]  # a hint for the panel
+
+
+def test_killed_backend_surfaces_the_error_and_adds_nothing(scene, addon, small_model, tmp_path):
+    """Kill the backend mid-job (as the OOM killer would): error, nothing added, job folder gone."""
+    from blender_addon import operators
+
+    person_clips(scene, tmp_path)
+    mf = scene.motionfollower
+    mf.model, mf.model_folder = "folder", small_model
+    mf.steps = 50  # long enough to be killed in the middle
+    before = snapshot(scene)
+    killed = {}
+
+    def killer():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            run = operators.STATE.run
+            if run is not None and run.job is not None and run.job.snapshot()["stage"] != "starting":
+                killed.update(stage=run.job.snapshot()["stage"], job_dir=run.job_dir)
+                os.killpg(operators.STATE.client.pid, signal.SIGKILL)  # as the OOM killer would
+                return
+            time.sleep(0.01)
+
+    t = threading.Thread(target=killer)
+    t.start()
+    with pytest.raises(RuntimeError, match="backend stopped"):
+        bpy.ops.motionfollower.edit()
+    t.join()
+    assert killed, "the job ended before any progress arrived"
+    assert snapshot(scene) == before and not edited_strips(scene)
+    assert not killed["job_dir"].exists()
+    assert "backend stopped" in operators.STATE.last_error[0] and operators.STATE.run is None
+    assert not operators.STATE.client.alive  # the next run starts a new backend (the modal test below does)
+
+
+
+class FakeEvent:
+    def __init__(self, type_: str, value: str = "PRESS"):
+        self.type, self.value = type_, value
+
+
+def test_modal_path_esc_cancels_through_the_backend(scene, addon, tmp_path):
+    """The UI path: invoke's start, timer ticks updating progress, Esc → cancel request → clean stop."""
+    from blender_addon import operators
+
+    person_clips(scene, tmp_path)
+    scene.motionfollower.steps = 50
+    before = snapshot(scene)
+    reports = []
+    op_cls = bpy.types.MOTIONFOLLOWER_OT_edit
+    fake_op = type("Op", (), {"_timer": None, "_end": op_cls._end, "_finish": op_cls._finish, "_fail": op_cls._fail,
+                              "report": lambda self, kind, msg: reports.append((kind, msg))})()
+    ctx = type("Ctx", (), {"screen": None, "window_manager": bpy.context.window_manager})()
+    operators.STATE.run = run = operators.start_edit(bpy.context)
+    deadline = time.monotonic() + 60
+    while run.job.snapshot()["stage"] == "starting" and time.monotonic() < deadline:
+        assert op_cls.modal(fake_op, ctx, FakeEvent("TIMER")) == {"PASS_THROUGH"}
+        time.sleep(0.02)
+    assert any(e[0] == "progress" for e in draw_panel())  # the panel shows the running job
+    op_cls.modal(fake_op, ctx, FakeEvent("ESC"))
+    assert operators.STATE.progress()["stage"] == "cancelling"
+    result = None
+    while result is None and time.monotonic() < deadline:
+        r = op_cls.modal(fake_op, ctx, FakeEvent("TIMER"))
+        result = None if r == {"PASS_THROUGH"} else r
+        time.sleep(0.02)
+    assert result == {"CANCELLED"} and reports == [({"WARNING"}, "MotionFollower: cancelled")]
+    assert run.job.error is not None and run.job.error.cancelled  # the backend honoured the cancel
+    assert operators.STATE.client.alive  # … so it was not killed and is ready for the next run
+    assert operators.STATE.client_key is not None
+    assert operators.STATE.run is None and not run.job_dir.exists()
+    assert snapshot(scene) == before
+
+
+HEADLESS = textwrap.dedent("""
+    import json, sys
+    sys.path.insert(0, {repo!r})
+    import bpy, addon_utils
+    addon_utils.enable("blender_addon", default_set=True)
+    prefs = bpy.context.preferences.addons["blender_addon"].preferences
+    prefs.python, prefs.jobs_dir = {python!r}, {jobs!r}
+    sc = bpy.context.scene
+    sc.render.resolution_x = sc.render.resolution_y = 64
+    sc.view_settings.view_transform = "AgX"
+    ed = sc.sequence_editor_create()
+    src = ed.strips.new_movie("source", {src!r}, channel=2, frame_start=10)
+    src.frame_offset_start = 1  # visible: timeline 11..17, 7 frames
+    ed.strips.new_effect("blocker", type="COLOR", channel=3, frame_start=12, length=2)
+    if {with_driving!r}:
+        d = ed.strips.new_image("driving", {poses!r} + "/pose_000.png", channel=5, frame_start=1)
+        for k in range(1, 8):
+            d.elements.append(f"pose_{{k:03d}}.png")
+        d.frame_final_duration = 8
+    mf = sc.motionfollower
+    mf.source_strip, mf.driving_strip, mf.driving_is_pose = "source", "driving", True
+    mf.size, mf.steps, mf.seed = 64, 1, 5
+    mf.model, mf.model_folder = "folder", {model!r}
+
+    def snapshot():
+        v, r = sc.view_settings, sc.render
+        return {{"strips": {{s.name: [s.type, s.channel, s.frame_start, s.frame_final_start, s.frame_final_end,
+                                      s.mute, s.select] for s in ed.strips_all}},
+                "view": [v.view_transform, v.look, v.exposure], "frames": [sc.frame_start, sc.frame_end],
+                "render": [r.filepath, r.image_settings.file_format, r.resolution_x, r.fps],
+                "data": [len(bpy.data.scenes), len(bpy.data.images), len(bpy.data.objects)]}}
+
+    before = snapshot()
+    try:
+        result = bpy.ops.motionfollower.edit()
+    except RuntimeError as exc:
+        print("FAILED:", exc)
+        sys.exit(1)
+    new = [s for s in ed.strips if s.name.endswith("(MotionFollower)")]
+    after = snapshot()
+    for s in new:
+        del after["strips"][s.name]
+    s = new[0]
+    print("RESULT " + json.dumps({{"result": sorted(result), "n_new": len(new), "name": s.name, "type": s.type,
+        "channel": s.channel, "start": s.frame_final_start, "duration": s.frame_final_duration,
+        "colorspace": s.colorspace_settings.name, "seed": s["motionfollower_seed"],
+        "files": [bpy.path.abspath(s.directory) + e.filename for e in s.elements],
+        "unchanged": before == after}}))
+""")
+
+
+def _headless(tmp_path, with_driving: bool, model: str) -> subprocess.CompletedProcess:
+    sc = bpy.data.scenes.new("clips")  # person_clips writes the files; this scene is thrown away
+    sc.sequence_editor_create()
+    for name in ("source", "driving"):
+        sc.sequence_editor.strips.new_effect(name, type="COLOR", channel=1 if name == "source" else 2,
+                                             frame_start=1, length=1)
+    try:
+        person_clips(sc, tmp_path)
+    finally:
+        bpy.data.scenes.remove(sc)
+    script = tmp_path / "script.py"
+    script.write_text(HEADLESS.format(repo=str(REPO), python=sys.executable, jobs=str(tmp_path / "jobs"),
+                                      src=str(tmp_path / "person.avi"), poses=str(tmp_path / "poses"),
+                                      with_driving=with_driving, model=model))
+    return subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+
+
+def test_headless_script_fails_loudly(addon, tmp_path):
+    p = _headless(tmp_path, with_driving=False, model="")
+    assert p.returncode == 1
+    assert "driving strip 'driving' not found" in p.stdout + p.stderr
+    assert not any((tmp_path / "jobs").glob("source_*"))  # no job folder left behind
+
+
+def test_headless_script_edits_and_adds_the_strip(addon, tmp_path, small_model):
+    """The end-to-end run, as `blender -b file.blend --python script.py` does it: real backend, tiny model."""
+    p = _headless(tmp_path, with_driving=True, model=small_model)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    r = json.loads(next(line for line in p.stdout.splitlines() if line.startswith("RESULT "))[7:])
+    assert r["result"] == ["FINISHED"] and r["n_new"] == 1
+    assert (r["name"], r["type"]) == ("source (MotionFollower)", "IMAGE")
+    # first free channel above the source (3 is taken by the blocker), at the source's first visible frame,
+    # one frame per visible source frame
+    assert (r["channel"], r["start"], r["duration"]) == (4, 11, 7)
+    assert r["colorspace"] == "sRGB" and r["seed"] == 5
+    files = [Path(f) for f in r["files"]]
+    assert len(files) == 7 and all(f.is_file() for f in files)
+    assert cv2.imread(str(files[0])).shape == (SIZE, SIZE, 3)  # back at the scene resolution
+    assert not (files[0].parent.parent / "source").exists()  # exported inputs cleaned, the result kept
+    assert r["unchanged"], "the edit changed the scene beyond adding its strip"
+    assert "MotionFollower:" in p.stderr and "editing" in p.stderr  # progress lines in background mode

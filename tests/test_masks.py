@@ -1,0 +1,256 @@
+"""Masks: source-mask cleaning, the geometric fallback, the DiT predictor, its data path and training, the guard."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mf_backend.masks.geometric import geometric_masks, warp_mask
+from mf_backend.masks.model import (CONFIGS, TargetMaskPredictor, count_parameters, get_seg_config,
+                                    load_predictor, save_predictor)
+from mf_backend.masks.predict import guard, predict_masks
+from mf_backend.masks.source import clean_mask, soften, temporal_smooth
+from mf_backend.masks.train import Group, make_group, sample_batch, synthetic_groups, train_steps
+from mf_backend.pose.keypoints import PoseSequence
+
+REAL_CASES = Path(__file__).resolve().parents[2] / "shared" / "real-cases"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: one thread avoids oversubscription on a busy shared CPU (10x faster here)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _iou(a, b):
+    a, b = a >= 0.5, b >= 0.5
+    return (a & b).sum() / max(1, (a | b).sum())
+
+
+def _stick_person(h: int = 64, w: int = 64, dx: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """A simple body (18,3) and its mask (H,W): thick bones around the keypoints."""
+    import cv2
+
+    from mf_backend.pose.keypoints import LIMBS
+
+    pts = {0: (32, 10), 1: (32, 18), 2: (26, 18), 3: (22, 27), 4: (20, 35), 5: (38, 18), 6: (42, 27),
+           7: (44, 35), 8: (28, 36), 9: (27, 46), 10: (27, 56), 11: (36, 36), 12: (37, 46), 13: (37, 56)}
+    body = np.zeros((18, 3), np.float32)
+    for j, (x, y) in pts.items():
+        body[j] = (x * w / 64 + dx, y * h / 64, 1)
+    mask = np.zeros((h, w), np.uint8)
+    for a, b in LIMBS:
+        if body[a, 2] and body[b, 2]:
+            cv2.line(mask, tuple(int(v) for v in body[a, :2]), tuple(int(v) for v in body[b, :2]), 1, 5)
+    return body, mask.astype(np.float32)
+
+
+# ------------------------------------------------------------------------------------- source masks
+
+
+def test_clean_mask_keeps_largest_component_and_fills_holes():
+    m = np.zeros((40, 40), np.uint8)
+    m[5:30, 5:30] = 1
+    m[12:18, 12:18] = 0  # enclosed hole
+    m[35:38, 35:38] = 1  # spurious blob
+    out = clean_mask(m)
+    assert out[15, 15] == 1 and out[36, 36] == 0 and out.sum() == 25 * 25
+
+
+def test_temporal_smooth_removes_a_one_frame_dropout():
+    prob = np.full((5, 8, 8), 0.9, np.float32)
+    prob[2] = 0.1  # the segmenter misses the person in one frame
+    out = temporal_smooth(prob)
+    assert out[2].min() >= 0.5 and np.allclose(out[0], 0.9)
+
+
+def test_soften_gives_soft_edges_in_range():
+    m = np.zeros((1, 32, 32), np.float32)
+    m[0, 8:24, 8:24] = 1
+    s = soften(m, 4)
+    assert 0 <= s.min() and s.max() <= 1 and ((s > 0.05) & (s < 0.95)).any()
+    assert np.array_equal(soften(m, 0), m)
+
+
+@pytest.mark.skipif(not REAL_CASES.is_dir(), reason="../shared/real-cases is absent")
+def test_mediapipe_source_masks_match_the_reference_masks():
+    from mf_backend.masks.source import source_masks
+    from mf_backend.media import read_clip, read_masks
+
+    case = REAL_CASES / "case-1"
+    frames = read_clip(case / "source_images", max_frames=3).frames
+    ref = read_masks(case / "source_masks", max_frames=3)
+    out = source_masks(frames)
+    assert out.shape == ref.shape and set(np.unique(out)) <= {0.0, 1.0}
+    assert np.mean([_iou(a, b) for a, b in zip(out, ref)]) > 0.85
+
+
+# ------------------------------------------------------------------------------------- geometric
+
+
+def test_geometric_identity_and_translation():
+    body, mask = _stick_person()
+    same = warp_mask(mask, body, body)
+    assert _iou(same, mask) > 0.9
+    moved_body, moved_mask = _stick_person(dx=8)
+    moved = warp_mask(mask, body, moved_body)
+    assert _iou(moved, moved_mask) > 0.8 and _iou(moved, mask) < 0.6
+
+
+def test_geometric_follows_a_raised_arm():
+    body, mask = _stick_person()
+    target = body.copy()
+    target[3, :2] = (20, 12)  # right elbow up
+    target[4, :2] = (18, 4)  # right wrist above the head
+    out = warp_mask(mask, body, target)
+    assert out[4:10, 15:22].sum() > 0  # the hand region is now covered
+    assert out[30:36, 17:22].sum() < mask[30:36, 17:22].sum()  # and the old hand place emptied
+
+
+# ------------------------------------------------------------------------------------- model
+
+
+def test_model_shapes_range_and_paper_size():
+    torch.manual_seed(0)
+    full = TargetMaskPredictor(get_seg_config("full"))
+    assert 5.5e6 < count_parameters(full) < 7e6  # ≈ the paper's 23.5 MB fp32
+    model = TargetMaskPredictor(get_seg_config("tiny"))
+    src = torch.rand(2, 3, 32, 32) * 2 - 1
+    pose = torch.rand(2, 3, 32, 32)
+    out = model(src, pose)
+    assert out.shape == (2, 1, 32, 32) and 0 <= out.min() and out.max() <= 1
+    with pytest.raises(ValueError):
+        get_seg_config("nope")
+
+
+def test_save_load_roundtrip(tmp_path):
+    torch.manual_seed(0)
+    model = TargetMaskPredictor(get_seg_config("tiny")).eval()
+    save_predictor(model, tmp_path)
+    loaded = load_predictor(tmp_path)
+    x, p = torch.rand(1, 3, 32, 32) * 2 - 1, torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(model(x, p), loaded(x, p))
+    assert loaded.config == model.config
+
+
+def test_missing_weights_is_a_clear_error(tmp_path):
+    from mf_backend.errors import WeightsMissing
+
+    with pytest.raises(WeightsMissing, match="train-seg"):
+        load_predictor(tmp_path / "nothing")
+
+
+# ------------------------------------------------------------------------------------- data + training
+
+
+def test_synthetic_data_path_shapes_and_supervision():
+    groups = synthetic_groups(clips=1, pairs=1, size=32, seed=3, frames=3, clip_size=64)
+    assert len(groups) == 2
+    clip, pair = groups
+    assert clip.frames.shape == (3, 32, 32, 3) and clip.poses.shape == (3, 32, 32, 3) and clip.masks.shape == (3, 32, 32)
+    assert pair.poses.shape[0] == 6 and pair.masks.shape[0] == 6  # source + ground-truth edit targets
+    for g in groups:
+        assert g.frames.dtype == np.uint8 and set(np.unique(g.masks)) <= {0, 255}
+        assert (g.masks > 0).mean() > 0.02  # a person is there
+        # the pose render lies on the person: most skeleton pixels are inside the mask
+        on = g.poses.max(-1) > 60
+        assert (g.masks[on] > 0).mean() > 0.6
+    src, pose, mask = sample_batch(groups, 5, np.random.default_rng(0))
+    assert src.shape == (5, 3, 32, 32) and pose.shape == (5, 3, 32, 32) and mask.shape == (5, 1, 32, 32)
+    assert src.min() >= -1 and src.max() <= 1 and pose.min() >= 0 and pose.max() <= 1
+
+
+def test_a_real_training_step_lowers_the_loss():
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    # Frames with a bright square person; pose = a line inside it; mask = the square.
+    frames = np.zeros((4, 32, 32, 3), np.uint8)
+    poses = np.zeros((4, 32, 32, 3), np.uint8)
+    masks = np.zeros((4, 32, 32), np.uint8)
+    for k in range(4):
+        x = 4 + 5 * k
+        frames[k, 8:24, x:x + 8] = rng.integers(150, 255, 3)
+        poses[k, 10:22, x + 3:x + 5] = (255, 0, 0)
+        masks[k, 8:24, x:x + 8] = 255
+    group = Group(frames, poses, masks)
+    model = TargetMaskPredictor(get_seg_config("tiny"))
+    before = [p.detach().clone() for p in model.parameters()]
+    losses = train_steps(model, [group], steps=30, batch=4, lr=3e-3, seed=0, jitter=False)
+    assert len(losses) == 30
+    assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:5])
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_make_group_downsamples_full_size_inputs():
+    frames = np.zeros((2, 128, 128, 3), np.uint8)
+    masks = np.zeros((2, 128, 128), np.float32)
+    masks[:, 32:96, 48:80] = 1
+    g = make_group(frames, np.zeros((2, 512, 512, 3), np.uint8), masks, 32)
+    assert g.masks.shape == (2, 32, 32) and g.poses.shape == (2, 32, 32, 3)
+    assert (g.masks > 0).sum() == 2 * 16 * 8
+
+
+# ------------------------------------------------------------------------------------- predict + guard
+
+
+def _seq(bodies: np.ndarray, h=64, w=64) -> PoseSequence:
+    return PoseSequence(bodies, np.zeros((len(bodies), 2, 21, 3), np.float32), w, h)
+
+
+def test_guard_never_returns_an_empty_mask():
+    body, mask = _stick_person()
+    masks = np.stack([mask, mask, np.zeros_like(mask)])
+    poses = _seq(np.stack([body, body, body]))
+    pred = np.stack([mask, np.zeros_like(mask), np.zeros_like(mask)])  # frame 1 and 2 empty
+    out, report = guard(pred, masks, poses, poses)
+    assert np.array_equal(out[0], mask)
+    assert report["geometric"] == [1] and _iou(out[1], mask) > 0.9
+    assert report["skeleton"] == [2] and out[2].sum() > 0  # no source person: the dilated target skeleton
+    nothing = _seq(np.zeros((1, 18, 3), np.float32))
+    out, _ = guard(np.zeros((1, 64, 64), np.float32), np.zeros((1, 64, 64), np.float32), nothing, nothing)
+    assert out.min() == 1.0  # last resort: the whole frame
+
+
+def test_predict_masks_geometric_and_model(tmp_path):
+    body, mask = _stick_person()
+    moved_body, moved_mask = _stick_person(dx=6)
+    frames = np.zeros((2, 64, 64, 3), np.uint8)
+    frames[:, mask > 0] = 200
+    src, tgt = _seq(np.stack([body, body])), _seq(np.stack([moved_body, moved_body]))
+    masks = np.stack([mask, mask])
+    geo, info = predict_masks(frames, masks, src, tgt, predictor="geometric")
+    assert info["predictor"] == "geometric" and _iou(geo[0], moved_mask) > 0.8
+    torch.manual_seed(0)
+    save_predictor(TargetMaskPredictor(get_seg_config("tiny")), tmp_path)  # untrained: the guard must catch it
+    pred, info = predict_masks(frames, masks, src, tgt, predictor="model", weights=tmp_path, tta_steps=2)
+    assert info["predictor"] == "model" and info["tta_steps"] == 2
+    assert pred.shape == masks.shape and (pred.reshape(2, -1).sum(1) > 0).all()
+
+
+def test_shipped_weights_load_and_are_small():
+    from mf_backend.masks.model import default_weights_dir
+    from mf_backend.masks.predict import model_available
+
+    folder = default_weights_dir()
+    if not model_available(folder):
+        pytest.skip("no shipped mask model yet (train-seg writes mf_backend/assets/seg)")
+    assert (folder / "model.safetensors").stat().st_size < 26e6
+    model = load_predictor(folder)
+    assert model.config.resolution in {c.resolution for c in CONFIGS.values()}
+
+
+def test_train_seg_command_writes_weights(tmp_path):
+    from mf_backend.cli import main
+
+    out = tmp_path / "seg"
+    assert main(["train-seg", "--out", str(out), "--config", "tiny", "--clips", "1", "--pairs", "0",
+                 "--frames", "2", "--steps", "2", "--batch", "2"]) == 0
+    assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
+    load_predictor(out)
