@@ -51,7 +51,7 @@ class PreparedClip:
     timing: dict  # policy, fps values and frame range the positions come from (for edit.json)
     plan: CropPlan  # full frame ↔ working crop
     inputs: EditInputs  # crop-space (size×size) inputs of the edited frames
-    seconds: dict  # wall time of the crop steps (planning, cropping frames/masks/poses)
+    seconds: dict  # wall time of the crop steps: "plan", "crop" (planning + frames, masks and pose inputs)
 
 
 def _read_renders(folder: str, n_src: int, edited: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
@@ -108,21 +108,24 @@ def prepare_clip(params: JobParams, ctx: JobContext) -> PreparedClip:
     M_r, M_e = np.asarray(M_r, np.float32)[edited], np.asarray(M_e, np.float32)[edited]
     ctx.progress("masks", 1, 1)
 
-    t0 = time.perf_counter()
+    renders = None
+    if user_poses:  # the user's pose renders are used as images, cropped like the frames
+        renders = [_read_renders(f, n, edited, (h, w)) for f in (params.source_poses, params.target_aligned_poses)]
+
+    t0 = time.perf_counter()  # from here on: the crop's own cost (edit.json timings)
     keypoints = None if prep is None else [prep.source.frames(edited), prep.aligned.frames(edited)]
     plan = plan_crop(keypoints, [M_r, M_e], (h, w), params.size, mode=params.crop)
     t_plan = time.perf_counter() - t0
     work = plan.apply(frames[edited])  # (F_edit,S,S,3)
     M_r_c, M_e_c = plan.apply_masks(M_r), plan.apply_masks(M_e)  # (F_edit,S,S) soft; thresholded at 0.5 downstream
-    t_crop = time.perf_counter() - t0
-    if user_poses:  # the user's renders, as images, through the same crop
-        src_poses = plan.apply(_read_renders(params.source_poses, n, edited, (h, w)))
-        tgt_poses = plan.apply(_read_renders(params.target_aligned_poses, n, edited, (h, w)))
+    if renders is not None:
+        src_poses, tgt_poses = (plan.apply(r) for r in renders)
     else:  # rendered at the working size from keypoints in crop pixels (DWPose line widths at `size`)
         from mf_backend.pose.render import render_poses
 
         src_poses = render_poses(plan.apply_keypoints(prep.source.frames(edited)))
         tgt_poses = render_poses(plan.apply_keypoints(prep.aligned.frames(edited)))
+    t_crop = time.perf_counter() - t0
     inputs = EditInputs(torch.from_numpy(work), torch.from_numpy(src_poses), torch.from_numpy(tgt_poses),
                         torch.from_numpy(M_r_c), torch.from_numpy(M_e_c))
     return PreparedClip(frames, edited, pos, timing, plan, inputs, {"plan": t_plan, "crop": t_crop})
@@ -132,8 +135,11 @@ def prepare_clip(params: JobParams, ctx: JobContext) -> PreparedClip:
 
 
 def sampler_settings(params: JobParams) -> SamplerSettings:
+    from mf_backend.editing.sampler import LOW_MEMORY_CHECKPOINT
+
     return SamplerSettings(steps=params.steps, guidance_scale=params.guidance_scale, seed=params.seed,
-                           camera=params.camera, window=params.window, overlap=params.overlap)
+                           camera=params.camera, window=params.window, overlap=params.overlap,
+                           checkpoint=LOW_MEMORY_CHECKPOINT if params.low_memory else "none")
 
 
 @torch.no_grad()

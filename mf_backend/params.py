@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 from mf_backend.errors import InvalidParams
 
-ALIGN_MODES = ("auto", "first-frame", "per-frame", "none")
+ALIGN_MODES = ("auto", "first-frame", "per-frame", "none", "reference")
 TIMING_POLICIES = ("trim", "loop", "hold-last", "stretch")
 CROP_MODES = ("person", "letterbox")
 GUIDANCE_SEMANTICS = ("code", "paper")

@@ -480,4 +480,4 @@ def test_headless_script_edits_and_adds_the_strip(addon, tmp_path, small_model):
     assert cv2.imread(str(files[0])).shape == (SIZE, SIZE, 3)  # back at the scene resolution
     assert not (files[0].parent.parent / "source").exists()  # exported inputs cleaned, the result kept
     assert r["unchanged"], "the edit changed the scene beyond adding its strip"
-    assert "MotionFollower:" in p.stderr and "editing" in p.stderr  # progress lines in background mode
+    assert "MotionFollower:" in p.stderr and "% " in p.stderr  # progress lines in background mode (sampled)

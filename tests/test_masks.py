@@ -254,3 +254,38 @@ def test_train_seg_command_writes_weights(tmp_path):
                  "--frames", "2", "--steps", "2", "--batch", "2"]) == 0
     assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
     load_predictor(out)
+
+
+def test_auto_rule_uses_geometric_without_weights_and_adapts_with_them(tmp_path):
+    from mf_backend.masks.predict import AUTO_TTA_STEPS
+
+    body, mask = _stick_person()
+    frames = np.zeros((2, 64, 64, 3), np.uint8)
+    poses = _seq(np.stack([body, body]))
+    masks = np.stack([mask, mask])
+    _, info = predict_masks(frames, masks, poses, poses, predictor="auto", weights=tmp_path / "none")
+    assert info["predictor"] == "geometric"
+    torch.manual_seed(0)
+    save_predictor(TargetMaskPredictor(get_seg_config("tiny")), tmp_path / "seg")
+    import mf_backend.masks.predict as predict_mod
+
+    old = predict_mod.AUTO_TTA_STEPS
+    predict_mod.AUTO_TTA_STEPS = 2  # the rule, not the cost, is under test
+    try:
+        _, info = predict_masks(frames, masks, poses, poses, predictor="auto", weights=tmp_path / "seg")
+    finally:
+        predict_mod.AUTO_TTA_STEPS = old
+    assert info["predictor"] == "model" and info["tta_steps"] == 2 and AUTO_TTA_STEPS > 0
+
+
+def test_real_video_folder_data_path_reads_example_case_folders(tmp_path):
+    from mf_backend.masks.train import video_groups
+    from mf_backend.synthetic.pair import make_pair, write_pair
+
+    write_pair(make_pair(1, frames=3, size=64), tmp_path / "case-a")
+    (tmp_path / "notes.txt").write_text("not a video")  # skipped with a warning, not an error
+    groups = video_groups(tmp_path, 32)
+    assert len(groups) == 1
+    g = groups[0]
+    assert g.frames.shape == (3, 32, 32, 3) and g.poses.shape == (3, 32, 32, 3) and g.masks.shape == (3, 32, 32)
+    assert (g.masks > 0).any()

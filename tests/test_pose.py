@@ -141,7 +141,9 @@ def test_prepare_end_to_end_with_pose_render_driving(tmp_path):
     write_frames(render_poses(person(4)), tmp_path / "src")
     write_frames(render_poses(person(6, shift=-20, scale=0.6)), tmp_path / "drv")
     events = []
-    params = JobParams(source=str(tmp_path / "src"), driving=str(tmp_path / "drv"), out=str(tmp_path / "out"))
+    # geometric M_e keeps this pose test fast; the DiT predictor path is covered in test_masks.py
+    params = JobParams(source=str(tmp_path / "src"), driving=str(tmp_path / "drv"), out=str(tmp_path / "out"),
+                       mask_predictor="geometric")
     result = prepare(params, JobContext(sink=events.append))
     out = Path(result["out"])
     for kind in ("source_poses", "target_poses", "target_aligned_poses"):
@@ -179,3 +181,72 @@ def test_renderer_matches_reference_render():
 def test_real_photo_not_a_pose_render():
     rng = np.random.default_rng(0)
     assert not looks_like_pose_render(rng.integers(0, 255, (2, 32, 32, 3), dtype=np.uint8))
+
+
+def _about(seq: PoseSequence, scale: np.ndarray, anchor: np.ndarray) -> PoseSequence:
+    """seq scaled per frame by scale (F,) about anchor (F,2) (visible points only)."""
+    out = seq.copy()
+    for pts in (out.body, out.hands):
+        s, a = scale.reshape(-1, *(1,) * (pts.ndim - 2), 1), anchor.reshape(-1, *(1,) * (pts.ndim - 2), 2)
+        pts[..., :2] = np.where(pts[..., 2:] > 0, a + s * (pts[..., :2] - a), 0)
+    return out
+
+
+def test_align_reference_scales_driver_about_its_ground_point():
+    from mf_backend.params import JobParams
+    from mf_backend.pose.align import body_box
+
+    src = person(4)
+    src.hands[:, 0, :, :2] = src.body[:, 4:5, :2] + np.linspace(0, 6, 21)[:, None]  # a hand at the right wrist
+    src.hands[:, 0, :, 2] = 1.0
+    top, bottom, cx = body_box(src)
+    ground = np.stack([cx, bottom], -1)  # (F,2)
+    assert top[0] < src.body[0, [0, 14, 15, 16, 17], 1].min() and bottom[0] > src.body[0, 10, 1]
+    # the driver: the source shrunk by a different factor per frame about the source's ground point
+    shrink = np.array([0.6, 0.7, 0.8, 0.9], np.float32)
+    drv = _about(src, shrink, ground)
+    out = align_poses(src, drv, "reference")
+    assert np.allclose(out.body, src.body, atol=1e-3) and np.allclose(out.hands, src.hands, atol=1e-3)
+    # no retargeting: the output is a uniform scaling of the driver (bone-length ratios are the driver's)
+    other = person(4, scale=0.95, shift=-15)  # another source, taller than every driver frame
+    out = align_poses(other, drv, "reference")
+    d_len = np.linalg.norm(drv.body[:, 1, :2] - drv.body[:, 8, :2], axis=-1)
+    o_len = np.linalg.norm(out.body[:, 1, :2] - out.body[:, 8, :2], axis=-1)
+    for a, b in BODY_TREE:
+        got = np.linalg.norm(out.body[:, a, :2] - out.body[:, b, :2], axis=-1)
+        want = np.linalg.norm(drv.body[:, a, :2] - drv.body[:, b, :2], axis=-1) * o_len / d_len
+        assert np.allclose(got, want, atol=1e-2)
+    # heights match the source's per frame; the driver keeps its placement (its ground point stays put)
+    t_o, b_o, c_o = body_box(out)
+    t_s, b_s, _ = body_box(other)
+    assert np.allclose(b_o - t_o, (b_s - t_s), atol=0.5)
+    t_d, b_d, c_d = body_box(drv)
+    assert np.allclose(b_o, b_d, atol=0.5) and np.allclose(c_o, c_d, atol=0.5)
+    assert JobParams(source="s", driving="d", out="o", align="reference").align == "reference"
+
+
+def test_align_reference_keeps_driver_when_both_fill_the_frame():
+    # Head and legs leave the frame in both clips: equal heights (the frame's), so the driver is unchanged,
+    # as in the reference's camera case where aligned == driving poses.
+    src, drv = person(2, scale=1.6), person(2, scale=1.9, shift=-10)
+    src.body[:, [10, 13]] = 0  # ankles out of the frame
+    drv.body[:, [10, 13]] = 0
+    assert np.allclose(align_poses(src, drv, "reference").body, drv.body, atol=1e-4)
+    # a missing person in a source frame leaves that driver frame as is
+    src.body[1] = 0
+    out = align_poses(person(2, scale=0.8), drv, "reference")
+    assert not np.allclose(out.body[0], drv.body[0], atol=1.0)
+    assert np.allclose(align_poses(src, drv, "reference").body[1], drv.body[1])
+
+
+@pytest.mark.skipif(not CASES.is_dir(), reason="../shared/real-cases not present")
+def test_align_reference_matches_reference_aligned_poses():
+    from mf_backend.pose.evaluate import joint_error, read_pose_folder
+
+    case, frames = CASES / "case-1", slice(0, 6)
+    src, drv, ref = (decode_poses(read_pose_folder(case / kind)[frames])
+                     for kind in ("source_poses", "target_poses", "target_aligned_poses"))
+    err = joint_error(align_poses(src, drv, "reference").body, ref.body)[0]
+    raw = joint_error(drv.body, ref.body)[0]
+    first = joint_error(align_poses(src, drv, "first-frame").body, ref.body)[0]
+    assert err < 12.0 and err < 0.3 * raw and err < first, (err, raw, first)

@@ -12,6 +12,17 @@ The reference runs the whole reconstruction first and keeps its 51 latents (and,
 advance in lock-step: at step i the reconstruction pass on z^rec_i gives both z^rec_{i+1} and the K/V
 the editing pass of step i needs. Same numbers, nothing stored beyond the current step and window.
 The reference's last re-noise pass of every replay step (its result is discarded) is not run.
+
+Passes saved when the estimator shares the denoising UNet's weights (`estimator_weights="shared"`):
+
+* `reuse_features`: the estimator's no-grad pass on z^rec_i has exactly the inputs of the
+  reconstruction pass of step i (latent, timestep, CLIP tokens, source poses, appearance), so its
+  up-block features are taken from that pass (`return_features`) instead of a third forward.
+* `fuse_guidance`: the grad-enabled estimator pass on the editing latent has exactly the inputs of
+  the conditional half of the CFG pass (outside camera K/V injection), so at guidance steps that half
+  runs once with grad and gives both v_c and the features; the unconditional half runs without grad.
+* `checkpoint`: activation checkpointing of the UNet layers inside the grad-enabled pass (which
+  blocks: `CHECKPOINT_PRESETS` or a comma list such as "down0,up2"); less memory, extra recompute.
 """
 
 from __future__ import annotations
@@ -21,7 +32,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 
@@ -32,6 +43,46 @@ from mf_backend.editing.windows import WindowBlender, plan_windows
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[int, int, str], None]  # (done steps, total steps, message); may raise Cancelled
+
+# blocks whose layers are checkpointed in grad-enabled passes; names: down0.., mid, up0..
+CHECKPOINT_PRESETS = {
+    "none": (),
+    "all": ("down*", "mid", "up*"),
+    "hires": ("down0", "down1", "up2"),  # the 64² and 32² levels hold most of the stored activations
+    "down": ("down*", "mid"),
+}
+LOW_MEMORY_CHECKPOINT = "all"
+
+
+def checkpoint_blocks(unet: torch.nn.Module, spec: str) -> list[torch.nn.Module]:
+    """The UNet blocks named by `spec` (a CHECKPOINT_PRESETS key or a comma list like "down0,up2")."""
+    names = CHECKPOINT_PRESETS.get(spec, tuple(n.strip() for n in spec.split(",") if n.strip()))
+    blocks = {f"down{i}": b for i, b in enumerate(unet.down_blocks)}
+    blocks.update({f"up{i}": b for i, b in enumerate(unet.up_blocks)}, mid=unet.mid_block)
+    out = []
+    for n in names:
+        if n.endswith("*"):
+            out += [b for k, b in blocks.items() if k.startswith(n[:-1])]
+        elif n in blocks:
+            out.append(blocks[n])
+        else:
+            raise ValueError(f"unknown checkpoint block {n!r}: use {sorted(CHECKPOINT_PRESETS)} "
+                             f"or a comma list of {sorted(blocks)}")
+    return out
+
+
+@contextlib.contextmanager
+def checkpointing(unet: torch.nn.Module, spec: str) -> Iterator[None]:
+    """Per-layer activation checkpointing of the named blocks while inside (grad-enabled passes only)."""
+    blocks = checkpoint_blocks(getattr(unet, "_orig_mod", unet), spec)
+    before = [b.gradient_checkpointing for b in blocks]
+    for b in blocks:
+        b.gradient_checkpointing = True
+    try:
+        yield
+    finally:
+        for b, was in zip(blocks, before):
+            b.gradient_checkpointing = was
 
 
 class StageTimer:
@@ -91,6 +142,9 @@ class SamplerSettings:
     camera: bool = False
     window: int = 24
     overlap: int = 4
+    reuse_features: bool = True  # estimator features on z_rec from the reconstruction pass (shared weights)
+    fuse_guidance: bool = True  # guidance pass = the conditional CFG half, with grad (shared weights)
+    checkpoint: str = "none"  # activation checkpointing in grad-enabled passes (see checkpoint_blocks)
 
 
 @dataclass
@@ -122,6 +176,10 @@ class MotionEditSampler:
         self.dtype = models.dtype
         self.timer = timer or StageTimer(self.device)
         self.plan = build_schedule(settings.steps, guidance=guidance.enabled, camera=settings.camera)
+        checkpoint_blocks(getattr(self.estimator, "_orig_mod", self.estimator), settings.checkpoint)  # validate
+        shared = self.estimator is self.unet
+        self.reuse = settings.reuse_features and shared
+        self.fuse = settings.fuse_guidance and shared
 
     # ------------------------------------------------------------------ conditions
 
@@ -149,7 +207,7 @@ class MotionEditSampler:
 
     # ------------------------------------------------------------------ network passes
 
-    def _v_cfg(self, z: torch.Tensor, t: int, c: _Window, hook=None) -> torch.Tensor:
+    def _v_cfg(self, z: torch.Tensor, t: torch.Tensor, c: _Window, hook=None) -> torch.Tensor:
         """CFG-combined v (1,4,L,h,w): batch [uncond (zero CLIP token), cond]; poses/appearance shared."""
         s = self.settings.guidance_scale
         if s == 1.0:
@@ -158,8 +216,22 @@ class MotionEditSampler:
         v_u, v_c = self.unet(torch.cat([z, z]), t, tokens, c.pose_tgt, c.appearance, attention_hook=hook).float().chunk(2)
         return v_u + s * (v_c - v_u)
 
-    def _features(self, z: torch.Tensor, t: int, c: _Window, pose: torch.Tensor) -> dict[int, torch.Tensor]:
+    def _features(self, z: torch.Tensor, t: torch.Tensor, c: _Window, pose: torch.Tensor) -> dict[int, torch.Tensor]:
         return self.estimator(z, t, c.tokens, pose, c.est_appearance, up_ft_indices=LEVELS)
+
+    def _fused_guidance(self, z: torch.Tensor, t: torch.Tensor, c: _Window, feats_rec, log_row: dict
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(G, v_c): the conditional CFG half, run once with grad, gives v_c and the editing features."""
+        out: dict[str, torch.Tensor] = {}
+
+        def edit_features(zz: torch.Tensor) -> dict[int, torch.Tensor]:
+            v_c, feats = self.unet(zz, t, c.tokens, c.pose_tgt, c.appearance, return_features=LEVELS,
+                                   grad_through_sample=False)
+            out["v_c"] = v_c.detach().float()
+            return feats
+        G, report = self.guidance.gradient(edit_features, z, feats_rec, c.masks)
+        log_row.update(report)
+        return G, out["v_c"]
 
     # ------------------------------------------------------------------ camera mode K/V
 
@@ -199,6 +271,10 @@ class MotionEditSampler:
             return key, value
         return hook
 
+    def _t(self, timestep: int) -> torch.Tensor:
+        """The timestep as a device tensor: a compiled UNet then sees one input, not 50 constants."""
+        return torch.tensor(timestep, device=self.device)
+
     # ------------------------------------------------------------------ DDIM arithmetic (float32)
 
     @staticmethod
@@ -222,7 +298,7 @@ class MotionEditSampler:
     def _renoise(self, z_prev: torch.Tensor, p: StepPlan, c: _Window) -> torch.Tensor:
         """Replay: one deterministic DDIM-inversion step t' -> t, conditional pass, target poses, no K/V."""
         ap, a = p.alpha_prev, p.alpha
-        v = self.unet(z_prev, p.prev_timestep, c.tokens, c.pose_tgt, c.appearance).float()
+        v = self.unet(z_prev, self._t(p.prev_timestep), c.tokens, c.pose_tgt, c.appearance).float()
         x0 = math.sqrt(ap) * z_prev - math.sqrt(1 - ap) * v
         eps = math.sqrt(ap) * v + math.sqrt(1 - ap) * z_prev
         return math.sqrt(a) * x0 + math.sqrt(1 - a) * eps
@@ -247,6 +323,13 @@ class MotionEditSampler:
             masks = RegionMasks(torch.as_tensor(inputs.M_r).float(), torch.as_tensor(inputs.M_e).float(), latent_hw)
         windows = plan_windows(F_, self.settings.window, self.settings.overlap)
         cached = {}  # a single window's conditions are computed once; several are recomputed per step
+        with checkpointing(self.estimator, self.settings.checkpoint):
+            return self._loop(inputs, windows, masks, latent_hw, cached)
+
+    def _loop(self, inputs: EditInputs, windows: Sequence[range], masks: RegionMasks, latent_hw, cached: dict
+              ) -> SampleResult:
+        F_ = inputs.num_frames
+        timer = self.timer
         z_edit, gen = self.initial_noise(F_, latent_hw)
         z_rec = z_edit.clone()
         log_rows: list[dict] = []
@@ -279,26 +362,47 @@ class MotionEditSampler:
         """Step i on one window: returns (edit latent, reconstruction latent) entering step i+1."""
         timer = self.timer
         kv: dict = {}
+        feats_rec = None
+        reuse = p.guidance and self.reuse
+        t = self._t(p.timestep)
         with timer.section("reconstruction"), torch.no_grad():
             hook = self._capture_hook(kv) if p.camera else None
-            v_rec = self.unet(z_rec, p.timestep, c.tokens, c.pose_src, c.appearance, attention_hook=hook).float()
+            v_rec = self.unet(z_rec, t, c.tokens, c.pose_src, c.appearance, attention_hook=hook,
+                              return_features=LEVELS if reuse else ())
+            if reuse:  # the capture hook returns K/V unchanged, so these are the estimator's features
+                v_rec, feats_rec = v_rec
+            v_rec = v_rec.float()
             rec_next = self._step(z_rec, v_rec, p)
-        feats_rec = None
-        if p.guidance:
+        if p.guidance and not reuse:
             with timer.section("guidance"), torch.no_grad():
-                feats_rec = self._features(z_rec, p.timestep, c, c.pose_src)  # same for every replay
+                feats_rec = self._features(z_rec, t, c, c.pose_src)  # same for every replay
         m_lat = c.masks.latent_M_e().to(z.device)
         inject = self._inject_hook(kv, c, latent_hw) if p.camera else None
+        # K/V injection changes the CFG pass's up-block features, so it cannot double as the estimator
+        fuse = p.guidance and self.fuse and not p.camera
+        s = self.settings.guidance_scale
         z_prev = z
         for rep in range(p.repeats):
-            with timer.section("editing"), torch.no_grad():
-                v = self._v_cfg(z, p.timestep, c, inject)
             G = None
-            if p.guidance:
+            if fuse:
+                row = {"step": p.index, "repeat": rep}
                 with timer.section("guidance"):
-                    G, report = self.guidance.gradient(
-                        lambda zz: self._features(zz, p.timestep, c, c.pose_tgt), z, feats_rec, c.masks)
-                    log_rows.append({"step": p.index, "repeat": rep, **report})
+                    G, v_c = self._fused_guidance(z, t, c, feats_rec, row)
+                log_rows.append(row)
+                with timer.section("editing"), torch.no_grad():
+                    if s == 1.0:
+                        v = v_c
+                    else:
+                        v_u = self.unet(z, t, torch.zeros_like(c.tokens), c.pose_tgt, c.appearance).float()
+                        v = v_u + s * (v_c - v_u)
+            else:
+                with timer.section("editing"), torch.no_grad():
+                    v = self._v_cfg(z, t, c, inject)
+                if p.guidance:
+                    with timer.section("guidance"):
+                        G, report = self.guidance.gradient(
+                            lambda zz: self._features(zz, t, c, c.pose_tgt), z, feats_rec, c.masks)
+                        log_rows.append({"step": p.index, "repeat": rep, **report})
             with timer.section("editing"), torch.no_grad():
                 z_prev = self._step(z, v, p, G, noise, m_lat)
                 if rep + 1 < p.repeats:  # the reference also re-noises after the last repeat, then drops it

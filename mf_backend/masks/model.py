@@ -14,7 +14,6 @@ The "full" config is ≈ 6 M fp32 parameters (the paper's 23.5 MB); "small" is t
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional

@@ -1,10 +1,12 @@
 """M_e for an edit, and the rule for which predictor makes it.
 
-Rule (`mask_predictor` job parameter):
-  * "model":     the DiT predictor (shipped weights in mf_backend/assets/seg, or a folder given as
-                 `weights`); missing weights are an error.
+Rule (`mask_predictor` job parameter), from the measurements in docs/masks.md (real cases, self-transfer
+IoU: geometric 0.832, model trained on synthetic data only 0.803, model + 60 TTA steps 0.872):
+  * "auto":      the DiT predictor adapted to the source clip (`tta_steps`, or AUTO_TTA_STEPS when that
+                 is 0) when its weights are present; else the geometric warp.
+  * "model":     the DiT predictor with exactly `tta_steps` of adaptation (0 = as trained); missing
+                 weights are an error (shipped weights: mf_backend/assets/seg, or a folder `weights`).
   * "geometric": the training-free part-by-part warp (geometric.py).
-  * "auto":      the model when its weights are present, else the geometric warp.
 Whatever made it, every frame then goes through `guard`: a predicted mask that is empty, or far smaller
 or larger than the source person (below 1/4 or above 4x M_r's area), is replaced by the geometric warp of
 that frame; if that is empty too, by M_r itself, and if the source had no person either, by the target
@@ -34,6 +36,15 @@ from mf_backend.pose.render import render_poses
 log = logging.getLogger(__name__)
 
 AREA_RATIO_LIMITS = (0.25, 4.0)  # plausible M_e area / M_r area
+AUTO_TTA_STEPS = 60  # the synthetic-only model loses to the geometric warp on real footage; adapted, it wins
+
+
+def render_for_model(poses: PoseSequence) -> np.ndarray:
+    """Pose renders as the model was trained on them: drawn at 512x512 (line widths of the reference
+    renders), then resized to the working resolution like the frames → uint8 (F,512,512,3)."""
+    from mf_backend.masks.train import RENDER_SIZE
+
+    return render_poses(poses, RENDER_SIZE, RENDER_SIZE)
 
 
 def model_available(weights: Optional[str | Path] = None) -> bool:
@@ -116,6 +127,8 @@ def predict_masks(frames: np.ndarray, source_masks: np.ndarray, source_poses: Po
     if predictor not in ("auto", "model", "geometric"):
         raise InvalidParams(f"unknown mask_predictor {predictor!r}", "use auto, model or geometric")
     use_model = predictor == "model" or (predictor == "auto" and model_available(weights))
+    if predictor == "auto" and tta_steps <= 0:
+        tta_steps = AUTO_TTA_STEPS
     info: dict = {"predictor": "model" if use_model else "geometric", "tta_steps": 0}
     if ctx is not None:
         ctx.progress("masks", 0, 2, f"predicted masks ({info['predictor']})")
@@ -124,9 +137,9 @@ def predict_masks(frames: np.ndarray, source_masks: np.ndarray, source_poses: Po
         if tta_steps > 0:
             from mf_backend.masks.train import adapt
 
-            model = adapt(model, frames, render_poses(source_poses, h, w), source_masks, steps=tta_steps, ctx=ctx)
+            model = adapt(model, frames, render_for_model(source_poses), source_masks, steps=tta_steps, ctx=ctx)
             info["tta_steps"] = tta_steps
-        renders = target_renders if target_renders is not None else render_poses(target_poses, h, w)
+        renders = target_renders if target_renders is not None else render_for_model(target_poses)
         pred = model_masks(model, frames, renders)
         pred, info["guard"] = guard(pred, source_masks, source_poses, target_poses)
     else:

@@ -32,7 +32,7 @@ def compute_masks(source_frames: np.ndarray, prep, params, ctx) -> tuple[np.ndar
     M_e = M_r.copy()
     edited = np.nonzero(~np.isnan(prep.driving_index))[0]
     if len(edited):
-        M_e[edited], info = predict_masks(source_frames[edited], M_r[edited], prep.source.frames(edited),
+        M_e[edited], _ = predict_masks(source_frames[edited], M_r[edited], prep.source.frames(edited),
                                           prep.aligned.frames(edited), params.mask_predictor,
                                           tta_steps=params.tta_steps, ctx=ctx)
     return M_r, M_e

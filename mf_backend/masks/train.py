@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 import torch
 
-from mf_backend.masks.model import SegConfig, TargetMaskPredictor
+from mf_backend.masks.model import TargetMaskPredictor
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ def sample_batch(groups: list[Group], batch: int, rng: np.random.Generator, jitt
 
 def train_steps(model: TargetMaskPredictor, groups: list[Group], steps: Optional[int] = None,
                 minutes: Optional[float] = None, batch: int = 16, lr: float = 2e-3, seed: int = 0,
-                jitter: bool = True, ctx=None, log_every: int = 25) -> list[float]:
+                jitter: bool = True, ctx=None, log_every: int = 25, stage: str = "train") -> list[float]:
     """AdamW on the MSE between the predicted probability and the mask; stops at `steps` or `minutes`.
 
     Returns the loss per step. The learning rate follows a cosine decay over the planned steps (by time
@@ -202,7 +202,7 @@ def train_steps(model: TargetMaskPredictor, groups: list[Group], steps: Optional
         losses.append(float(loss.detach()))
         step += 1
         if ctx is not None:
-            ctx.progress("train", step, steps or step + 1, f"loss {np.mean(losses[-log_every:]):.4f}")
+            ctx.progress(stage, step, steps or step + 1, f"loss {np.mean(losses[-log_every:]):.4f}")
         if step % log_every == 0:
             log.info("step %d  loss %.4f  %.1fs", step, np.mean(losses[-log_every:]), time.perf_counter() - start)
     model.eval()
@@ -222,7 +222,7 @@ def adapt(model: TargetMaskPredictor, frames: np.ndarray, pose_renders: np.ndarr
         return model
     group = make_group(frames[keep], pose_renders[keep], masks[keep], model.config.resolution)
     tuned = copy.deepcopy(model)
-    train_steps(tuned, [group], steps=steps, batch=batch, lr=lr, seed=seed, jitter=True, ctx=ctx)
+    train_steps(tuned, [group], steps=steps, batch=batch, lr=lr, seed=seed, jitter=True, ctx=ctx, stage="masks")
     return tuned
 
 

@@ -9,6 +9,7 @@ plus MotionFollower's two injections (method.md §C.1):
               up_ft_indices=None | e.g. [1, 2],
               attention_hook=None | fn(name, hidden (B*F,N,C), key (B*F,N,C), value (B*F,N,C)) -> (key, value))
     -> v-prediction (B,4,F,h,w)
+    -> or, with return_features=[1, 2], (v-prediction, {i: output of up_blocks[i]}) from one whole pass
     -> or, with up_ft_indices, {i: output of up_blocks[i] (B,C_i,F,h_i,w_i)}; the forward stops after
        the last block needed (the guidance "estimator" mode of method.md §B.1). At the official config
        and 512² frames: {1: (B,1280,F,32,32), 2: (B,640,F,64,64)}; `config.feature_shapes(H, W)` gives
@@ -27,6 +28,7 @@ Every spatial op runs per frame (frames folded into the batch); at most `config.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Optional, Sequence, Union
 
@@ -118,7 +120,14 @@ class UNet3DConditionModel(nn.Module):
         appearance_features: Optional[Sequence[torch.Tensor]] = None,
         up_ft_indices: Optional[Sequence[int]] = None,
         attention_hook: Optional[AttentionHook] = None,
-    ) -> Union[torch.Tensor, dict[int, torch.Tensor]]:
+        return_features: Sequence[int] = (),
+        grad_through_sample: bool = True,
+    ) -> Union[torch.Tensor, dict[int, torch.Tensor], tuple[torch.Tensor, dict[int, torch.Tensor]]]:
+        """See the module docstring. `return_features=(1, 2)` runs the whole UNet once and returns
+        (v-prediction, {i: output of up_blocks[i]}): the guidance features and the output of one pass.
+        With `grad_through_sample=False` the blocks after the last returned feature run without autograd
+        (the features keep their graph; the sample does not), so a grad-enabled pass stores no
+        activations for the part of the network the guidance never differentiates."""
         b, _, f, h, w = sample.shape
         if f > self.config.motion_max_len:
             raise ValueError(f"{f} frames in one forward; at most {self.config.motion_max_len} (use windows)")
@@ -151,18 +160,26 @@ class UNet3DConditionModel(nn.Module):
         x = self.mid_block(x, temb, ctx, f)
 
         wanted = set(up_ft_indices) if up_ft_indices is not None else None
+        keep = set(return_features)
+        if wanted is not None and keep:
+            raise ValueError("give either up_ft_indices (features only) or return_features (output and features)")
+        if not keep <= set(range(len(self.up_blocks))):
+            raise ValueError(f"return_features {sorted(keep)} out of range 0..{len(self.up_blocks) - 1}")
+        no_grad_tail = bool(keep) and not grad_through_sample
         features: dict[int, torch.Tensor] = {}
         for i, block in enumerate(self.up_blocks):
             n_res = len(block.resnets)
             block_skips, skips = skips[-n_res:], skips[:-n_res]
             size = tuple(skips[-1].shape[-2:]) if skips else None  # upsample to the next skip's size
-            x = block(x, block_skips, temb, ctx, f, attention_hook, size)
-            if wanted is not None and i in wanted:
+            with torch.no_grad() if no_grad_tail and i > max(keep) else contextlib.nullcontext():
+                x = block(x, block_skips, temb, ctx, f, attention_hook, size)
+            if i in (wanted if wanted is not None else keep):
                 features[i] = _unfold(x, f)
-                if len(features) == len(wanted):
+                if wanted is not None and len(features) == len(wanted):
                     return features
         if wanted:
             raise ValueError(f"up_ft_indices {sorted(wanted)} out of range 0..{len(self.up_blocks) - 1}")
 
-        x = self.conv_out(F.silu(self.conv_norm_out(x)))
-        return _unfold(x, f)
+        with torch.no_grad() if no_grad_tail else contextlib.nullcontext():
+            x = self.conv_out(F.silu(self.conv_norm_out(x)))
+        return (_unfold(x, f), features) if keep else _unfold(x, f)

@@ -10,6 +10,10 @@ Modes:
   "per-frame"    root = source neck at frame t (clamped to the source length): the source's own
                  placement per frame, e.g. under camera motion; the driver only gives the body pose
   "none"         the driver unchanged, only mapped into the source frame's pixel size
+  "reference"    what the reference example cases' `target_aligned_poses` show (fitted on real cases 1,
+                 2, 3, 6): no retargeting; each driver frame is scaled uniformly about its own ground
+                 point (bottom-centre of its body box) so that its height matches the source's height at
+                 the same frame (`keep_placement` does not apply). See `reference_align`.
 `keep_placement=True` keeps the driver's own root position (mapped into the source frame) while
 still retargeting bone lengths and scale.
 """
@@ -23,7 +27,7 @@ import numpy as np
 from mf_backend.errors import InvalidParams
 from mf_backend.pose.keypoints import BODY_TREE, HAND_TREE, PoseSequence, body_size
 
-ALIGN_MODES = ("first-frame", "per-frame", "none")
+ALIGN_MODES = ("first-frame", "per-frame", "none", "reference")
 ROOT = 1  # neck
 
 
@@ -81,11 +85,13 @@ def align_poses(source: PoseSequence, driving: PoseSequence, mode: str = "first-
     """Driver's motion on the source's body → PoseSequence with the driver's length in the source's frame."""
     if mode not in ALIGN_MODES:
         raise InvalidParams(f"align mode must be one of {ALIGN_MODES}, got {mode!r}",
-                            "use 'first-frame' (default), 'per-frame' or 'none'")
+                            "use 'first-frame' (default), 'per-frame', 'none' or 'reference'")
     # Work in the source frame's pixels (the driver may come from a clip of another size).
     drv_seq = driving.scaled(source.width, source.height)
     if mode == "none":
         return PoseSequence(drv_seq.body.copy(), drv_seq.hands.copy(), source.width, source.height, driving.fps)
+    if mode == "reference":
+        return reference_align(source, drv_seq)
     drv, src = drv_seq.body.astype(np.float64), source.body.astype(np.float64)  # (F_d,18,3), (F_s,18,3)
     frames = len(drv)
 
@@ -141,6 +147,66 @@ def align_poses(source: PoseSequence, driving: PoseSequence, mode: str = "first-
                         scale, fallback)
         hands[:, h] = hand_out
     return PoseSequence(out.astype(np.float32), hands.astype(np.float32), source.width, source.height, driving.fps)
+
+
+# Head top ≈ highest face keypoint − HEAD_TOP·torso. Fitted end-to-end on the real cases against the
+# reference aligned poses (the reference measured mask boxes; we only have keypoints).
+HEAD_TOP = 0.33
+FOOT = 0.15  # sole below the lowest ankle, in torso lengths (the real cases never show feet: not fitted)
+FACE = [0, 14, 15, 16, 17]
+ANKLES = [10, 13]
+
+
+def body_box(seq: PoseSequence) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-frame person box estimated from keypoints → (top (F,), bottom (F,), centre_x (F,)), NaN where empty.
+
+    top: head top (above the face keypoints) or the highest joint (e.g. raised hands); bottom: the soles when
+    an ankle is the lowest joint, else the frame's bottom edge; both clipped to the frame.
+    centre_x: middle of the body+hand keypoints' x extent.
+    """
+    body, hands = seq.body.astype(np.float64), seq.hands.astype(np.float64)  # (F,18,3), (F,2,21,3)
+    frames = len(body)
+    size = body_size(seq.body).astype(np.float64)  # (F,) torso length
+    size = np.where(np.isfinite(size), size, _nanmedian(size, 0.0))
+    y = np.where(_visible(body), body[..., 1], np.nan)  # (F,18)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        face_top = np.nanmin(y[:, FACE], axis=1) - HEAD_TOP * size
+        top = np.fmin(face_top, np.nanmin(y, axis=1))
+        ankle = np.nanmax(y[:, ANKLES], axis=1)
+        # Feet only count when an ankle is the lowest joint (else legs leave the frame or are occluded).
+        sole = np.where(ankle >= np.nanmax(y, axis=1), ankle + FOOT * size, np.nan)
+        xs = np.concatenate([np.where(_visible(body), body[..., 0], np.nan),
+                             np.where(_visible(hands), hands[..., 0], np.nan).reshape(frames, -1)], axis=1)
+        centre_x = (np.nanmin(xs, axis=1) + np.nanmax(xs, axis=1)) / 2
+    bottom = np.where(np.isnan(sole), float(seq.height), np.minimum(sole, seq.height))
+    bottom = np.where(np.isnan(top), np.nan, bottom)
+    return np.clip(top, 0, seq.height), bottom, centre_x
+
+
+def reference_align(source: PoseSequence, driving: PoseSequence) -> PoseSequence:
+    """The reference aligner: each driver frame t scaled uniformly by s(t) = height_src(t) / height_drv(t)
+    about the driver's ground point (box bottom, box centre x); no bone retargeting, driver placement kept.
+
+    `driving` must already be in the source frame's pixels. Source frames are matched by index (the last
+    one held when the source is shorter); frames without a usable box in either clip keep the driver as is.
+    """
+    top_s, bottom_s, _ = body_box(source)
+    top_d, bottom_d, cx_d = body_box(driving)
+    ts = np.minimum(np.arange(len(driving)), len(source) - 1)
+    height_s, height_d = (bottom_s - top_s)[ts], bottom_d - top_d  # (F,)
+    ok = np.isfinite(height_s) & np.isfinite(height_d) & (height_s > 0) & (height_d > 0)
+    scale = np.where(ok, height_s / np.where(ok, height_d, 1.0), 1.0)  # (F,)
+    anchor = np.stack([np.where(ok, cx_d, 0.0), np.where(ok, bottom_d, 0.0)], axis=-1)  # (F,2)
+
+    def move(pts: np.ndarray) -> np.ndarray:  # (F,...,3): scale every visible point about the frame's anchor
+        extra = (1,) * (pts.ndim - 2)
+        a, s = anchor.reshape(len(pts), *extra, 2), scale.reshape(len(pts), *extra, 1)
+        out = pts.astype(np.float64).copy()
+        out[..., :2] = np.where(_visible(pts)[..., None], a + s * (pts[..., :2] - a), 0.0)
+        return out.astype(np.float32)
+
+    return PoseSequence(move(driving.body), move(driving.hands), source.width, source.height, driving.fps)
 
 
 def _hold_missing(joint: np.ndarray) -> np.ndarray:

@@ -1,6 +1,6 @@
 """Evaluate the pose tools on reference cases (folders in the example-case layout).
 
-    python -m mf_backend.pose.evaluate --cases ../shared/real-cases
+    python -m mf_backend.pose.evaluate --cases ../shared/real-cases [--mode all]
 
 Prints, per case, the mean body-joint error in pixels (at the cases' 512² size) between our
 `align_poses(decode(source_poses), decode(target_poses))` and the decoded reference
@@ -61,22 +61,36 @@ def extraction_speed(case: Path) -> tuple[float, float]:
     return round(fps, 2), round(joint_error(seq.body, ref.body)[0], 2)
 
 
+# `--mode all`: every aligner mode, plus first-frame with the driver's placement kept.
+ALL_MODES = tuple((m, False) for m in ALIGN_MODES) + (("first-frame", True),)
+
+
 def evaluate_case(case: Path, mode: str = "first-frame", keep_placement: bool = False) -> dict:
+    return evaluate_case_modes(case, ((mode, keep_placement),))[0]
+
+
+def evaluate_case_modes(case: Path, modes) -> list[dict]:
+    """One row per (mode, keep_placement), decoding the case's pose folders once."""
     src = decode_poses(read_pose_folder(case / "source_poses"))
     drv = decode_poses(read_pose_folder(case / "target_poses"))
     ref = decode_poses(read_pose_folder(case / "target_aligned_poses"))
-    ours = align_poses(src, drv, mode, keep_placement=keep_placement)
-    body_err, n_body = joint_error(ours.body, ref.body)
-    hand_err, n_hand = joint_error(ours.hands, ref.hands)
     raw_err, _ = joint_error(drv.body, ref.body)  # the unaligned driver, as a baseline
-    return {"case": case.name, "mode": mode, "body_err_px": round(body_err, 2), "body_joints": n_body,
-            "hand_err_px": round(hand_err, 2), "hand_joints": n_hand, "unaligned_body_err_px": round(raw_err, 2)}
+    rows = []
+    for mode, keep_placement in modes:
+        ours = align_poses(src, drv, mode, keep_placement=keep_placement)
+        body_err, n_body = joint_error(ours.body, ref.body)
+        hand_err, n_hand = joint_error(ours.hands, ref.hands)
+        rows.append({"case": case.name, "mode": mode + ("+keep-placement" if keep_placement else ""),
+                     "body_err_px": round(body_err, 2), "body_joints": n_body, "hand_err_px": round(hand_err, 2),
+                     "hand_joints": n_hand, "unaligned_body_err_px": round(raw_err, 2)})
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", required=True, help="folder holding case-*/ in the example-case layout")
-    ap.add_argument("--mode", default="first-frame", choices=ALIGN_MODES)
+    ap.add_argument("--mode", default="first-frame", choices=ALIGN_MODES + ("all",),
+                    help="aligner mode; 'all' prints every mode (and first-frame+keep-placement) per case")
     ap.add_argument("--keep-placement", action="store_true", help="keep the driver's root position")
     ap.add_argument("--extract-speed", action="store_true",
                     help="also time BlazePose extraction on each case's source_images (frames/s)")
@@ -86,18 +100,22 @@ def main(argv: list[str] | None = None) -> int:
     if not cases:
         print(f"no cases with target_aligned_poses under {args.cases}", file=sys.stderr)
         return 2
+    modes = ALL_MODES if args.mode == "all" else ((args.mode, args.keep_placement),)
     rows = []
     for case in cases:
-        row = evaluate_case(case, args.mode, args.keep_placement)
+        case_rows = evaluate_case_modes(case, modes)
         if args.render:
-            row["render_agree_all"], row["render_agree_fg"] = (
+            case_rows[0]["render_agree_all"], case_rows[0]["render_agree_fg"] = (
                 round(v, 4) for v in render_agreement(read_pose_folder(case / "source_poses")))
         if args.extract_speed:
-            row["blazepose_fps"], row["blazepose_vs_ref_body_err_px"] = extraction_speed(case)
-        rows.append(row)
-        print(json.dumps(row))
-    print(json.dumps({"mean_body_err_px": round(float(np.mean([r["body_err_px"] for r in rows])), 2),
-                      "mean_unaligned_body_err_px": round(float(np.mean([r["unaligned_body_err_px"] for r in rows])), 2)}))
+            case_rows[0]["blazepose_fps"], case_rows[0]["blazepose_vs_ref_body_err_px"] = extraction_speed(case)
+        for row in case_rows:
+            print(json.dumps(row))
+        rows += case_rows
+    for mode in dict.fromkeys(r["mode"] for r in rows):
+        mine = [r for r in rows if r["mode"] == mode]
+        print(json.dumps({"mode": mode, "mean_body_err_px": round(float(np.mean([r["body_err_px"] for r in mine])), 2),
+                          "mean_unaligned_body_err_px": round(float(np.mean([r["unaligned_body_err_px"] for r in mine])), 2)}))
     return 0
 
 

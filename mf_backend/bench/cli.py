@@ -1,0 +1,33 @@
+"""`python -m mf_backend bench <action>`: `quality` (here) and `speed` (mf_backend/bench/speed.py, when present).
+
+Each action lives in its own module exposing `add_arguments(parser)` and `run(args) -> int`; this
+module only wires them as sub-actions, so adding one is one line in ACTIONS. Torch is imported inside
+the handlers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+ACTIONS = {
+    "quality": ("mf_backend.bench.quality", "ground-truth quality of edits of held-out synthetic pairs"),
+    "speed": ("mf_backend.bench.speed", "frames/min, seconds per stage and peak memory of the full edit"),
+}
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("bench", help="benchmarks: " + ", ".join(ACTIONS))
+    actions = p.add_subparsers(dest="action", required=True)
+    for name, (module_name, helptext) in ACTIONS.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:
+                continue  # that benchmark is not in this build
+            raise
+        if not (hasattr(module, "add_arguments") and hasattr(module, "run")):
+            continue  # module present but not yet wired as an action
+        a = actions.add_parser(name, help=helptext)
+        module.add_arguments(a)
+        a.set_defaults(func=module.run)

@@ -1,0 +1,408 @@
+"""`bench speed`: the full edit on random weights (the compute does not depend on the weights), with the
+speed switches of the sampler and the model, timed per stage, with peak GPU memory and MFU.
+
+    python -m mf_backend bench speed --config official --frames 24 --size 512 --steps 50 --precision bf16
+    python -m mf_backend bench speed --config official ... --matrix          # several variants, one table
+    python -m mf_backend bench speed --config tiny --frames 2 --size 64 --steps 3 --device cpu   # CI
+
+Stages: prepare (0 here: random inputs, no pose/mask extraction), conditions (CLIP tokens, PoCtr,
+ReCtr), reconstruction, editing (CFG passes, replay re-noise, DDIM), guidance (estimator passes,
+energies, backward), decode (VAE). With `fuse` the conditional CFG half runs inside "guidance".
+
+FLOPs (`flop_model`) are counted with torch.utils.flop_counter on a meta-device copy of the UNet at
+the exact config, frames and size (no compute), times the passes the chosen switches actually run.
+Activation-checkpoint recompute is not counted (MFU counts model FLOPs, not hardware FLOPs).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Callable, Optional
+
+H100_BF16_TFLOPS = 790.0  # dense bf16 measured on this workplace's H100s (docs/performance.md)
+STAGES = ("prepare", "conditions", "reconstruction", "editing", "guidance", "decode")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One configuration of the speed switches."""
+
+    name: str = "fast"
+    reuse: bool = True  # reconstruction pass's up-block features reused for guidance
+    fuse: bool = True  # guidance pass fused with the conditional CFG half
+    checkpoint: str = "none"  # activation checkpointing in the grad pass (sampler.CHECKPOINT_PRESETS or list)
+    compile: bool = False  # torch.compile of the UNet
+    compile_mode: str = "default"
+    channels_last: bool = False
+    decode_batch: int = 8
+
+
+MATRIX = (
+    Variant("baseline", reuse=False, fuse=False),
+    Variant("+reuse", fuse=False),
+    Variant("+reuse+fuse"),
+    Variant("+fuse ckpt=hires", checkpoint="hires"),
+    Variant("low-memory (ckpt=all)", checkpoint="all", decode_batch=2),
+    Variant("+channels_last", channels_last=True),
+    Variant("+compile", compile=True),
+    Variant("+compile ckpt=hires", compile=True, checkpoint="hires"),
+)
+
+
+# ---------------------------------------------------------------------------------------------- FLOPs
+
+
+def _count(fn: Callable[[], Any]) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return float(counter.get_total_flops())
+
+
+_FLOP_CACHE: dict[tuple, dict[str, float]] = {}
+
+
+def unet_call_flops(config, frames: int, size: int) -> dict[str, float]:
+    """FLOPs of one call of each kind at (frames, size), counted on the meta device (no compute):
+    fwd1 / fwd2 = forward at batch 1 / 2 (CFG), partial = forward up to the guidance features,
+    backward = one backward of that partial forward to the latent, conditions = PoCtr (2F) + ReCtr."""
+    import torch
+
+    from mf_backend.models.controllers import PoseController
+    from mf_backend.models.unet3d import UNet3DConditionModel
+
+    key = (json.dumps(config.to_dict(), sort_keys=True, default=str), frames, size)
+    if key in _FLOP_CACHE:
+        return _FLOP_CACHE[key]
+    s, lv = config.latent_scale, (1, 2)
+    with torch.device("meta"):
+        unet = UNet3DConditionModel(config).requires_grad_(False)
+        pose = PoseController(config).requires_grad_(False)
+        h = size // s
+        ctx = torch.zeros(1, frames, config.cross_attention_dim)
+        z = torch.zeros(1, config.in_channels, frames, h, h)
+        out = {"fwd1": _count(lambda: unet(z, 500, ctx)),
+               "fwd2": _count(lambda: unet(torch.cat([z, z]), 500, torch.cat([ctx, ctx])))}
+        zz = z.clone().requires_grad_(True)
+        feats: dict = {}
+        out["partial"] = _count(lambda: feats.update(unet(zz, 500, ctx, up_ft_indices=lv)))
+        loss = sum(f.float().sum() for f in feats.values())
+        out["backward"] = _count(lambda: torch.autograd.grad(loss, zz))
+        out["conditions"] = (_count(lambda: pose(torch.zeros(1, 3, 2 * frames, size, size)))
+                             + _count(lambda: unet.appearance_adapter(torch.zeros(1, frames, 3, size, size))))
+    _FLOP_CACHE[key] = out
+    return out
+
+
+def count_passes(plan, reuse: bool, fuse: bool, guidance_scale: float, n_losses: int) -> dict[str, int]:
+    """How many UNet calls of each kind the sampler runs over `plan` for one window (mirrors
+    MotionEditSampler._window_step)."""
+    n = dict(fwd1=0, fwd2=0, partial=0, backward=0)
+    cfg = "fwd1" if guidance_scale == 1.0 else "fwd2"
+    for p in plan:
+        n["fwd1"] += 1  # reconstruction (returns the features too when reused)
+        if p.guidance and not reuse:
+            n["partial"] += 1  # estimator on z_rec
+        fused = p.guidance and fuse and not p.camera
+        for rep in range(p.repeats):
+            if fused:  # conditional half with grad (full forward), unconditional half without
+                n["fwd1"] += 1 if guidance_scale == 1.0 else 2
+                n["backward"] += n_losses
+            else:
+                n[cfg] += 1
+                if p.guidance:
+                    n["partial"] += 1
+                    n["backward"] += n_losses
+            if rep + 1 < p.repeats:
+                n["fwd1"] += 1  # replay re-noise
+    return n
+
+
+def flop_model(models, frames: int, size: int, params, variant: Variant) -> dict[str, Any]:
+    """Model FLOPs of the whole edit as run with `variant` (UNet passes per window, conditions, VAE)."""
+    import torch
+
+    from mf_backend.editing.guidance import guidance_from_params
+    from mf_backend.editing.schedule import build_schedule
+    from mf_backend.editing.windows import plan_windows
+
+    guid = guidance_from_params(params)
+    w = guid.weights
+    n_losses = int(w.active("fg")) + int(any(w.active(t) for t in ("com", "body", "over")))
+    plan = build_schedule(params.steps, guidance=guid.enabled, camera=params.camera)
+    shared = params.estimator_weights == "shared"
+    n = count_passes(plan, variant.reuse and shared, variant.fuse and shared, params.guidance_scale, n_losses)
+    per_len: dict[int, dict[str, float]] = {}
+    unet_f = cond_f = 0.0
+    for win in plan_windows(frames, params.window, params.overlap):
+        L = len(win)
+        if L not in per_len:
+            per_len[L] = unet_call_flops(models.config, L, size)
+        c = per_len[L]
+        unet_f += sum(n[k] * c[k] for k in n)
+        cond_f += c["conditions"]
+    dev = models.device
+    with torch.no_grad():
+        lat = torch.zeros(1, models.config.in_channels, size // models.config.latent_scale,
+                          size // models.config.latent_scale, device=dev, dtype=models.dtype)
+        vae_f = _count(lambda: models.vae.decode(lat)) * frames
+        img = torch.zeros(1, 3, size, size, device=dev)
+        clip_f = _count(lambda: models.clip_embed(img)) * frames
+    total = unet_f + cond_f + vae_f + clip_f
+    return {"passes": n, "n_losses": n_losses, "unet_tflop": unet_f / 1e12, "decode_tflop": vae_f / 1e12,
+            "conditions_tflop": (cond_f + clip_f) / 1e12, "total_tflop": total / 1e12,
+            "per_call_tflop": {L: {k: round(v / 1e12, 3) for k, v in c.items()} for L, c in per_len.items()}}
+
+
+# ---------------------------------------------------------------------------------------------- running
+
+
+def set_fast_math(tf32: bool) -> None:
+    """TF32 matmuls/convolutions (fp32 ops only; bf16 runs are unaffected) and cuDNN autotuning."""
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cudnn.benchmark = True
+
+
+def _apply_model_switches(models, variant: Variant, original_unet: torch.nn.Module) -> None:
+    import torch
+
+    unet = original_unet
+    unet.to(memory_format=torch.channels_last if variant.channels_last else torch.contiguous_format)
+    if variant.compile:
+        import torch._dynamo as dynamo
+
+        dynamo.config.cache_size_limit = max(dynamo.config.cache_size_limit, 64)
+        dynamo.config.suppress_errors = True  # a graph that does not compile runs eagerly
+        unet = torch.compile(unet, mode=None if variant.compile_mode == "default" else variant.compile_mode,
+                             dynamic=False)
+    models.unet = unet
+
+
+def _release(device: str) -> None:
+    import torch
+
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+
+
+def run_variant(models, inputs_fn: Callable[[], Any], params, variant: Variant, warmup_steps: int = 2,
+                peak_tflops: Optional[float] = None, count_flops: bool = True) -> dict[str, Any]:
+    """One timed edit (after an untimed `warmup_steps` edit: compilation, cuDNN autotuning)."""
+    import torch
+
+    from mf_backend.edit import decode_latents, sampler_settings
+    from mf_backend.editing.guidance import guidance_from_params
+    from mf_backend.editing.sampler import MotionEditSampler, StageTimer
+
+    dev = str(models.device.type)
+    original = getattr(models.unet, "_orig_mod", models.unet)
+    _apply_model_switches(models, variant, original)
+    try:
+        settings = replace(sampler_settings(params), reuse_features=variant.reuse, fuse_guidance=variant.fuse,
+                           checkpoint=variant.checkpoint)
+        guidance = guidance_from_params(params)
+
+        def edit(steps: int, timer: StageTimer) -> None:
+            s = MotionEditSampler(models, guidance, replace(settings, steps=steps), timer=timer)
+            result = s(inputs_fn())
+            with timer.section("decode"):
+                decode_latents(models, result.latents, variant.decode_batch)
+
+        t0 = time.perf_counter()
+        if warmup_steps:
+            edit(warmup_steps, StageTimer(dev, sync=True))
+        warm_s = time.perf_counter() - t0
+        _release(dev)
+        if dev == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        timer = StageTimer(dev, sync=True)
+        t0 = time.perf_counter()
+        edit(params.steps, timer)
+        total = time.perf_counter() - t0
+        frames = inputs_fn().num_frames
+        out: dict[str, Any] = {
+            "variant": variant.name, **{k: v for k, v in asdict(variant).items() if k != "name"},
+            "frames_per_min": round(frames / total * 60, 2), "total_s": round(total, 3),
+            "stages_s": {"prepare": 0.0, **{k: round(v, 3) for k, v in timer.seconds.items()}},
+            "warmup_s": round(warm_s, 2),
+        }
+        if dev == "cuda":
+            out["peak_gpu_gib"] = round(torch.cuda.max_memory_allocated() / 2 ** 30, 2)
+            out["peak_gpu_reserved_gib"] = round(torch.cuda.max_memory_reserved() / 2 ** 30, 2)
+        if count_flops:
+            fl = flop_model(models, frames, params.size, params, variant)
+            out["tflop"] = float(f"{fl['total_tflop']:.4g}")
+            out["passes"] = fl["passes"]
+            out["achieved_tflops"] = float(f"{fl['total_tflop'] / total:.4g}")
+            if peak_tflops:
+                out["mfu"] = round(fl["total_tflop"] / total / peak_tflops, 3)
+        return out
+    finally:
+        models.unet = original
+        original.to(memory_format=torch.contiguous_format)
+        if variant.compile:
+            import torch._dynamo as dynamo
+
+            dynamo.reset()
+        _release(dev)
+
+
+def build(config: str, device: str, precision: str, seed: int = 0):
+    from mf_backend.environment import resolve_device, resolve_dtype
+    from mf_backend.models.loading import build_models
+
+    dev = resolve_device(device)
+    models = build_models(config, seed).to(dev, resolve_dtype(precision, dev)).eval()
+    models.requires_grad_(False)
+    return models
+
+
+def _row(r: dict[str, Any]) -> str:
+    if "error" in r:
+        return f"{r['variant']:<24} FAILED: {r['error']}"
+    st = r["stages_s"]
+    mem = f"{r['peak_gpu_gib']:6.2f}" if "peak_gpu_gib" in r else "   n/a"
+    mfu = f"{100 * r['mfu']:5.1f}%" if "mfu" in r else "   n/a"
+    return (f"{r['variant']:<24} {r['frames_per_min']:8.2f} {r['total_s']:8.2f} "
+            + " ".join(f"{st.get(k, 0.0):7.2f}" for k in STAGES) + f" {mem} {r.get('tflop', 0):8.4g} {mfu}")
+
+
+HEADER = (f"{'variant':<24} {'frm/min':>8} {'total_s':>8} " + " ".join(f"{k[:7]:>7}" for k in STAGES)
+          + f" {'GiB':>6} {'TFLOP':>8} {'MFU':>6}")
+
+
+def bench_speed(config: str = "official", frames: int = 24, size: int = 512, steps: int = 50,
+                device: str = "auto", precision: str = "auto", variants: tuple[Variant, ...] = (Variant(),),
+                warmup_steps: int = 2, time_budget_s: float = 540.0, tf32: bool = True,
+                peak_tflops: Optional[float] = None, camera: bool = False, seed: int = 0,
+                emit: Callable[[dict[str, Any]], None] = lambda r: None) -> list[dict[str, Any]]:
+    """Run every variant in one process (models built once); each in try/except, memory freed between
+    them, `emit` called as soon as one is done; variants that would not fit the time budget are skipped."""
+    import torch
+
+    from mf_backend.editing.benchmark import random_inputs
+    from mf_backend.params import JobParams
+
+    t_start = time.perf_counter()
+    set_fast_math(tf32)
+    models = build(config, device, precision, seed)
+    dev = str(models.device.type)
+    if peak_tflops is None and dev == "cuda" and models.dtype in (torch.bfloat16, torch.float16):
+        peak_tflops = H100_BF16_TFLOPS
+    params = JobParams(steps=steps, size=size, camera=camera, seed=seed)
+    params.validate()
+    inputs = random_inputs(frames, size, seed)
+    inputs.tokens = None
+    results = []
+    last_s = 0.0
+    for v in variants:
+        elapsed = time.perf_counter() - t_start
+        need = 1.3 * last_s + (90.0 if v.compile else 0.0)
+        if results and elapsed + need > time_budget_s:
+            r = {"variant": v.name, "error": f"skipped: {elapsed:.0f} s used of the {time_budget_s:.0f} s budget"}
+        elif v.compile and dev != "cuda" and len(variants) > 1:
+            r = {"variant": v.name, "error": "skipped: the matrix compiles on CUDA only (use --compile alone)"}
+        else:
+            t0 = time.perf_counter()
+            try:
+                r = run_variant(models, lambda: _fresh(inputs), params, v, warmup_steps, peak_tflops)
+            except Exception as exc:  # noqa: BLE001 - a variant failing (OOM, compile) must not end the matrix
+                traceback.print_exc(file=sys.stderr)
+                first = (str(exc).splitlines() or [""])[0][:200]
+                r = {"variant": v.name, "error": f"{type(exc).__name__}: {first}"}
+            _release(dev)  # outside the except block: the exception's frames no longer hold tensors
+            last_s = time.perf_counter() - t0
+        r.update(config=config, frames=frames, size=size, steps=steps, device=dev,
+                 dtype=str(models.dtype).replace("torch.", ""))
+        if dev == "cuda":
+            r["gpu"] = torch.cuda.get_device_name(0)
+        results.append(r)
+        emit(r)
+    return results
+
+
+def _fresh(inputs):
+    """The same random clip for every run, CLIP tokens recomputed (they are part of the conditions stage)."""
+    from dataclasses import replace as dc_replace
+
+    return dc_replace(inputs, tokens=None)
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+def variant_from_args(a) -> Variant:
+    ckpt = a.checkpoint or ("all" if a.low_memory else "none")
+    batch = a.decode_batch or (2 if a.low_memory else 8)
+    name = "+".join(n for n, on in (("no-reuse", a.no_reuse), ("no-fuse", a.no_fuse), ("compile", a.compile),
+                                    ("channels_last", a.channels_last), ("low-memory", a.low_memory)) if on)
+    if ckpt != "none":
+        name += f" ckpt={ckpt}"
+    return Variant(name.strip() or "fast", reuse=not a.no_reuse, fuse=not a.no_fuse, checkpoint=ckpt,
+                   compile=a.compile, compile_mode=a.compile_mode, channels_last=a.channels_last, decode_batch=batch)
+
+
+def add_arguments(p) -> None:
+    """Arguments of `bench speed` (wired by mf_backend/bench/cli.py)."""
+    p.add_argument("--config", default="official", help="model config: official, demo, tiny")
+    p.add_argument("--frames", type=int, default=24)
+    p.add_argument("--size", type=int, default=512)
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"))
+    p.add_argument("--device", default="auto")
+    p.add_argument("--camera", action="store_true", help="camera mode (K/V injection from step 20)")
+    p.add_argument("--no-reuse", action="store_true", help="recompute the estimator features on z_rec")
+    p.add_argument("--no-fuse", action="store_true", help="separate guidance pass and batched CFG pass")
+    p.add_argument("--checkpoint", default=None,
+                   help="activation checkpointing in the grad pass: none, all, hires, down, or a list "
+                        "like down0,down1,up2 (default none; all with --low-memory)")
+    p.add_argument("--low-memory", action="store_true", help="checkpoint all blocks, decode 2 frames at a time")
+    p.add_argument("--compile", action="store_true", help="torch.compile the UNet")
+    p.add_argument("--compile-mode", default="default", help="default, max-autotune, max-autotune-no-cudagraphs")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--decode-batch", type=int, default=None, help="frames per VAE decode call (default 8)")
+    p.add_argument("--no-tf32", action="store_true")
+    p.add_argument("--warmup-steps", type=int, default=2, help="untimed short edit first (0 = none)")
+    p.add_argument("--matrix", action="store_true",
+                   help="baseline, +reuse, +fuse, checkpointing, channels-last, compile (compile skipped on CPU)")
+    p.add_argument("--time-budget", type=float, default=540.0, help="seconds for the whole matrix")
+    p.add_argument("--peak-tflops", type=float, default=None,
+                   help=f"for MFU (default {H100_BF16_TFLOPS} = H100 dense bf16, on CUDA bf16/fp16)")
+    p.add_argument("--json", action="store_true", help="one JSON line per variant instead of the table")
+
+
+def run(a) -> int:
+    from mf_backend.editing.sampler import checkpoint_blocks  # noqa: F401 - fail early on a bad --checkpoint
+
+    variants = MATRIX if a.matrix else (variant_from_args(a),)
+    if a.matrix and a.compile_mode != "default":
+        variants = tuple(replace(v, compile_mode=a.compile_mode) for v in variants)
+    out = sys.stdout
+    print("prepare = 0 s: random inputs (no pose or mask extraction); conditions = CLIP tokens, PoCtr, ReCtr; "
+          "MFU counts model FLOPs (checkpoint recompute excluded)", file=out, flush=True)
+    if not a.json:
+        print(HEADER, file=out, flush=True)
+
+    def emit(r: dict[str, Any]) -> None:
+        print(json.dumps(r) if a.json else _row(r), file=out, flush=True)
+
+    results = bench_speed(a.config, a.frames, a.size, a.steps, a.device, a.precision, variants, a.warmup_steps,
+                          a.time_budget, not a.no_tf32, a.peak_tflops, a.camera, emit=emit)
+    if not a.json:  # the full records (one JSON line each), then the table again
+        for r in results:
+            print(json.dumps(r), file=out, flush=True)
+        print(HEADER, file=out)
+        for r in results:
+            print(_row(r), file=out, flush=True)
+    return 0 if any("error" not in r for r in results) else 1
