@@ -35,3 +35,58 @@ def test_prepare_job_reports_progress_and_writes_layout(tmp_path):
             assert_valid_jsonrpc_line(line)
     finally:
         b.close()
+
+
+def test_edit_cancel_over_the_protocol_is_fast_and_leaves_nothing(tmp_path):
+    """A real `edit` job: busy while it runs, cancel answered at once, the job ends with `cancelled`
+    within 2 s of the step it was in, and no output (or temporary folder) is left."""
+    import time
+
+    import numpy as np
+
+    from mf_backend.media import write_frames, write_masks
+    from mf_backend.models.loading import build_models, save_models
+
+    model = save_models(build_models("tiny", 0), tmp_path / "tiny")
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (8, 64, 64, 3), dtype=np.uint8)
+    m = np.zeros((8, 64, 64), np.float32)
+    m[:, 10:54, 20:40] = 1
+    case = tmp_path / "case"
+    for kind in ("source_images", "source_poses", "target_aligned_poses"):
+        write_frames(frames, case / kind)
+    write_masks(m, case / "source_masks")
+    write_masks(np.roll(m, 8, axis=2), case / "predicted_masks")
+    out = tmp_path / "result" / "edited"
+    params = {"job_id": "e1", "source": str(case / "source_images"), "driving": str(case / "target_aligned_poses"),
+              "out": str(out), "model": str(model), "device": "cpu", "precision": "fp32", "steps": 200,
+              "size": 64, "crop": "letterbox", "source_poses": str(case / "source_poses"),
+              "target_aligned_poses": str(case / "target_aligned_poses"),
+              "source_masks": str(case / "source_masks"), "predicted_masks": str(case / "predicted_masks")}
+    b = BackendProcess()
+    try:
+        b.send({"jsonrpc": "2.0", "id": "edit", "method": "edit", "params": params})
+        while True:  # wait until sampling is under way
+            msg = b.next_message(timeout=240)
+            assert "method" in msg, msg
+            if msg["params"]["stage"] == "editing" and msg["params"]["done"] >= 2:
+                break
+        r = b.request("edit", {**params, "job_id": "e2", "out": str(tmp_path / "other")}, req_id="second")
+        assert r["error"]["code"] == -32005 and "e1" in r["error"]["message"]  # busy
+        t_cancel = time.monotonic()
+        b.send({"jsonrpc": "2.0", "id": "c", "method": "cancel", "params": {"job_id": "e1"}})
+        answers = {}
+        while len(answers) < 2:
+            msg = b.next_message(timeout=60)
+            if "id" in msg:
+                answers[msg["id"]] = (msg, time.monotonic())
+        assert answers["c"][0]["result"] == {"cancelled": True, "job_id": "e1"}
+        err, t_end = answers["edit"]
+        assert err["error"]["code"] == -32003 and err["error"]["data"]["job_id"] == "e1"
+        assert t_end - t_cancel < 2.0 + 3.0  # one tiny step plus slack for a loaded CI machine
+        assert not out.exists() and list(out.parent.iterdir()) == []
+        assert not (tmp_path / "other").exists()
+        r = b.request("initialize", {}, req_id="alive")  # the server is still there
+        assert "result" in r
+    finally:
+        b.close()
