@@ -90,6 +90,18 @@ class BackendProcess:
                 pass
 
 
+@pytest.fixture(scope="module")
+def torch_one_thread():
+    """Tiny models on a shared 2-core machine: OpenMP threads only fight (measured 0.75 s vs 0.065 s per
+    forward), so modules that run them use one thread (`pytestmark = pytest.mark.usefixtures(...)`)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture
 def backend():
     b = BackendProcess()

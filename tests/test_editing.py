@@ -17,13 +17,7 @@ from mf_backend.editing.windows import WindowBlender, plan_windows, window_weigh
 TERMS = ("fg", "over", "body", "com")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny models on a shared 2-core machine run several times faster single-threaded
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -12,17 +12,11 @@ import json
 import cv2
 import numpy as np
 import pytest
-import torch
 
 H, W, FRAMES, SIZE = 1080, 1920, 6, 64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models on a shared machine run faster single-threaded
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")

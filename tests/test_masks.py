@@ -19,13 +19,7 @@ from mf_backend.pose.keypoints import PoseSequence
 REAL_CASES = Path(__file__).resolve().parents[2] / "shared" / "real-cases"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread avoids oversubscription on a busy shared CPU (10x faster here)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def _iou(a, b):

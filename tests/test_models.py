@@ -21,14 +21,7 @@ FIXTURE = Path(__file__).resolve().parent / "fixtures" / "official_state_dict_ma
 SIZE = 64  # pixels; latent 8x8
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These models are tiny: on a shared 2-core machine OpenMP threads only fight (measured 0.75 s vs
-    0.065 s per forward), so run this module single-threaded."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")
