@@ -98,9 +98,12 @@ def test_kill_reaches_the_whole_process_tree(tmp_path):
     hook.mkdir()
     pidfile = tmp_path / "child.pid"
     (hook / "sitecustomize.py").write_text(
-        "import subprocess, sys\n"
-        f"p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
-        f"open({str(pidfile)!r}, 'w').write(str(p.pid))\n")
+        "import os, subprocess, sys\n"
+        "if 'MF_TEST_GRANDCHILD' not in os.environ:  # the grandchild must not run this again\n"
+        "    p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'],\n"
+        "                         env={**os.environ, 'MF_TEST_GRANDCHILD': '1'})\n"
+        f"    open({str(pidfile) + '.tmp'!r}, 'w').write(str(p.pid))\n"
+        f"    os.replace({str(pidfile) + '.tmp'!r}, {str(pidfile)!r})\n")
     c = _client(env={"PYTHONPATH": str(hook)})
     try:
         c.initialize()
