@@ -76,8 +76,9 @@ STATE = State()
 
 # ---- backend -----------------------------------------------------------------------------------
 
-def ensure_client(context: Any) -> mfclient.BackendClient:
-    """The running backend, (re)started when it died or the preferences changed."""
+def ensure_client(context: Any, initialize: bool = True) -> mfclient.BackendClient:
+    """The running backend, (re)started when it died or the preferences changed. With initialize=False
+    it only spawns the process (it imports torch meanwhile); a later call does the handshake."""
     s = preferences.get_settings(context)
     key = (s.python, s.repo, s.models_dir, s.device, s.precision)
     if STATE.client is not None and (not STATE.client.alive or STATE.client_key != key):
@@ -88,14 +89,16 @@ def ensure_client(context: Any) -> mfclient.BackendClient:
             raise mfclient.BackendError("no backend Python configured",
                                         hint="run install.py, or set the backend Python in the add-on preferences")
         log = str(Path(s.jobs_dir) / "backend.log")
-        c = mfclient.BackendClient(s.python, repo=s.repo, models_dir=s.models_dir, device=s.device,
-                                   precision=s.precision, log_path=log).start()
+        STATE.client = mfclient.BackendClient(s.python, repo=s.repo, models_dir=s.models_dir, device=s.device,
+                                              precision=s.precision, log_path=log).start()
+        STATE.client_key, STATE.backend_info = key, None
+    if initialize and STATE.backend_info is None:
         try:
-            STATE.backend_info = c.initialize()
+            STATE.backend_info = STATE.client.initialize()
         except mfclient.BackendError:
-            c.kill()
+            STATE.client.kill()
+            STATE.client = None
             raise
-        STATE.client, STATE.client_key = c, key
     return STATE.client
 
 
@@ -142,6 +145,7 @@ def start_edit(context: Any) -> EditRun:
     job_dir.mkdir(parents=True, exist_ok=False)
     STATE.last_job_dir = job_dir
     try:
+        ensure_client(context, initialize=False)  # the backend starts up while the strips export
         src = strips.export_strip(scene, source_name, job_dir / "source", frame_range)
         drv = strips.export_strip(scene, mf.driving_strip, job_dir / "driving")
         params = {**mf.job_params(), "source": str(job_dir / "source"), "driving": str(job_dir / "driving"),

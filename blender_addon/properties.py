@@ -41,6 +41,13 @@ class MotionFollowerSettings(bpy.types.PropertyGroup):
                                   "the result is scaled back to the scene resolution")
     camera: BoolProperty(name="Camera mode", default=False,
                          description="Keep a moving camera's background (K/V injection from the source)")
+    memory: EnumProperty(name="GPU memory", default="auto", items=[
+        ("auto", "Auto", "The fastest setting that fits the GPU's free memory"),
+        ("none", "Fast", "No activation checkpointing (about 26 GB at 24 frames, 512 px)"),
+        ("hires", "Balanced", "Checkpoint the high-resolution blocks (about 14 GB, 10 % slower)"),
+        ("low", "Low", "Checkpoint every block, decode 2 frames at a time (about 10 GB, 17 % slower)")])
+    compile: BoolProperty(name="Compile the model", default=False,
+                          description="torch.compile the model layer by layer: the first step takes longer")
     use_fg: BoolProperty(name="Foreground", default=True)
     use_over: BoolProperty(name="Overlap", default=True)
     use_body: BoolProperty(name="Body", default=True)
@@ -69,6 +76,9 @@ class MotionFollowerSettings(bpy.types.PropertyGroup):
         p["model"] = bpy.path.abspath(self.model_folder) if self.model == "folder" else self.model
         if self.driving_is_pose:
             p["pose_extractor"] = "decode"
+        p["low_memory"] = self.memory == "low"
+        p["checkpoint"] = "auto" if self.memory == "low" else self.memory
+        p["compile"] = "blocks" if self.compile else "none"
         return p
 
 

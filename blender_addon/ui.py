@@ -66,6 +66,8 @@ class SEQUENCER_PT_motionfollower(bpy.types.Panel):
         col.prop(mf, "size")
         col.prop(mf, "camera")
         col.prop(mf, "timing")
+        col.prop(mf, "memory")
+        col.prop(mf, "compile")
 
         box = layout.box()
         box.label(text="Consistency guidance")

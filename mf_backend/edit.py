@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from mf_backend.editing.guidance import guidance_from_params
+from mf_backend.editing.memory import MemoryPlan, resolve_memory_plan
 from mf_backend.editing.sampler import EditInputs, MotionEditSampler, SampleResult, SamplerSettings, StageTimer
 from mf_backend.errors import BadInputMedia
 from mf_backend.framing import CropPlan, composite, plan_crop
@@ -134,12 +135,22 @@ def prepare_clip(params: JobParams, ctx: JobContext) -> PreparedClip:
 # ---------------------------------------------------------------------------------------------- core
 
 
-def sampler_settings(params: JobParams) -> SamplerSettings:
+def sampler_settings(params: JobParams, checkpoint: Optional[str] = None) -> SamplerSettings:
+    """The sampler's settings from the job; `checkpoint` is the resolved preset (see memory_plan)."""
     from mf_backend.editing.sampler import LOW_MEMORY_CHECKPOINT
 
+    if checkpoint is None:
+        checkpoint = LOW_MEMORY_CHECKPOINT if params.low_memory else (
+            "none" if params.checkpoint == "auto" else params.checkpoint)
     return SamplerSettings(steps=params.steps, guidance_scale=params.guidance_scale, seed=params.seed,
                            camera=params.camera, window=params.window, overlap=params.overlap,
-                           checkpoint=LOW_MEMORY_CHECKPOINT if params.low_memory else "none")
+                           checkpoint=checkpoint)
+
+
+def memory_plan(models, params: JobParams, num_frames: int) -> MemoryPlan:
+    """Checkpointing and decode batch for this job on this device (editing/memory.py)."""
+    return resolve_memory_plan(params.checkpoint, params.low_memory, models.config, min(num_frames, params.window),
+                               params.size, models.device, models.dtype, params.camera)
 
 
 @torch.no_grad()
@@ -160,16 +171,25 @@ def decode_latents(models, latents: torch.Tensor, batch: int = 8,
 
 def run_sampling(models, inputs: EditInputs, params: JobParams, progress=None, timer: Optional[StageTimer] = None,
                  estimator: Optional[torch.nn.Module] = None) -> SampleResult:
-    """Both branches + guidance on prepared inputs (the part benchmarks and the demo reuse)."""
+    """Both branches + guidance on prepared inputs (the part benchmarks and the demo reuse).
+    `result.info["memory"]` is the memory plan it ran with (its decode_batch is for decode_latents)."""
+    from mf_backend.models.compile import compile_unet
+
     models.requires_grad_(False)  # guidance differentiates w.r.t. the latent only
     if estimator is None and params.estimator_weights != "shared":
         from mf_backend.models.loading import build_estimator
 
         estimator = build_estimator(models, params.estimator_weights, params.models_dir)
         estimator.requires_grad_(False)
-    sampler = MotionEditSampler(models, guidance_from_params(params), sampler_settings(params), estimator,
-                                progress, timer)
-    return sampler(inputs)
+    plan = memory_plan(models, params, inputs.num_frames)  # after the estimator: its weights are resident
+    if params.compile != "none":
+        log.info("torch.compile (%s): the first step compiles and is slower", params.compile)
+        models.unet = compile_unet(models.unet, params.compile)
+    sampler = MotionEditSampler(models, guidance_from_params(params), sampler_settings(params, plan.checkpoint),
+                                estimator, progress, timer)
+    result = sampler(inputs)
+    result.info["memory"] = plan.to_dict()
+    return result
 
 
 def edit(params: JobParams, ctx: JobContext) -> dict[str, Any]:
@@ -194,7 +214,7 @@ def edit(params: JobParams, ctx: JobContext) -> dict[str, Any]:
         result = run_sampling(models, clip.inputs, params,
                               lambda d, t, m: ctx.progress("editing", d, t, m), timer)
         with timer.section("decode"):
-            work = decode_latents(models, result.latents, 2 if params.low_memory else 8,
+            work = decode_latents(models, result.latents, result.info["memory"]["decode_batch"],
                                   lambda d, t: ctx.progress("decode", d, t))
         ctx.progress("write", 0, 2, "compositing into the source frames")
         t0 = time.perf_counter()
@@ -214,7 +234,7 @@ def edit(params: JobParams, ctx: JobContext) -> dict[str, Any]:
                 "frames": len(out_frames), "width": int(out_frames.shape[2]), "height": int(out_frames.shape[1]),
                 "edited_frames": [int(clip.edited[0]), int(clip.edited[-1])],
                 "crop": clip.plan.to_dict(), "timing": {**clip.timing, **_timing_map(clip.positions)},
-                "timings": timings, "params": {k: v for k, v in params.to_dict().items() if k != "extra"}}
+                "timings": timings, "memory": result.info["memory"], "params": {k: v for k, v in params.to_dict().items() if k != "extra"}}
         (tmp / "edit.json").write_text(json.dumps(info, indent=2, default=str))
         ctx.progress("write", 2, 2)
     h, w = clip.source_frames.shape[1:3]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,9 @@ GUIDANCE_SEMANTICS = ("code", "paper")
 ESTIMATOR_WEIGHTS = ("shared", "official")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+CHECKPOINT_CHOICES = ("auto", "none", "hires", "down", "all")  # or a comma list of blocks: "down0,up2"
+COMPILE_SCOPES = ("none", "blocks", "full")
+_BLOCK_NAME = re.compile(r"^(down\d+|up\d+|mid|down\*|up\*)$")
 
 
 @dataclass
@@ -72,7 +76,10 @@ class JobParams:
     frame_end: Optional[int] = None  # last source frame to edit (inclusive)
     source_fps: Optional[float] = None  # overrides what the media says (e.g. frame folders)
     driving_fps: Optional[float] = None
-    low_memory: bool = False
+    # speed and memory (docs/performance.md)
+    low_memory: bool = False  # checkpoint every block and decode 2 frames at a time (about 9.5 GiB at 512²)
+    checkpoint: str = "auto"  # activation checkpointing of the guidance pass; "auto" = fastest that fits the GPU
+    compile: str = "none"  # torch.compile of the UNet: "blocks" (layer by layer) or "full"; first step slower
     extra: dict = field(default_factory=dict)  # forward-compatible, ignored keys are reported
 
     @classmethod
@@ -103,6 +110,11 @@ class JobParams:
         _choice("estimator_weights", self.estimator_weights, ESTIMATOR_WEIGHTS)
         _choice("device", self.device, DEVICES)
         _choice("precision", self.precision, PRECISIONS)
+        _choice("compile", self.compile, COMPILE_SCOPES)
+        if self.checkpoint not in CHECKPOINT_CHOICES and not all(
+                _BLOCK_NAME.match(n.strip()) for n in self.checkpoint.split(",")):
+            raise InvalidParams(f"checkpoint must be one of {', '.join(CHECKPOINT_CHOICES)} or a comma list of "
+                                f"blocks like 'down0,up2'; got {self.checkpoint!r}", "leave it at 'auto'")
         if not 1 <= self.steps <= 1000:
             raise InvalidParams(f"steps must be in 1..1000, got {self.steps}", "50 is the reference; 25 is faster")
         if self.size < 32 or self.size % 32:

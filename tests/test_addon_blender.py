@@ -149,6 +149,14 @@ def test_registers_panel_operators_and_scene_settings(addon):
     from mf_backend.params import JobParams  # the add-on's settings are valid backend params
 
     JobParams.from_dict({**p, "source": "s", "driving": "d", "out": "o"})
+    assert (p["checkpoint"], p["low_memory"], p["compile"]) == ("auto", False, "none")
+    for memory in ("none", "hires", "low"):
+        mf.memory = memory
+        jp = JobParams.from_dict({**mf.job_params(), "source": "s", "driving": "d", "out": "o"})
+        assert jp.low_memory == (memory == "low") and jp.checkpoint in ("auto", memory)
+    mf.memory, mf.compile = "auto", True
+    assert JobParams.from_dict({**mf.job_params(), "source": "s", "driving": "d", "out": "o"}).compile == "blocks"
+    mf.compile = False
 
 
 def test_export_respects_trims_and_leaves_the_scene_alone(scene, tmp_path):

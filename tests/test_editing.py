@@ -310,7 +310,8 @@ def test_edit_job_end_to_end(tmp_path, tiny_folder):
     res = edit(_params(case, tmp_path / "out", tiny_folder), ctx)
     out = read_clip(res["out"]).frames
     assert out.shape == (4, 48, 64, 3) and (res["width"], res["height"]) == (64, 48)
-    assert json.loads((tmp_path / "out" / "edit.json").read_text())["frames"] == 4
+    info = json.loads((tmp_path / "out" / "edit.json").read_text())
+    assert info["frames"] == 4 and info["memory"]["checkpoint"] == "none"  # CPU: nothing to plan
     assert any(e["stage"] == "editing" for e in events) and any(e["stage"] == "decode" for e in events)
     # deterministic for a fixed seed
     res2 = edit(_params(case, tmp_path / "out2", tiny_folder), JobContext())

@@ -72,6 +72,28 @@ def test_render_hands_red_dots_and_rescale():
     assert np.abs(body[12, :2] - seq.body[0, 12, :2] * 2).max() <= 1.5
 
 
+@pytest.mark.parametrize("height, width, upscale", [(1080, 1920, 1), (720, 1280, 1), (2160, 3840, 1), (1024, 1024, 2)])
+def test_decode_large_renders(height, width, upscale):
+    """DWPose draws fixed-size strokes at any frame size (1080p/4K renders have 512-size discs); a render
+    resized up has thicker strokes. The decoder reads the stroke size from the render itself."""
+    import cv2
+
+    seq = person(1, scale=height / 128 * 0.6)
+    body = seq.body[0].copy()
+    body[:, 0] += width / 2 - 64.5
+    body[:, 1] += height / 2 - 64.5
+    if upscale == 1:
+        img = render_pose(body, None, height, width)
+    else:
+        small = body.copy()
+        small[:, :2] /= upscale
+        img = cv2.resize(render_pose(small, None, height // upscale, width // upscale), (width, height),
+                         interpolation=cv2.INTER_LINEAR)
+    got, _ = decode_pose(img)
+    assert (got[:, 2] > 0).all(), f"joints lost at {width}x{height}"
+    assert np.abs(got[:, :2] - body[:, :2]).max() <= 1.0 + upscale
+
+
 def test_missing_joints_not_drawn():
     seq = person(1)
     seq.body[0, 10, 2] = 0  # right ankle missing

@@ -35,8 +35,8 @@ class Variant:
     name: str = "fast"
     reuse: bool = True  # reconstruction pass's up-block features reused for guidance
     fuse: bool = True  # guidance pass fused with the conditional CFG half
-    checkpoint: str = "none"  # activation checkpointing in the grad pass (sampler.CHECKPOINT_PRESETS or list)
-    compile: bool = False  # torch.compile of the UNet
+    checkpoint: str = "none"  # checkpointing in the grad pass (sampler.CHECKPOINT_PRESETS, a list, or "auto")
+    compile: str = "none"  # torch.compile of the UNet: "blocks" (layer by layer) or "full" (models/compile.py)
     compile_mode: str = "default"
     channels_last: bool = False
     decode_batch: int = 8
@@ -49,8 +49,9 @@ MATRIX = (
     Variant("+fuse ckpt=hires", checkpoint="hires"),
     Variant("low-memory (ckpt=all)", checkpoint="all", decode_batch=2),
     Variant("+channels_last", channels_last=True),
-    Variant("+compile", compile=True),
-    Variant("+compile ckpt=hires", compile=True, checkpoint="hires"),
+    Variant("+compile blocks", compile="blocks"),
+    Variant("+compile blocks ckpt=hires", compile="blocks", checkpoint="hires"),
+    Variant("+compile full", compile="full"),
 )
 
 
@@ -175,16 +176,11 @@ def set_fast_math(tf32: bool) -> None:
 def _apply_model_switches(models, variant: Variant, original_unet: torch.nn.Module) -> None:
     import torch
 
+    from mf_backend.models.compile import compile_unet
+
     unet = original_unet
     unet.to(memory_format=torch.channels_last if variant.channels_last else torch.contiguous_format)
-    if variant.compile:
-        import torch._dynamo as dynamo
-
-        dynamo.config.cache_size_limit = max(dynamo.config.cache_size_limit, 64)
-        dynamo.config.suppress_errors = True  # a graph that does not compile runs eagerly
-        unet = torch.compile(unet, mode=None if variant.compile_mode == "default" else variant.compile_mode,
-                             dynamic=False)
-    models.unet = unet
+    models.unet = compile_unet(unet, variant.compile, variant.compile_mode)
 
 
 def _release(device: str) -> None:
@@ -198,28 +194,36 @@ def _release(device: str) -> None:
 
 def run_variant(models, inputs_fn: Callable[[], Any], params, variant: Variant, warmup_steps: int = 2,
                 peak_tflops: Optional[float] = None, count_flops: bool = True) -> dict[str, Any]:
-    """One timed edit (after an untimed `warmup_steps` edit: compilation, cuDNN autotuning)."""
+    """One timed edit (after an untimed `warmup_steps` edit: cuDNN autotuning; with compile, a whole
+    untimed edit, so that `warmup_s` is the compile time and the timed edit compiles nothing)."""
     import torch
 
     from mf_backend.edit import decode_latents, sampler_settings
     from mf_backend.editing.guidance import guidance_from_params
+    from mf_backend.editing.memory import resolve_memory_plan
     from mf_backend.editing.sampler import MotionEditSampler, StageTimer
 
     dev = str(models.device.type)
     original = getattr(models.unet, "_orig_mod", models.unet)
     _apply_model_switches(models, variant, original)
     try:
+        frames = inputs_fn().num_frames
+        mem = resolve_memory_plan(variant.checkpoint, False, models.config, min(frames, params.window), params.size,
+                                  models.device, models.dtype, params.camera)
+        decode_batch = mem.decode_batch if variant.checkpoint == "auto" else variant.decode_batch
         settings = replace(sampler_settings(params), reuse_features=variant.reuse, fuse_guidance=variant.fuse,
-                           checkpoint=variant.checkpoint)
+                           checkpoint=mem.checkpoint)
         guidance = guidance_from_params(params)
 
         def edit(steps: int, timer: StageTimer) -> None:
             s = MotionEditSampler(models, guidance, replace(settings, steps=steps), timer=timer)
             result = s(inputs_fn())
             with timer.section("decode"):
-                decode_latents(models, result.latents, variant.decode_batch)
+                decode_latents(models, result.latents, decode_batch)
 
         t0 = time.perf_counter()
+        if variant.compile != "none":  # every pass kind and shape compiles in the warm-up, not in the timed run
+            warmup_steps = params.steps
         if warmup_steps:
             edit(warmup_steps, StageTimer(dev, sync=True))
         warm_s = time.perf_counter() - t0
@@ -230,9 +234,9 @@ def run_variant(models, inputs_fn: Callable[[], Any], params, variant: Variant, 
         t0 = time.perf_counter()
         edit(params.steps, timer)
         total = time.perf_counter() - t0
-        frames = inputs_fn().num_frames
         out: dict[str, Any] = {
             "variant": variant.name, **{k: v for k, v in asdict(variant).items() if k != "name"},
+            "memory_plan": mem.to_dict(),
             "frames_per_min": round(frames / total * 60, 2), "total_s": round(total, 3),
             "stages_s": {"prepare": 0.0, **{k: round(v, 3) for k, v in timer.seconds.items()}},
             "warmup_s": round(warm_s, 2),
@@ -249,9 +253,11 @@ def run_variant(models, inputs_fn: Callable[[], Any], params, variant: Variant, 
                 out["mfu"] = round(fl["total_tflop"] / total / peak_tflops, 3)
         return out
     finally:
-        models.unet = original
+        from mf_backend.models.compile import uncompile_unet
+
+        models.unet = uncompile_unet(original)
         original.to(memory_format=torch.contiguous_format)
-        if variant.compile:
+        if variant.compile != "none":
             import torch._dynamo as dynamo
 
             dynamo.reset()
@@ -308,10 +314,10 @@ def bench_speed(config: str = "official", frames: int = 24, size: int = 512, ste
     last_s = 0.0
     for v in variants:
         elapsed = time.perf_counter() - t_start
-        need = 1.3 * last_s + (90.0 if v.compile else 0.0)
+        need = 1.3 * last_s + (90.0 if v.compile != "none" else 0.0)
         if results and elapsed + need > time_budget_s:
             r = {"variant": v.name, "error": f"skipped: {elapsed:.0f} s used of the {time_budget_s:.0f} s budget"}
-        elif v.compile and dev != "cuda" and len(variants) > 1:
+        elif v.compile != "none" and dev != "cuda" and len(variants) > 1:
             r = {"variant": v.name, "error": "skipped: the matrix compiles on CUDA only (use --compile alone)"}
         else:
             t0 = time.perf_counter()
@@ -345,7 +351,8 @@ def _fresh(inputs):
 def variant_from_args(a) -> Variant:
     ckpt = a.checkpoint or ("all" if a.low_memory else "none")
     batch = a.decode_batch or (2 if a.low_memory else 8)
-    name = "+".join(n for n, on in (("no-reuse", a.no_reuse), ("no-fuse", a.no_fuse), ("compile", a.compile),
+    name = "+".join(n for n, on in (("no-reuse", a.no_reuse), ("no-fuse", a.no_fuse),
+                                    (f"compile {a.compile}", a.compile != "none"),
                                     ("channels_last", a.channels_last), ("low-memory", a.low_memory)) if on)
     if ckpt != "none":
         name += f" ckpt={ckpt}"
@@ -366,9 +373,11 @@ def add_arguments(p) -> None:
     p.add_argument("--no-fuse", action="store_true", help="separate guidance pass and batched CFG pass")
     p.add_argument("--checkpoint", default=None,
                    help="activation checkpointing in the grad pass: none, all, hires, down, or a list "
-                        "like down0,down1,up2 (default none; all with --low-memory)")
+                        "like down0,down1,up2, or auto (the fastest that fits the GPU's free memory); "
+                        "default none; all with --low-memory")
     p.add_argument("--low-memory", action="store_true", help="checkpoint all blocks, decode 2 frames at a time")
-    p.add_argument("--compile", action="store_true", help="torch.compile the UNet")
+    p.add_argument("--compile", nargs="?", const="blocks", default="none", choices=("none", "blocks", "full"),
+                   help="torch.compile the UNet layer by layer (blocks, the default with no value) or whole (full)")
     p.add_argument("--compile-mode", default="default", help="default, max-autotune, max-autotune-no-cudagraphs")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--decode-batch", type=int, default=None, help="frames per VAE decode call (default 8)")
@@ -383,8 +392,6 @@ def add_arguments(p) -> None:
 
 
 def run(a) -> int:
-    from mf_backend.editing.sampler import checkpoint_blocks  # noqa: F401 - fail early on a bad --checkpoint
-
     variants = MATRIX if a.matrix else (variant_from_args(a),)
     if a.matrix and a.compile_mode != "default":
         variants = tuple(replace(v, compile_mode=a.compile_mode) for v in variants)

@@ -54,14 +54,14 @@ def benchmark_edit(config: str = "official", frames: int = 24, size: int = 512, 
     t0 = time.perf_counter()
     result = run_sampling(models, inputs, params, timer=timer)
     with timer.section("decode"):
-        decode_latents(models, result.latents, 2 if params.low_memory else 8)
+        decode_latents(models, result.latents, result.info["memory"]["decode_batch"])
     total = time.perf_counter() - t0
     out: dict[str, Any] = {
         "config": config, "frames": frames, "size": size, "steps": steps, "camera": camera,
         "device": dev, "dtype": str(dtype).replace("torch.", ""),
         "timings": {k: round(v, 3) for k, v in timer.seconds.items()},
         "total_s": round(total, 3), "frames_per_min": round(frames / total * 60, 2),
-        "guidance_evaluations": len(result.guidance_log),
+        "guidance_evaluations": len(result.guidance_log), "memory": result.info["memory"],
     }
     if dev == "cuda":
         out["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 2 ** 30, 2)

@@ -153,6 +153,7 @@ class SampleResult:
     reconstruction: torch.Tensor  # (1,4,F,h,w) float32 reconstruction latent
     timings: dict[str, float] = field(default_factory=dict)
     guidance_log: list[dict] = field(default_factory=list)  # per guidance evaluation: step, S per term, losses
+    info: dict = field(default_factory=dict)  # what the caller ran it with (e.g. the memory plan)
 
 
 def _to_unit(x: torch.Tensor, device, dtype) -> torch.Tensor:

@@ -43,18 +43,47 @@ def label_pixels(image: np.ndarray) -> np.ndarray:
     return labels
 
 
+def _disc_pixels(radius: int) -> int:
+    canvas = np.zeros((4 * radius + 3, 4 * radius + 3), np.uint8)
+    cv2.circle(canvas, (2 * radius + 1, 2 * radius + 1), radius, 1, thickness=-1)
+    return int(canvas.sum())
+
+
+_DISC_PX = _disc_pixels(JOINT_RADIUS)
+
+
+def stroke_scale(blob_areas: list[int], image_shape: tuple[int, ...]) -> float:
+    """How much thicker than `render.py`'s strokes this render's are, from its joint discs.
+
+    DWPose (and render.py) draw fixed-size strokes whatever the frame size, so a 1080p render has
+    512-size discs; a 512 render resized to 1080p has discs 2.1x wider. The largest blob of each joint
+    colour is (most of) a disc; the upper quartile over joints ignores discs half hidden under limbs."""
+    if not blob_areas:
+        return max(image_shape[0], image_shape[1]) / 512.0
+    return float(np.clip(np.sqrt(np.percentile(blob_areas, 75) / _DISC_PX), 0.25, 16.0))
+
+
 def decode_pose(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """One pose render (H,W,3) uint8 RGB → body (18,3), hands (2,21,3) in pixels (confidence 1 or 0)."""
+    ys, xs = np.nonzero(np.asarray(image).max(axis=-1) > _BLACK_MAX)
+    if len(ys) and (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1) < 0.5 * image.shape[0] * image.shape[1]:
+        # decode the part with strokes only (a person is a small part of a 1080p/4K frame)
+        y0, x0 = max(0, ys.min() - 8), max(0, xs.min() - 8)
+        body, hands = decode_pose(image[y0:ys.max() + 9, x0:xs.max() + 9])
+        for kp in (body, hands):
+            kp[..., 0] += x0 * (kp[..., 2] > 0)
+            kp[..., 1] += y0 * (kp[..., 2] > 0)
+        return body, hands
     labels = label_pixels(image)
-    scale = max(image.shape[0], image.shape[1]) / 512.0
+    comps = [cv2.connectedComponentsWithStats((labels == j).astype(np.uint8), connectivity=8)
+             for j in range(NUM_BODY)]
+    scale = stroke_scale([int(st[1:, cv2.CC_STAT_AREA].max()) for n, _, st, _ in comps if n > 1], image.shape)
     min_area = max(3, int(10 * scale * scale))
     disc_area = np.pi * (JOINT_RADIUS * scale) ** 2  # a blob bigger than one disc is not more likely
     ring = max(3, int(round(6 * scale)))
     body = np.zeros((NUM_BODY, 3), np.float32)
     used = np.zeros(labels.shape, bool)  # pixels claimed by a body joint (not hand dots)
-    for j in range(NUM_BODY):
-        mask = (labels == j).astype(np.uint8)
-        n, comp, stats, cents = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    for j, (n, comp, stats, cents) in enumerate(comps):
         best, best_score = 0, 0.0
         for c in range(1, n):
             area = stats[c, cv2.CC_STAT_AREA]
