@@ -158,7 +158,7 @@ def decode_latents(models, latents: torch.Tensor, batch: int = 8,
                    progress: Optional[Callable[[int, int], None]] = None) -> np.ndarray:
     """(1,4,F,h,w) → uint8 (F,H,W,3), `batch` frames per VAE call."""
     z = latents[0].transpose(0, 1) / models.vae_scaling_factor  # (F,4,h,w)
-    vae = models.vae
+    vae = models.vae.to(models.device)  # back from the host after a sequential offload (else a no-op)
     out = []
     for i in range(0, z.shape[0], batch):
         x = vae.decode(z[i:i + batch].to(models.device, models.dtype)).sample.float()
@@ -167,6 +167,19 @@ def decode_latents(models, latents: torch.Tensor, batch: int = 8,
         if progress:
             progress(min(i + batch, z.shape[0]), z.shape[0])
     return np.concatenate(out)
+
+
+def offload_idle_models(models, sampler: MotionEditSampler, inputs: EditInputs) -> None:
+    """Sequential offload (low memory): CLIP is done once the tokens exist and the VAE is needed only for
+    the decode, so both wait on the host while the UNet runs (decode_latents brings the VAE back)."""
+    with sampler.timer.section("conditions"):
+        if inputs.tokens is None:
+            models.image_encoder.to(models.device)
+            inputs.tokens = sampler.clip_tokens(inputs.frames)
+        models.image_encoder.to("cpu")
+        models.vae.to("cpu")
+        if models.device.type == "cuda":
+            torch.cuda.empty_cache()
 
 
 def run_sampling(models, inputs: EditInputs, params: JobParams, progress=None, timer: Optional[StageTimer] = None,
@@ -187,6 +200,8 @@ def run_sampling(models, inputs: EditInputs, params: JobParams, progress=None, t
         models.unet = compile_unet(models.unet, params.compile)
     sampler = MotionEditSampler(models, guidance_from_params(params), sampler_settings(params, plan.checkpoint),
                                 estimator, progress, timer)
+    if plan.offload:
+        offload_idle_models(models, sampler, inputs)
     result = sampler(inputs)
     result.info["memory"] = plan.to_dict()
     return result

@@ -24,7 +24,7 @@ OFFICIAL = get_config("official")
 def test_plan_picks_the_fastest_preset_that_fits(card_gib, free_gib, expected):
     plan = plan_memory(OFFICIAL, 24, 512, torch.bfloat16, int(free_gib * GIB), card_gib * GIB)
     assert plan.checkpoint == expected
-    assert plan.decode_batch == (2 if expected == "all" else 8)
+    assert plan.decode_batch == (2 if expected == "all" else 8) and plan.offload == (expected == "all")
     assert plan.estimate_gib <= free_gib - 0.5 and plan.reason.startswith("fits")
 
 
@@ -144,4 +144,24 @@ def test_run_sampling_with_compile_gives_the_same_edit_and_reports_its_memory_pl
     torch.testing.assert_close(out.latents, ref.latents, rtol=1e-4, atol=1e-5)
     low = run_sampling(models, random_inputs(2, 64, 0), JobParams(steps=3, size=64, seed=3, low_memory=True))
     assert low.info["memory"]["checkpoint"] == "all" and low.info["memory"]["decode_batch"] == 2
+    assert not low.info["memory"]["offload"]  # nothing to offload to on a CPU
     torch.testing.assert_close(low.latents, ref.latents, rtol=1e-4, atol=1e-5)
+
+
+def test_sequential_offload_path_gives_the_same_edit(monkeypatch, torch_one_thread):
+    """The offload path (CUDA only in real use) computes the CLIP tokens first and parks CLIP and the VAE
+    on the host; here the host is the device, so only the order of work and the result are checked."""
+    from mf_backend import edit as edit_mod
+    from mf_backend.editing.benchmark import random_inputs
+    from mf_backend.editing.memory import MemoryPlan
+    from mf_backend.models.loading import build_models
+
+    models = build_models("tiny", seed=0).eval()
+    params = JobParams(steps=2, size=64, seed=3)
+    ref = edit_mod.run_sampling(models, random_inputs(2, 64, 0), params)
+    monkeypatch.setattr(edit_mod, "memory_plan", lambda *a: MemoryPlan("all", 2, offload=True))
+    inputs = random_inputs(2, 64, 0)
+    out = edit_mod.run_sampling(models, inputs, params)
+    assert inputs.tokens is not None and out.info["memory"]["offload"]
+    torch.testing.assert_close(out.latents, ref.latents, rtol=1e-4, atol=1e-5)
+    assert edit_mod.decode_latents(models, out.latents, 2).shape == (2, 64, 64, 3)

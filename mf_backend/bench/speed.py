@@ -40,6 +40,7 @@ class Variant:
     compile_mode: str = "default"
     channels_last: bool = False
     decode_batch: int = 8
+    offload: bool = False  # CLIP and the VAE wait on the host while the UNet runs (low memory)
 
 
 MATRIX = (
@@ -47,7 +48,7 @@ MATRIX = (
     Variant("+reuse", fuse=False),
     Variant("+reuse+fuse"),
     Variant("+fuse ckpt=hires", checkpoint="hires"),
-    Variant("low-memory (ckpt=all)", checkpoint="all", decode_batch=2),
+    Variant("low-memory (ckpt=all)", checkpoint="all", decode_batch=2, offload=True),
     Variant("+channels_last", channels_last=True),
     Variant("+compile blocks", compile="blocks"),
     Variant("+compile blocks ckpt=hires", compile="blocks", checkpoint="hires"),
@@ -198,7 +199,7 @@ def run_variant(models, inputs_fn: Callable[[], Any], params, variant: Variant, 
     untimed edit, so that `warmup_s` is the compile time and the timed edit compiles nothing)."""
     import torch
 
-    from mf_backend.edit import decode_latents, sampler_settings
+    from mf_backend.edit import decode_latents, offload_idle_models, sampler_settings
     from mf_backend.editing.guidance import guidance_from_params
     from mf_backend.editing.memory import resolve_memory_plan
     from mf_backend.editing.sampler import MotionEditSampler, StageTimer
@@ -217,7 +218,10 @@ def run_variant(models, inputs_fn: Callable[[], Any], params, variant: Variant, 
 
         def edit(steps: int, timer: StageTimer) -> None:
             s = MotionEditSampler(models, guidance, replace(settings, steps=steps), timer=timer)
-            result = s(inputs_fn())
+            inputs = inputs_fn()
+            if variant.offload or mem.offload:
+                offload_idle_models(models, s, inputs)
+            result = s(inputs)
             with timer.section("decode"):
                 decode_latents(models, result.latents, decode_batch)
 
@@ -256,6 +260,8 @@ def run_variant(models, inputs_fn: Callable[[], Any], params, variant: Variant, 
         from mf_backend.models.compile import uncompile_unet
 
         models.unet = uncompile_unet(original)
+        models.image_encoder.to(models.device)  # after an offload
+        models.vae.to(models.device)
         original.to(memory_format=torch.contiguous_format)
         if variant.compile != "none":
             import torch._dynamo as dynamo
@@ -357,7 +363,8 @@ def variant_from_args(a) -> Variant:
     if ckpt != "none":
         name += f" ckpt={ckpt}"
     return Variant(name.strip() or "fast", reuse=not a.no_reuse, fuse=not a.no_fuse, checkpoint=ckpt,
-                   compile=a.compile, compile_mode=a.compile_mode, channels_last=a.channels_last, decode_batch=batch)
+                   compile=a.compile, compile_mode=a.compile_mode, channels_last=a.channels_last, decode_batch=batch,
+                   offload=a.low_memory)
 
 
 def add_arguments(p) -> None:
@@ -375,7 +382,8 @@ def add_arguments(p) -> None:
                    help="activation checkpointing in the grad pass: none, all, hires, down, or a list "
                         "like down0,down1,up2, or auto (the fastest that fits the GPU's free memory); "
                         "default none; all with --low-memory")
-    p.add_argument("--low-memory", action="store_true", help="checkpoint all blocks, decode 2 frames at a time")
+    p.add_argument("--low-memory", action="store_true",
+                   help="checkpoint all blocks, decode 2 frames at a time, CLIP and VAE wait on the host")
     p.add_argument("--compile", nargs="?", const="blocks", default="none", choices=("none", "blocks", "full"),
                    help="torch.compile the UNet layer by layer (blocks, the default with no value) or whole (full)")
     p.add_argument("--compile-mode", default="default", help="default, max-autotune, max-autotune-no-cudagraphs")
