@@ -95,3 +95,47 @@ def test_train_cli_parses():
 
     args = build_parser().parse_args(["train", "--out", "x", "--size", "64", "--time-budget", "10"])
     assert args.size == 64 and args.time_budget_s == 10.0
+
+
+def test_training_from_a_folder_of_videos(tmp_path, monkeypatch):
+    """The real-video branch end to end: mp4 -> square clips + our pose renders (cached) -> every phase
+    -> a model folder that loads; references come from elsewhere in the same video."""
+    import mf_backend.pose.extract as extract
+    from mf_backend.errors import BadInputMedia
+    from mf_backend.media import read_clip, write_video
+    from mf_backend.models.loading import load_models
+    from mf_backend.synthetic.pair import make_clip
+    from mf_backend.framing import plan_crop
+    from mf_backend.pose.keypoints import PoseSequence
+    from mf_backend.train.data import video_bank
+    from mf_backend.train.trainer import train
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    write_video(make_clip(3, frames=8, size=(96, 128)).frames, videos / "dance.mp4", 24)
+    write_video(make_clip(4, frames=3, size=(96, 128)).frames, videos / "short.mp4", 24)  # < 2 x frames: skipped
+
+    cfg = TrainConfig(out=str(tmp_path / "run"), data=str(videos), config="tiny", size=64, frames=2, vae_steps=1,
+                      stage1_steps=1, stage2_steps=1, batch=1, vae_batch=1, clip_batch=1, clip_frames=2,
+                      log_every=1, device="cpu", progress=False)
+    summary = train(cfg)
+    assert [summary[p]["steps"] for p in ("vae", "stage1", "stage2")] == [1, 1, 1]
+    load_models(summary["model"])
+
+    cache = tmp_path / "run" / "cache"
+    (seq_file,) = cache.glob("*.json")  # the short video was skipped before pose extraction
+    seq = PoseSequence.load(seq_file)
+    assert (seq.body[:, :, 2] > 0).sum(axis=1).min() >= 12  # found in every frame of the full-size video
+    raw = read_clip(videos / "dance.mp4").frames
+    video = plan_crop(seq, None, raw.shape[1:3], 64).apply(raw)  # (8,64,64,3), the edit's person crop
+    monkeypatch.setattr(extract, "extract_poses", lambda *a, **k: pytest.fail("cache not used"))
+    bank = video_bank(videos, 2, 64, seed=1, cache=cache)
+    assert bank.reference.shape == (8, 2, 64, 64, 3) and bank.pose.shape == bank.target.shape
+    assert bank.pose.max() > 0  # the person was found: the renders are not blank
+    start = {video[i].tobytes(): i for i in range(len(video))}
+    for ref, tgt in zip(bank.reference, bank.target):
+        a, b = start[tgt[0].tobytes()], start[ref[0].tobytes()]
+        assert abs(a - b) >= 2 and np.array_equal(tgt, video[a:a + 2]) and np.array_equal(ref, video[b:b + 2])
+
+    with pytest.raises(BadInputMedia, match="at least 16 frames"):
+        video_bank(videos, 8, 64, cache=cache)

@@ -24,10 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import cv2
 import numpy as np
 
 from mf_backend.errors import BadInputMedia
+from mf_backend.framing import plan_crop
+from mf_backend.pose.keypoints import PoseSequence
+from mf_backend.pose.render import render_poses
 
 log = logging.getLogger(__name__)
 
@@ -107,15 +109,6 @@ def synthetic_bank(num_pairs: int, frames: int, size: int, seed: int = 0, worker
 # ---------------------------------------------------------------------------------------------- videos
 
 
-def _square(frames: np.ndarray, size: int) -> np.ndarray:
-    """Centre square crop and resize, (F,H,W,3) -> (F,size,size,3)."""
-    f, h, w, _ = frames.shape
-    s = min(h, w)
-    y, x = (h - s) // 2, (w - s) // 2
-    crop = frames[:, y:y + s, x:x + s]
-    return np.stack([cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA) for im in crop])
-
-
 def video_files(folder: Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
@@ -127,21 +120,20 @@ def video_files(folder: Path) -> list[Path]:
     return files
 
 
-def _video_poses(frames: np.ndarray, cache: Optional[Path]) -> np.ndarray:
-    """Pose renders (F,S,S,3) of the protagonist in `frames` (F,S,S,3), cached by content hash."""
-    key = hashlib.sha1(frames.tobytes()).hexdigest()[:16]
-    path = cache / f"{key}.npy" if cache else None
-    if path is not None and path.exists():
-        return np.load(path)
+def _video_poses(frames: np.ndarray, cache: Optional[Path]) -> PoseSequence:
+    """The protagonist's poses in full-resolution `frames` (F,H,W,3), cached by content hash. Extracted
+    before cropping, as the edit does: at the training size (64² for the demo) the extractor finds nobody."""
     from mf_backend.pose import extract
-    from mf_backend.pose.render import render_poses
 
+    key = hashlib.sha1(frames.tobytes()).hexdigest()[:16]
+    path = cache / f"{key}.json" if cache else None
+    if path is not None and path.exists():
+        return PoseSequence.load(path)
     seq = extract.extract_poses(frames)
-    renders = render_poses(seq, frames.shape[1], frames.shape[2])
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        np.save(path, renders)
-    return renders
+        seq.save(path)
+    return seq
 
 
 def video_bank(folder: Path, frames: int, size: int, seed: int = 0, clips_per_video: int = 8,
@@ -153,12 +145,15 @@ def video_bank(folder: Path, frames: int, size: int, seed: int = 0, clips_per_vi
     for path in video_files(folder):
         from mf_backend.media import read_clip
 
-        video = _square(read_clip(path, max_frames=max_video_frames).frames, size)
-        n = video.shape[0]
+        raw = read_clip(path, max_frames=max_video_frames).frames  # (F,H,W,3)
+        n = raw.shape[0]
         if n < 2 * frames:
             log.warning("skipping %s: %d frames, need at least %d", path, n, 2 * frames)
             continue
-        renders = _video_poses(video, cache)
+        seq = _video_poses(raw, cache)
+        plan = plan_crop(seq, None, raw.shape[1:3], size)  # the person-centred square the edit works in
+        video = plan.apply(raw)  # (F,size,size,3)
+        renders = render_poses(plan.apply_keypoints(seq))
         for _ in range(clips_per_video):
             a = int(rng.integers(0, n - frames + 1))
             far = [s for s in range(0, n - frames + 1) if abs(s - a) >= frames]
