@@ -39,6 +39,7 @@ from typing import Any, Optional
 
 CONFIG_NAME = "backend_config.json"
 PROTOCOL_MAJOR = "1"
+INITIALIZE_TIMEOUT_S = 120.0  # the first start imports torch and may load CUDA: tens of seconds on a cold disk
 CANCELLED_CODE = -32003  # mf_backend.errors.CANCELLED (the add-on must not import the backend)
 
 
@@ -159,12 +160,19 @@ class Job:
         self._finished.set()
 
 
-class _Pending:
+class Request:
+    """A request sent to the backend; the reader thread fills in its answer."""
+
     def __init__(self, job: Optional[Job] = None):
         self.event = threading.Event()
         self.result: Optional[dict] = None
         self.error: Optional[BackendError] = None
         self.job = job
+        self.sent = time.monotonic()
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        """True once answered (result or error)."""
+        return self.event.wait(timeout)
 
     def finish(self, result: Optional[dict], error: Optional[BackendError]) -> None:
         self.result, self.error = result, error
@@ -197,7 +205,7 @@ class BackendClient:
         self.returncode: Optional[int] = None
         self.stderr_tail: "collections.deque[str]" = collections.deque(maxlen=40)
         self._ids = itertools.count(1)
-        self._pending: dict[int, _Pending] = {}
+        self._pending: dict[int, Request] = {}
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._dead = threading.Event()
@@ -287,9 +295,9 @@ class BackendClient:
         except (OSError, ValueError) as exc:
             raise self._death_error() from exc
 
-    def _new_request(self, method: str, params: dict, job: Optional[Job] = None) -> tuple[int, _Pending]:
+    def _new_request(self, method: str, params: dict, job: Optional[Job] = None) -> tuple[int, Request]:
         req_id = job.request_id if job else next(self._ids)
-        pending = _Pending(job)
+        pending = Request(job)
         with self._lock:
             if self._dead.is_set():
                 raise self._death_error()
@@ -309,13 +317,27 @@ class BackendClient:
             raise pending.error
         return pending.result or {}
 
-    def initialize(self, timeout: float = 120.0) -> dict:
-        info = self.request("initialize", {"protocolVersion": PROTOCOL_MAJOR + ".0", "models_dir": self.models_dir,
-                                           "device": self.device, "precision": self.precision}, timeout)
+    def send_initialize(self) -> Request:
+        """The handshake, sent without waiting: the UI polls `Request.wait(0)` between timer ticks."""
+        return self._new_request("initialize", {"protocolVersion": PROTOCOL_MAJOR + ".0", "models_dir": self.models_dir,
+                                                "device": self.device, "precision": self.precision})[1]
+
+    def check_initialize(self, answered: Request) -> dict:
+        """The backend's info from an answered `initialize`; raises on an error or another protocol major."""
+        if answered.error is not None:
+            raise answered.error
+        info = answered.result or {}
         if str(info.get("protocolVersion", "")).split(".")[0] != PROTOCOL_MAJOR:
             raise BackendError(f"backend speaks protocol {info.get('protocolVersion')}, the add-on {PROTOCOL_MAJOR}.x",
                                hint="update the add-on and the backend together (run install.py)")
         return info
+
+    def initialize(self, timeout: float = INITIALIZE_TIMEOUT_S) -> dict:
+        req = self.send_initialize()
+        if not req.wait(timeout):
+            raise BackendError(f"the backend did not answer 'initialize' within {timeout:.0f} s",
+                               hint="see the backend log; restart the backend")
+        return self.check_initialize(req)
 
     def start_job(self, method: str, params: dict, job_id: Optional[str] = None) -> Job:
         """Send `prepare`/`edit` and return at once; the Job fills in as progress arrives."""

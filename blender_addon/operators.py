@@ -1,8 +1,9 @@
 """Operators: run an edit (modal in the UI, blocking in background), cancel, check/stop the backend.
 
 `motionfollower.edit` has two paths over the same `EditRun`:
-- invoke() in the UI: export, start the job, then a modal timer polls it (Blender stays
-  responsive; Esc or the panel's Cancel button cancel).
+- invoke() in the UI: a modal timer renders the strips a slice at a time (`advance`), does the
+  backend handshake without waiting on it, starts the job and polls it; Blender stays responsive
+  throughout, and Esc or the panel's Cancel button cancel at any point.
 - execute() — scripts and `blender -b`: blocks until the job ends and returns {'CANCELLED'} with
   an ERROR report on failure (bpy.ops then raises RuntimeError, so scripts fail loudly).
 Only the main thread touches bpy; the client's reader threads only fill in the Job.
@@ -25,6 +26,7 @@ from . import preferences, strips
 
 CANCEL_GRACE_S = 10.0  # after this long without an answer to cancel, the backend tree is killed
 TIMER_S = 0.2
+EXPORT_SLICE_S = 0.15  # Blender-side work per timer tick while the strips render (the UI gets the rest)
 
 
 @dataclass
@@ -38,9 +40,16 @@ class EditRun:
     first_frame: int
     count: int
     params: dict[str, Any]
+    exports: list[strips.StripExport] = field(default_factory=list)  # source, driving; rendered in slices
+    handshake: Optional[mfclient.Request] = None  # `initialize`, sent once the frames are out
     job: Optional[mfclient.Job] = None
     cancel_requested_at: Optional[float] = None
     started: float = field(default_factory=time.monotonic)
+
+    @property
+    def exported(self) -> tuple[int, int]:
+        """(frames rendered, frames to render) over both strips."""
+        return sum(e.done for e in self.exports), sum(e.total for e in self.exports)
 
 
 class State:
@@ -62,9 +71,17 @@ class State:
     def progress(self) -> Optional[dict[str, Any]]:
         if self.run is None:
             return None
-        if self.run.job is None:
-            return {"stage": "export", "fraction": 0.0, "eta_s": None, "message": "exporting frames", "done": 0,
-                    "total": 0, "elapsed_s": time.monotonic() - self.run.started, "finished": False}
+        run = self.run
+        if run.job is None:  # still in Blender: exporting the strips, then the backend handshake
+            done, total = run.exported
+            elapsed = time.monotonic() - run.started
+            exporting = done < total
+            eta = elapsed / done * (total - done) if exporting and done else None
+            return {"stage": "cancelling" if run.cancel_requested_at is not None else
+                    "export" if exporting else "starting", "fraction": done / total if total else 0.0,
+                    "eta_s": eta, "done": done, "total": total, "elapsed_s": elapsed, "finished": False,
+                    "message": f"rendering the strips to frames ({run.source}, {run.driving})" if exporting
+                    else "waiting for the backend"}
         snap = self.run.job.snapshot()
         if self.run.cancel_requested_at is not None:
             snap["stage"] = "cancelling"
@@ -122,8 +139,9 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "strip"
 
 
-def start_edit(context: Any) -> EditRun:
-    """Check the settings, export both strips, start the backend job. Cleans up after itself on failure."""
+def begin_edit(context: Any) -> EditRun:
+    """Check the settings, create the job folder, spawn the backend (it imports torch while the strips
+    export) and set up both exports. Nothing is rendered yet: `advance` does the work."""
     scene = strips.vse_scene(context)
     mf = scene.motionfollower
     source_name = mf.source_strip
@@ -144,23 +162,77 @@ def start_edit(context: Any) -> EditRun:
     job_dir = Path(settings.jobs_dir) / f"{_safe(source_name)}_{time.strftime('%Y%m%d-%H%M%S')}_{int(time.time() * 1000) % 1000:03d}"
     job_dir.mkdir(parents=True, exist_ok=False)
     STATE.last_job_dir = job_dir
+    run = EditRun(scene.name, source_name, mf.driving_strip, job_dir, 0, 0,
+                  {**mf.job_params(), "source": str(job_dir / "source"), "driving": str(job_dir / "driving"),
+                   "out": str(job_dir / "edited")})
     try:
-        ensure_client(context, initialize=False)  # the backend starts up while the strips export
-        src = strips.export_strip(scene, source_name, job_dir / "source", frame_range)
-        drv = strips.export_strip(scene, mf.driving_strip, job_dir / "driving")
-        params = {**mf.job_params(), "source": str(job_dir / "source"), "driving": str(job_dir / "driving"),
-                  "out": str(job_dir / "edited"), "source_fps": src["fps"], "driving_fps": drv["fps"]}
-        run = EditRun(scene.name, source_name, mf.driving_strip, job_dir, src["first"], src["count"], params)
-        c = ensure_client(context)
-        run.job = c.start_job("edit", params, job_id=job_dir.name)
-        return run
+        ensure_client(context, initialize=False)
+        run.exports.append(strips.StripExport(scene, source_name, job_dir / "source", frame_range))
+        run.exports.append(strips.StripExport(scene, mf.driving_strip, job_dir / "driving"))
     except BaseException:
-        shutil.rmtree(job_dir, ignore_errors=True)
+        abort_edit(run)
+        raise
+    return run
+
+
+def advance(run: EditRun, budget_s: Optional[float] = None) -> None:
+    """Move the edit on by about `budget_s` seconds of Blender-side work (None: until the backend job is
+    started): render frames, then the handshake, then start the job. Cleans up and raises on failure."""
+    deadline = None if budget_s is None else time.monotonic() + budget_s
+    try:
+        for export in run.exports:
+            while not export.finished:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return
+                # as many frames as fit the time left, at the last measured cost (one frame to measure it)
+                n = export.total if left is None else 1 if export.frame_s is None else int(left / export.frame_s)
+                export.render(n)
+        if run.job is not None:
+            return
+        if run.handshake is None:
+            src, drv = (e.finish() for e in run.exports)
+            run.first_frame, run.count = src["first"], src["count"]
+            run.params.update(source_fps=src["fps"], driving_fps=drv["fps"])
+            client = ensure_client(bpy.context, initialize=False)
+            if STATE.backend_info is None:
+                run.handshake = client.send_initialize()
+        if run.handshake is not None:
+            if not run.handshake.wait(0 if deadline is not None else mfclient.INITIALIZE_TIMEOUT_S):
+                if time.monotonic() - run.handshake.sent < mfclient.INITIALIZE_TIMEOUT_S:
+                    return  # not yet: the next tick looks again
+                raise mfclient.BackendError(f"the backend did not answer 'initialize' within "
+                                            f"{mfclient.INITIALIZE_TIMEOUT_S:.0f} s",
+                                            hint="see the backend log; restart the backend")
+            STATE.backend_info = STATE.client.check_initialize(run.handshake)
+        run.job = STATE.client.start_job("edit", run.params, job_id=run.job_dir.name)
+    except BaseException:
+        if run.handshake is not None and STATE.backend_info is None and STATE.client is not None:
+            STATE.client.kill()  # a backend that fails its handshake is not reused
+            STATE.client = None
+        abort_edit(run)
         raise
 
 
+def abort_edit(run: EditRun) -> None:
+    """Drop an edit that has no backend job yet: the temporary scenes and the job folder go."""
+    for export in run.exports:
+        export.close()
+    shutil.rmtree(run.job_dir, ignore_errors=True)
+
+
+def start_edit(context: Any) -> EditRun:
+    """begin_edit + advance to the started job, in one blocking call (scripts and `blender -b`)."""
+    run = begin_edit(context)
+    advance(run)
+    return run
+
+
 def request_cancel(run: EditRun) -> None:
-    if run.cancel_requested_at is None and run.job is not None and not run.job.finished and STATE.client:
+    """Cancel: before the job starts, the next tick drops the run; after, the backend is asked to stop."""
+    if run.cancel_requested_at is None and run.job is None:
+        run.cancel_requested_at = time.monotonic()
+    elif run.cancel_requested_at is None and not run.job.finished and STATE.client:
         run.cancel_requested_at = time.monotonic()
         try:
             STATE.client._send({"jsonrpc": "2.0", "method": "cancel", "params": {"job_id": run.job.job_id}})
@@ -281,7 +353,7 @@ class MOTIONFOLLOWER_OT_edit(bpy.types.Operator):
             return self.execute(context)
         STATE.last_error = None
         try:
-            STATE.run = start_edit(context)
+            STATE.run = begin_edit(context)  # the frames are rendered by the timer ticks: Blender stays usable
         except BaseException as exc:  # noqa: BLE001
             return self._fail(exc)
         wm = context.window_manager
@@ -296,11 +368,21 @@ class MOTIONFOLLOWER_OT_edit(bpy.types.Operator):
         if event.type == "ESC" and event.value == "PRESS":
             request_cancel(run)
         if event.type == "TIMER":
+            if run.job is None and run.cancel_requested_at is not None:  # cancelled before the job started
+                abort_edit(run)
+                STATE.run, STATE.last_message = None, "MotionFollower: cancelled"
+                self.report({"WARNING"}, STATE.last_message)
+                return self._end(context, {"CANCELLED"})
+            if run.job is None:
+                try:
+                    advance(run, EXPORT_SLICE_S)
+                except BaseException as exc:  # noqa: BLE001 - advance cleaned up; report it
+                    return self._end(context, self._fail(exc))
             tick(run)
             for area in context.screen.areas if context.screen else ():
                 if area.type == "SEQUENCE_EDITOR":
                     area.tag_redraw()
-            if run.job.finished:
+            if run.job is not None and run.job.finished:
                 return self._end(context, self._finish(run))
         return {"PASS_THROUGH"}
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import time
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
@@ -95,25 +96,87 @@ class ExportError(Exception):
     pass
 
 
-def export_strip(scene: "bpy.types.Scene", strip_name: str, folder: Path,
-                 frame_range: Optional[tuple[int, int]] = None) -> dict[str, Any]:
-    """Render `strip_name` alone over its visible range (∩ frame_range, [a, b)) to folder/frame_{k}.png.
+TMP_SCENE = "MF export (temporary)"
 
-    Returns {"first": timeline frame of frame_0, "count": n, "fps": float, "width": w, "height": h}.
+
+class StripExport:
+    """Render one strip alone over its visible range (∩ frame_range, [a, b)) to folder/frame_{k}.png,
+    a few frames per `render` call, so that the UI's modal timer can run between calls.
+
+    The temporary scene copy lives from __init__ to close(); call close() in every case (finish() does).
     """
-    strip = find_strip(scene, strip_name)
-    if strip is None:
-        raise ExportError(f"strip '{strip_name}' not found in scene '{scene.name}'")
-    first, end = visible_range(strip)
-    if frame_range is not None:
-        first, end = max(first, frame_range[0]), min(end, frame_range[1])
-    if end <= first:
-        raise ExportError(f"strip '{strip_name}' shows no frames in the chosen frame range")
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    render_dir = folder / ".render"
-    had_render_result = "Render Result" in bpy.data.images
 
+    def __init__(self, scene: "bpy.types.Scene", strip_name: str, folder: Path,
+                 frame_range: Optional[tuple[int, int]] = None):
+        strip = find_strip(scene, strip_name)
+        if strip is None:
+            raise ExportError(f"strip '{strip_name}' not found in scene '{scene.name}'")
+        first, end = visible_range(strip)
+        if frame_range is not None:
+            first, end = max(first, frame_range[0]), min(end, frame_range[1])
+        if end <= first:
+            raise ExportError(f"strip '{strip_name}' shows no frames in the chosen frame range")
+        self.strip_name, self.first, self.total, self.done = strip_name, first, end - first, 0
+        self.frame_s: Optional[float] = None  # seconds per frame, measured by render()
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.render_dir = self.folder / ".render"
+        self._had_render_result = "Render Result" in bpy.data.images
+        tmp = _export_scene(scene, strip, self.render_dir)
+        self._tmp_name: Optional[str] = tmp.name  # None once closed
+        self.fps = tmp.render.fps / tmp.render.fps_base
+        self.width, self.height = tmp.render.resolution_x, tmp.render.resolution_y
+
+    @property
+    def finished(self) -> bool:
+        return self.done >= self.total
+
+    def render(self, max_frames: int) -> int:
+        """Render the next min(max_frames, left) frames; returns how many."""
+        n = max(1, min(int(max_frames), self.total - self.done))
+        if self._tmp_name is None:
+            raise ExportError(f"the export of '{self.strip_name}' was closed")
+        tmp = bpy.data.scenes.get(self._tmp_name)  # by name: an undo between two slices replaces the data
+        if tmp is None:
+            raise ExportError(f"the temporary scene exporting '{self.strip_name}' was removed (an undo while "
+                              "exporting?); run the edit again")
+        a = self.first + self.done
+        # frame_end first: Blender drags one end along when the other passes it
+        tmp.frame_end = max(tmp.frame_end, a + n - 1)
+        tmp.frame_start, tmp.frame_end = a, a + n - 1
+        t0 = time.monotonic()
+        result = bpy.ops.render.render(animation=True, scene=tmp.name)
+        if "FINISHED" not in result:
+            raise ExportError(f"rendering strip '{self.strip_name}' failed ({result})")
+        self.frame_s = (time.monotonic() - t0) / n
+        self.done += n
+        return n
+
+    def finish(self) -> dict[str, Any]:
+        """After the last frame: rename to frame_{k}.png, drop the copy. Returns
+        {"first": timeline frame of frame_0, "count": n, "fps": float, "width": w, "height": h}."""
+        self.close()
+        rendered = sorted(self.render_dir.glob("f_*.png"), key=lambda p: int(FRAME_RE.findall(p.stem)[-1]))
+        if len(rendered) != self.total:
+            raise ExportError(f"expected {self.total} frames of '{self.strip_name}', the render wrote {len(rendered)}")
+        for k, p in enumerate(rendered):
+            os.replace(p, self.folder / f"frame_{k}.png")
+        shutil.rmtree(self.render_dir, ignore_errors=True)
+        return {"first": self.first, "count": self.total, "fps": self.fps, "width": self.width, "height": self.height}
+
+    def close(self) -> None:
+        """Remove the temporary scene (and a Render Result the export created). Safe to call twice."""
+        if self._tmp_name is not None:
+            tmp = bpy.data.scenes.get(self._tmp_name)
+            self._tmp_name = None
+            if tmp is not None:
+                bpy.data.scenes.remove(tmp)
+        if not self._had_render_result and "Render Result" in bpy.data.images:
+            bpy.data.images.remove(bpy.data.images["Render Result"])
+
+
+def _export_scene(scene: "bpy.types.Scene", strip: Any, render_dir: Path) -> "bpy.types.Scene":
+    """A copy of `scene` that renders only `strip` (and the metas holding it) as plain 8-bit sRGB PNGs."""
     keep = {strip.name}
     parent = parent_meta(strip)
     while parent is not None:  # a strip inside a meta renders only through its metas
@@ -122,7 +185,7 @@ def export_strip(scene: "bpy.types.Scene", strip_name: str, folder: Path,
 
     tmp = scene.copy()  # links objects/world, duplicates the sequencer: the user's scene stays as it is
     try:
-        tmp.name = "MF export (temporary)"
+        tmp.name = TMP_SCENE
         for s in all_strips(tmp):
             if s.name not in keep:
                 s.mute = True
@@ -152,27 +215,22 @@ def export_strip(scene: "bpy.types.Scene", strip_name: str, folder: Path,
         tmp.view_settings.exposure = 0.0
         tmp.view_settings.gamma = 1.0
         tmp.view_settings.use_curve_mapping = False
-        tmp.frame_start, tmp.frame_end = first, end - 1
-        ed = tmp.sequence_editor
-        ed.use_prefetch = False
-        result = bpy.ops.render.render(animation=True, scene=tmp.name)
-        if "FINISHED" not in result:
-            raise ExportError(f"rendering strip '{strip_name}' failed ({result})")
-        fps = tmp.render.fps / tmp.render.fps_base
-        width = tmp.render.resolution_x
-        height = tmp.render.resolution_y
-    finally:
+        tmp.sequence_editor.use_prefetch = False
+    except BaseException:
         bpy.data.scenes.remove(tmp)
-        if not had_render_result and "Render Result" in bpy.data.images:
-            bpy.data.images.remove(bpy.data.images["Render Result"])
+        raise
+    return tmp
 
-    rendered = sorted(render_dir.glob("f_*.png"), key=lambda p: int(FRAME_RE.findall(p.stem)[-1]))
-    if len(rendered) != end - first:
-        raise ExportError(f"expected {end - first} frames of '{strip_name}', the render wrote {len(rendered)}")
-    for k, p in enumerate(rendered):
-        os.replace(p, folder / f"frame_{k}.png")
-    shutil.rmtree(render_dir, ignore_errors=True)
-    return {"first": first, "count": end - first, "fps": fps, "width": width, "height": height}
+
+def export_strip(scene: "bpy.types.Scene", strip_name: str, folder: Path,
+                 frame_range: Optional[tuple[int, int]] = None) -> dict[str, Any]:
+    """The whole export in one call (scripts, tests): see StripExport."""
+    export = StripExport(scene, strip_name, folder, frame_range)
+    try:
+        export.render(export.total)
+        return export.finish()
+    finally:
+        export.close()
 
 
 # ---- import ------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import sys
 import textwrap
 import threading
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -280,8 +281,12 @@ def test_panel_draws_idle_running_and_failed(scene, addon):
     bars = [e for e in log if e[0] == "progress"]
     assert bars and bars[0][1] == pytest.approx(0.42) and "editing 3/10" in bars[0][2] and "1:15" in bars[0][2]
     assert ("operator", "motionfollower.cancel") in log and ("operator", "motionfollower.edit") not in log
-    operators.STATE.run.job = None  # still exporting
-    assert any(e[0] == "progress" and "export" in e[2] for e in draw_panel())
+    operators.STATE.run.job = None  # still exporting: 3 of 16 frames rendered
+    operators.STATE.run.exports = [types.SimpleNamespace(done=3, total=8), types.SimpleNamespace(done=0, total=8)]
+    bars = [e for e in draw_panel() if e[0] == "progress"]
+    assert bars and bars[0][1] == pytest.approx(3 / 16) and "export 3/16" in bars[0][2]
+    operators.STATE.run.exports[0].done = operators.STATE.run.exports[1].done = 8  # all rendered, waiting for the backend's handshake
+    assert [e for e in draw_panel() if e[0] == "progress"][0][2].startswith("starting")
 
     operators.STATE.run = None
     operators.STATE.last_error = ("MotionFollower failed: out of memory", "use a lower resolution")
@@ -376,9 +381,9 @@ def test_modal_path_esc_cancels_through_the_backend(scene, addon, tmp_path):
     fake_op = type("Op", (), {"_timer": None, "_end": op_cls._end, "_finish": op_cls._finish, "_fail": op_cls._fail,
                               "report": lambda self, kind, msg: reports.append((kind, msg))})()
     ctx = type("Ctx", (), {"screen": None, "window_manager": bpy.context.window_manager})()
-    operators.STATE.run = run = operators.start_edit(bpy.context)
+    operators.STATE.run = run = operators.begin_edit(bpy.context)
     deadline = time.monotonic() + 60
-    while run.job.snapshot()["stage"] == "starting" and time.monotonic() < deadline:
+    while (run.job is None or run.job.snapshot()["stage"] == "starting") and time.monotonic() < deadline:
         assert op_cls.modal(fake_op, ctx, FakeEvent("TIMER")) == {"PASS_THROUGH"}
         time.sleep(0.02)
     assert any(e[0] == "progress" for e in draw_panel())  # the panel shows the running job
@@ -395,6 +400,96 @@ def test_modal_path_esc_cancels_through_the_backend(scene, addon, tmp_path):
     assert operators.STATE.client_key is not None
     assert operators.STATE.run is None and not run.job_dir.exists()
     assert snapshot(scene) == before
+
+
+
+def test_export_in_slices_gives_the_same_frames_and_cleans_up(scene, tmp_path):
+    """The UI renders a strip a few frames per timer tick: same files as one call, no scene left behind."""
+    from blender_addon import strips
+
+    before = snapshot(scene)
+    whole = strips.export_strip(scene, "source", tmp_path / "whole")
+    exp = strips.StripExport(scene, "source", tmp_path / "sliced")
+    assert strips.TMP_SCENE in bpy.data.scenes  # the copy lives while the export does
+    calls = 0
+    while not exp.finished:
+        calls, left = calls + 1, exp.total - exp.done
+        assert exp.render(3) == min(3, left) and exp.frame_s > 0
+    assert exp.finish() == whole and calls == 3  # 8 frames as 3 + 3 + 2
+    for a, b in zip(strips.frame_files(tmp_path / "whole"), strips.frame_files(tmp_path / "sliced")):
+        assert a.name == b.name and a.read_bytes() == b.read_bytes()
+    assert not (tmp_path / "sliced" / ".render").exists()
+    # closed half-way (a cancel): the copy goes, the user's scene is as it was
+    exp = strips.StripExport(scene, "source", tmp_path / "half")
+    exp.render(2)
+    exp.close()
+    exp.close()
+    assert strips.TMP_SCENE not in bpy.data.scenes and snapshot(scene) == before
+    with pytest.raises(strips.ExportError, match="closed"):
+        exp.render(1)
+    # an undo between two slices takes the copy away: a clear error, not a crash
+    exp = strips.StripExport(scene, "source", tmp_path / "undone")
+    bpy.data.scenes.remove(bpy.data.scenes[strips.TMP_SCENE])
+    with pytest.raises(strips.ExportError, match="was removed"):
+        exp.render(1)
+    exp.close()
+    assert snapshot(scene) == before
+
+
+def _modal(operators):
+    """The operator's modal() and a context with no screen, as Blender's event loop would call them."""
+    reports = []
+    op_cls = bpy.types.MOTIONFOLLOWER_OT_edit
+    fake_op = type("Op", (), {"_timer": None, "_end": op_cls._end, "_finish": op_cls._finish, "_fail": op_cls._fail,
+                              "report": lambda self, kind, msg: reports.append((kind, msg))})()
+    ctx = type("Ctx", (), {"screen": None, "window_manager": bpy.context.window_manager})()
+    return (lambda event: op_cls.modal(fake_op, ctx, FakeEvent(event))), reports
+
+
+def test_modal_path_renders_a_frame_per_tick_then_edits(scene, addon, small_model, monkeypatch):
+    """invoke() only sets up; every timer tick renders what fits its slice (here one frame), then the
+    handshake and the job run while the UI keeps ticking; the result lands on the timeline."""
+    from blender_addon import operators, strips
+
+    monkeypatch.setattr(operators, "EXPORT_SLICE_S", 1e-4)  # one frame per tick
+    mf = scene.motionfollower
+    mf.model, mf.model_folder = "folder", small_model
+    modal, reports = _modal(operators)
+    operators.STATE.run = run = operators.begin_edit(bpy.context)
+    assert run.exported == (0, 2 * N) and run.job is None
+    seen, result = [], None
+    deadline = time.monotonic() + 240
+    while result is None and time.monotonic() < deadline:
+        r = modal("TIMER")
+        result = None if r == {"PASS_THROUGH"} else r
+        p = operators.STATE.progress()
+        if p is not None and p["stage"] == "export":
+            seen.append(p["done"])
+            assert any(e[0] == "progress" and "export" in e[2] for e in draw_panel())
+        time.sleep(0.01)
+    assert result == {"FINISHED"}, reports
+    assert seen == list(range(1, 2 * N))  # one more frame each tick, never all at once
+    assert strips.TMP_SCENE not in bpy.data.scenes
+    (strip,) = edited_strips(scene)
+    assert (strip.frame_final_start, strip.frame_final_duration) == (10, N)
+
+
+def test_modal_cancel_while_exporting_leaves_nothing(scene, addon, monkeypatch):
+    from blender_addon import operators, strips
+
+    monkeypatch.setattr(operators, "EXPORT_SLICE_S", 1e-4)
+    before = snapshot(scene)
+    modal, reports = _modal(operators)
+    operators.STATE.run = run = operators.begin_edit(bpy.context)
+    modal("TIMER")
+    modal("TIMER")
+    assert run.exported[0] == 2 and run.job_dir.exists()
+    assert bpy.ops.motionfollower.cancel() == {"FINISHED"}  # the panel's button
+    assert operators.STATE.progress()["stage"] == "cancelling"
+    assert modal("TIMER") == {"CANCELLED"} and reports == [({"WARNING"}, "MotionFollower: cancelled")]
+    assert run.job is None and run.handshake is None  # nothing was sent to the backend
+    assert operators.STATE.run is None and not run.job_dir.exists()
+    assert strips.TMP_SCENE not in bpy.data.scenes and snapshot(scene) == before
 
 
 HEADLESS = textwrap.dedent("""
