@@ -82,8 +82,8 @@ class State:
                     "eta_s": eta, "done": done, "total": total, "elapsed_s": elapsed, "finished": False,
                     "message": f"rendering the strips to frames ({run.source}, {run.driving})" if exporting
                     else "waiting for the backend"}
-        snap = self.run.job.snapshot()
-        if self.run.cancel_requested_at is not None:
+        snap = run.job.snapshot()
+        if run.cancel_requested_at is not None:
             snap["stage"] = "cancelling"
         return snap
 
@@ -188,8 +188,6 @@ def advance(run: EditRun, budget_s: Optional[float] = None) -> None:
                 # as many frames as fit the time left, at the last measured cost (one frame to measure it)
                 n = export.total if left is None else 1 if export.frame_s is None else int(left / export.frame_s)
                 export.render(n)
-        if run.job is not None:
-            return
         if run.handshake is None:
             src, drv = (e.finish() for e in run.exports)
             run.first_frame, run.count = src["first"], src["count"]

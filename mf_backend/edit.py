@@ -135,13 +135,8 @@ def prepare_clip(params: JobParams, ctx: JobContext) -> PreparedClip:
 # ---------------------------------------------------------------------------------------------- core
 
 
-def sampler_settings(params: JobParams, checkpoint: Optional[str] = None) -> SamplerSettings:
-    """The sampler's settings from the job; `checkpoint` is the resolved preset (see memory_plan)."""
-    from mf_backend.editing.sampler import LOW_MEMORY_CHECKPOINT
-
-    if checkpoint is None:
-        checkpoint = LOW_MEMORY_CHECKPOINT if params.low_memory else (
-            "none" if params.checkpoint == "auto" else params.checkpoint)
+def sampler_settings(params: JobParams, checkpoint: str) -> SamplerSettings:
+    """The sampler's settings from the job; `checkpoint` is the resolved preset (memory_plan(...).checkpoint)."""
     return SamplerSettings(steps=params.steps, guidance_scale=params.guidance_scale, seed=params.seed,
                            camera=params.camera, window=params.window, overlap=params.overlap,
                            checkpoint=checkpoint)

@@ -199,9 +199,8 @@ def run_variant(models, inputs_fn: Callable[[], Any], params, variant: Variant, 
     untimed edit, so that `warmup_s` is the compile time and the timed edit compiles nothing)."""
     import torch
 
-    from mf_backend.edit import decode_latents, offload_idle_models, sampler_settings
+    from mf_backend.edit import decode_latents, memory_plan, offload_idle_models, sampler_settings
     from mf_backend.editing.guidance import guidance_from_params
-    from mf_backend.editing.memory import resolve_memory_plan
     from mf_backend.editing.sampler import MotionEditSampler, StageTimer
 
     dev = str(models.device.type)
@@ -209,11 +208,10 @@ def run_variant(models, inputs_fn: Callable[[], Any], params, variant: Variant, 
     _apply_model_switches(models, variant, original)
     try:
         frames = inputs_fn().num_frames
-        mem = resolve_memory_plan(variant.checkpoint, False, models.config, min(frames, params.window), params.size,
-                                  models.device, models.dtype, params.camera)
+        mem = memory_plan(models, replace(params, checkpoint=variant.checkpoint), frames)
         decode_batch = mem.decode_batch if variant.checkpoint == "auto" else variant.decode_batch
-        settings = replace(sampler_settings(params), reuse_features=variant.reuse, fuse_guidance=variant.fuse,
-                           checkpoint=mem.checkpoint)
+        settings = replace(sampler_settings(params, mem.checkpoint), reuse_features=variant.reuse,
+                           fuse_guidance=variant.fuse)
         guidance = guidance_from_params(params)
 
         def edit(steps: int, timer: StageTimer) -> None:
