@@ -18,15 +18,15 @@ bl_info = {  # legacy installs (scripts/addons); 4.2+ extensions read blender_ma
 if "bpy" in locals():  # F8 / script reload: re-import the sub-modules
     import importlib
 
-    for _name in ("client", "strips", "properties", "preferences", "operators", "ui"):
+    for _name in ("client", "strips", "properties", "preferences", "operators", "ui", "flamenco"):
         if _name in locals():
             importlib.reload(locals()[_name])
 
 import bpy  # noqa: E402,F401
 
-from . import client, operators, preferences, properties, strips, ui  # noqa: E402,F401
+from . import client, flamenco, operators, preferences, properties, strips, ui  # noqa: E402,F401
 
-_MODULES = (preferences, properties, operators, ui)
+_MODULES = (preferences, properties, operators, ui, flamenco)
 
 
 def register() -> None:

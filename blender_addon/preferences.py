@@ -38,6 +38,8 @@ class MotionFollowerPreferences(bpy.types.AddonPreferences):
     precision: EnumProperty(name="Precision", default="auto", items=[
         ("auto", "Auto", "bf16/fp16 on GPU, fp32 on CPU"), ("fp32", "fp32", ""), ("fp16", "fp16", ""),
         ("bf16", "bf16", "")])
+    flamenco_manager: StringProperty(name="Flamenco Manager", description="URL of the render farm's Flamenco "
+                                     "Manager, e.g. http://flamenco.local:8080 (Submit to Flamenco; docs/flamenco.md)")
 
     def draw(self, context):  # noqa: ARG002
         layout = self.layout
@@ -52,6 +54,7 @@ class MotionFollowerPreferences(bpy.types.AddonPreferences):
         row = col.row()
         row.prop(self, "device")
         row.prop(self, "precision")
+        col.prop(self, "flamenco_manager")
         layout.operator("motionfollower.check_backend", icon="CHECKMARK")
         if CHECK_REPORT:
             box = layout.box()

@@ -25,6 +25,7 @@ EXTENSIONS = (
     "mf_backend.masks.cli",
     "mf_backend.train.cli",
     "mf_backend.bench.cli",
+    "mf_backend.chunks",
 )
 
 

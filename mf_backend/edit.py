@@ -128,7 +128,7 @@ def prepare_clip(params: JobParams, ctx: JobContext) -> PreparedClip:
         tgt_poses = render_poses(plan.apply_keypoints(prep.aligned.frames(edited)))
     t_crop = time.perf_counter() - t0
     inputs = EditInputs(torch.from_numpy(work), torch.from_numpy(src_poses), torch.from_numpy(tgt_poses),
-                        torch.from_numpy(M_r_c), torch.from_numpy(M_e_c))
+                        torch.from_numpy(M_r_c), torch.from_numpy(M_e_c), frame_index=edited.tolist())
     return PreparedClip(frames, edited, pos, timing, plan, inputs, {"plan": t_plan, "crop": t_crop})
 
 

@@ -37,6 +37,7 @@ from typing import Callable, Iterator, Optional, Sequence
 import torch
 
 from mf_backend.editing.guidance import LEVELS, ConsistencyGuidance, RegionMasks
+from mf_backend.editing.noise import FrameNoise
 from mf_backend.editing.schedule import StepPlan, build_schedule
 from mf_backend.editing.windows import WindowBlender, plan_windows
 
@@ -116,6 +117,7 @@ class EditInputs:
     M_r: torch.Tensor  # float (F,H,W) source person masks
     M_e: torch.Tensor  # float (F,H,W) predicted target person masks
     tokens: Optional[torch.Tensor] = None  # (F,D) CLIP image embeddings; computed when None
+    frame_index: Optional[Sequence[int]] = None  # (F,) absolute source frame of each frame (noise seeds); None = 0..F-1
 
     @property
     def num_frames(self) -> int:
@@ -306,12 +308,10 @@ class MotionEditSampler:
 
     # ------------------------------------------------------------------ the loop
 
-    def initial_noise(self, num_frames: int, latent_hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Generator]:
-        """z_T from a CPU generator seeded with `seed` (device-independent), and that generator."""
-        gen = torch.Generator("cpu").manual_seed(self.settings.seed)
-        c = self.unet.config.in_channels
-        z = torch.randn((1, c, num_frames, *latent_hw), generator=gen, dtype=torch.float32)
-        return z.to(self.device), gen
+    def initial_noise(self, frame_index: Sequence[int], latent_hw: tuple[int, int]) -> tuple[torch.Tensor, FrameNoise]:
+        """z_T (1,C,F,h,w) drawn per absolute frame (editing/noise.py), and the source of the SDE noise."""
+        noise = FrameNoise(self.settings.seed, frame_index, (self.unet.config.in_channels, *latent_hw))
+        return noise.draw().to(self.device), noise
 
     def __call__(self, inputs: EditInputs) -> SampleResult:
         F_, H, W = inputs.frames.shape[:3]
@@ -331,14 +331,15 @@ class MotionEditSampler:
               ) -> SampleResult:
         F_ = inputs.num_frames
         timer = self.timer
-        z_edit, gen = self.initial_noise(F_, latent_hw)
+        frame_index = range(F_) if inputs.frame_index is None else inputs.frame_index
+        z_edit, frame_noise = self.initial_noise(frame_index, latent_hw)
         z_rec = z_edit.clone()
         log_rows: list[dict] = []
         total = len(self.plan)
         for p in self.plan:
             noise = None
             if p.sde_in > 0 or p.sde_out > 0:
-                noise = torch.randn(z_edit.shape, generator=gen, dtype=torch.float32).to(self.device)
+                noise = frame_noise.draw().to(self.device)
             next_edit, next_rec = WindowBlender(z_edit, windows), WindowBlender(z_rec, windows)
             for k, win in enumerate(windows):
                 if self.progress:

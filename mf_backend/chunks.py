@@ -1,0 +1,174 @@
+"""Chunked edits of one shot (a render farm, docs/flamenco.md): `merge-chunks` puts the shot together.
+
+A long shot is edited as overlapping chunks, each an ordinary `edit` with `--frame-start/--frame-end`
+that reuses one `prepare` folder (poses and masks computed once for the whole shot). Every chunk's
+output holds all source frames: its own range edited, the rest the source's bytes. The merge:
+
+* frames edited by one chunk are copied from it byte for byte (so are frames no chunk edited);
+* frames edited by two chunks (the overlap) are cross-faded LINEARLY IN PIXELS: in an overlap of m
+  frames the later chunk's weight rises (j+1)/(m+1), j = 0..m-1, so each side fades in from its
+  neighbour. Pixels both chunks left untouched are equal in both and stay bit-exact. (Pixels, not
+  latents: chunks are composited into the full frame with their own crop, so only pixels are shared.)
+* the seam error of each overlap, the mean absolute difference of the two chunks' frames before
+  blending (0..255), is reported over all pixels and over the edited region (pixels either chunk
+  changed from the source), so a farm run says how well its chunks agree.
+
+Chunks draw their initial and SDE noise per absolute frame (editing/noise.py), so overlaps start
+from the same noise; they still differ by the frames the motion modules see and by each chunk's crop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from mf_backend.errors import BadInputMedia, InvalidParams
+from mf_backend.jobs import JobContext, atomic_output_dir
+from mf_backend.media import list_frame_files, read_clip, write_frames
+
+
+@dataclass
+class Chunk:
+    """One chunk's `edit` output folder."""
+
+    folder: Path
+    info: dict  # its edit.json
+    files: list[Path]  # one file per source frame, in frame order
+
+    @property
+    def first(self) -> int:
+        return int(self.info["edited_frames"][0])
+
+    @property
+    def last(self) -> int:
+        return int(self.info["edited_frames"][1])
+
+
+def read_chunk(folder: str | Path) -> Chunk:
+    folder = Path(folder).expanduser().resolve()
+    meta = folder / "edit.json"
+    if not meta.is_file():
+        raise BadInputMedia(f"chunk '{folder}' is not an edit output (no edit.json)",
+                            "run this chunk's `edit` task first; the merge needs every chunk")
+    info = json.loads(meta.read_text())
+    files = list_frame_files(folder)
+    if len(files) != info["frames"]:
+        raise BadInputMedia(f"chunk '{folder}' has {len(files)} frames; its edit.json says {info['frames']}",
+                            "re-run this chunk's `edit` task")
+    return Chunk(folder, info, files)
+
+
+def coverage(chunks: Sequence[Chunk], n_frames: int) -> list[list[int]]:
+    """For every source frame, the chunks (indices, in start order) that edited it: at most two."""
+    cover: list[list[int]] = [[] for _ in range(n_frames)]
+    for i, c in enumerate(chunks):
+        for k in range(c.first, c.last + 1):
+            cover[k].append(i)
+    for k, cs in enumerate(cover):
+        if len(cs) > 2:
+            raise InvalidParams(f"frame {k} is edited by {len(cs)} chunks ({', '.join(chunks[i].folder.name for i in cs)})",
+                                "overlaps must be at most half a chunk long, so each frame is in at most two chunks")
+    return cover
+
+
+def _read_range(folder: Path, a: int, b: int) -> np.ndarray:
+    return read_clip(folder, frame_range=(a, b)).frames.astype(np.float32)  # (m,H,W,3)
+
+
+def cross_fade(earlier: np.ndarray, later: np.ndarray) -> np.ndarray:
+    """Linear cross-fade of two (m,H,W,3) float versions of the same m frames → uint8; equal pixels stay exact."""
+    m = len(earlier)
+    w = (np.arange(1, m + 1, dtype=np.float32) / (m + 1)).reshape(m, 1, 1, 1)  # the later chunk's weight
+    return np.clip(np.rint(earlier + (later - earlier) * w), 0, 255).astype(np.uint8)
+
+
+def seam_error(earlier: np.ndarray, later: np.ndarray, source: Optional[np.ndarray]) -> dict[str, Any]:
+    """Mean |earlier - later| (0..255) over the overlap, over all pixels and over the edited region."""
+    diff = np.abs(earlier - later)  # (m,H,W,3)
+    out: dict[str, Any] = {"all_pixels": round(float(diff.mean()), 4)}
+    if source is not None and source.shape == earlier.shape:
+        region = ((earlier != source) | (later != source)).any(axis=-1)  # (m,H,W) pixels either chunk changed
+        out["edited_region"] = round(float(diff[region].mean()), 4) if region.any() else 0.0
+        out["edited_region_fraction"] = round(float(region.mean()), 5)
+    return out
+
+
+def _source_range(chunk: Chunk, a: int, b: int) -> Optional[np.ndarray]:
+    """The source frames a..b (for the seam error inside the edited region), None when unreadable here."""
+    src = chunk.info.get("params", {}).get("source")
+    try:
+        return read_clip(src, frame_range=(a, b)).frames.astype(np.float32) if src else None
+    except Exception:  # noqa: BLE001 - only a report figure depends on it
+        return None
+
+
+def merge_chunks(chunk_folders: Sequence[str | Path], out: str | Path, ctx: Optional[JobContext] = None) -> dict[str, Any]:
+    """Chunk outputs of one shot → the shot's frames in `out` (written atomically) and its edit.json."""
+    ctx = ctx or JobContext(job_id="merge-chunks")
+    if not chunk_folders:
+        raise InvalidParams("no chunk folders given", "pass the chunk output folders of one shot")
+    chunks = sorted((read_chunk(f) for f in chunk_folders), key=lambda c: (c.first, c.last))
+    n, h, w = chunks[0].info["frames"], chunks[0].info["height"], chunks[0].info["width"]
+    for c in chunks[1:]:
+        if (c.info["frames"], c.info["height"], c.info["width"]) != (n, h, w):
+            raise BadInputMedia(f"chunk '{c.folder}' is {c.info['width']}x{c.info['height']} with {c.info['frames']} "
+                                f"frames; '{chunks[0].folder}' is {w}x{h} with {n}", "merge chunks of the same shot only")
+    cover = coverage(chunks, n)
+    overlaps = []
+    with atomic_output_dir(Path(out)) as tmp:
+        for k, cs in enumerate(cover):  # single-chunk and untouched frames: the chunk's file as it is
+            ctx.progress("write", k, n, "copying frames")
+            if len(cs) < 2:
+                src = chunks[cs[0] if cs else 0].files[k]
+                shutil.copyfile(src, tmp / src.name)
+        for i in range(len(chunks) - 1):
+            a, b = chunks[i + 1].first, min(chunks[i].last, chunks[i + 1].last)
+            if a > b:
+                continue  # the two chunks only touch (or leave a gap): nothing to blend
+            earlier, later = _read_range(chunks[i].folder, a, b), _read_range(chunks[i + 1].folder, a, b)
+            blended = cross_fade(earlier, later)
+            for j in range(b - a + 1):  # the chunk's own file names, whatever pattern edit wrote
+                write_frames(blended[j:j + 1], tmp, pattern=chunks[i].files[a + j].name)
+            overlaps.append({"frames": [a, b], "chunks": [chunks[i].folder.name, chunks[i + 1].folder.name],
+                             "seam_error": seam_error(earlier, later, _source_range(chunks[i], a, b))})
+        edited = [min(c.first for c in chunks), max(c.last for c in chunks)]
+        merge = {"blend": "linear in pixels", "chunks": [{"folder": str(c.folder), "edited_frames": [c.first, c.last]}
+                                                          for c in chunks], "overlaps": overlaps,
+                 "seam_error_mean": _mean_seam(overlaps)}
+        info = {**chunks[0].info, "edited_frames": edited, "fps": chunks[0].info.get("timing", {}).get("source_fps"),
+                "merge": merge}
+        (tmp / "edit.json").write_text(json.dumps(info, indent=2, default=str))
+        ctx.progress("write", n, n)
+    return {"out": str(Path(out).expanduser().resolve()), "frames": n, "width": w, "height": h,
+            "edited_frames": edited, "fps": info["fps"], "chunks": len(chunks), "overlaps": overlaps,
+            "seam_error_mean": merge["seam_error_mean"]}
+
+
+def _mean_seam(overlaps: list[dict]) -> Optional[dict[str, float]]:
+    if not overlaps:
+        return None
+    keys = set.intersection(*(set(o["seam_error"]) for o in overlaps))
+    return {k: round(float(np.mean([o["seam_error"][k] for o in overlaps])), 4) for k in sorted(keys)}
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+def cmd_merge_chunks(args: argparse.Namespace) -> int:
+    result = merge_chunks(args.chunks, args.out)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def register(sub: "argparse._SubParsersAction") -> None:
+    p = sub.add_parser("merge-chunks", help="put a shot together from its chunk edits (cross-fades the overlaps)",
+                       description="Merge the `edit` outputs of overlapping chunks of one shot (docs/flamenco.md).")
+    p.add_argument("chunks", nargs="+", help="the chunk output folders (any order)")
+    p.add_argument("--out", required=True, help="output folder for the whole shot (must not exist or be empty)")
+    p.set_defaults(func=cmd_merge_chunks)

@@ -1,0 +1,186 @@
+"""The Flamenco job type end to end on this machine: the job is compiled by the job type script under node
+(the stand-in for Flamenco's compiler, integrations/flamenco/test/flamenco.js), then every task's `exec`
+command runs as a real subprocess in dependency order, as Flamenco workers would run them: prepare once,
+overlapping chunk edits with the tiny model, merge-chunks. The merged shot is checked against the source.
+
+Also the merge on its own: the cross-fade, bit-exact frames, and the refusals (missing chunk, overlaps
+of three chunks, an output in use).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+NODE = shutil.which("node") or shutil.which("nodejs")
+FRAMES, H, W, SIZE, FPS = 12, 96, 128, 64, 12.0
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    from mf_backend.models.loading import build_models, save_models
+
+    return save_models(build_models("tiny", seed=0), tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def case(tmp_path_factory):
+    """A synthetic shot: the source as an mp4 at 12 fps, its own pose renders, the driving pose renders."""
+    from mf_backend.media import read_clip, write_frames, write_video
+    from mf_backend.synthetic import make_pair
+
+    root = tmp_path_factory.mktemp("shot")
+    pair = make_pair(3, frames=FRAMES, size=(H, W), x_frac=0.4, height_frac=0.7)
+    write_video(pair.source.frames, root / "source.mp4", FPS)
+    write_frames(pair.source.pose_renders, root / "source_poses")
+    write_frames(pair.driving.pose_renders, root / "driving")
+    return {"root": root, "source": read_clip(root / "source.mp4").frames}  # as the backend decodes it
+
+
+def compile_job(settings: dict, tmp: Path) -> dict:
+    submitted = {"name": "test shot", "type": "motionfollower", "priority": 50, "created": "2026-11-30T16:00:00Z",
+                 "settings": settings}
+    job_file = tmp / "job.json"
+    job_file.write_text(json.dumps(submitted))
+    out = subprocess.run([NODE, str(REPO / "integrations/flamenco/test/flamenco.js"),
+                          str(REPO / "integrations/flamenco/motionfollower.js"), str(job_file)],
+                         capture_output=True, text=True, timeout=60, check=True)
+    return json.loads(out.stdout)
+
+
+def run_in_dependency_order(job: dict) -> list[str]:
+    """Run each task's exec commands once all its dependencies are done (as a Flamenco Manager schedules)."""
+    done: set[str] = set()
+    order = []
+    pending = list(job["tasks"])
+    while pending:
+        ready = [t for t in pending if set(t["dependencies"]) <= done]
+        assert ready, f"dependency cycle among {[t['name'] for t in pending]}"
+        for task in ready:
+            for cmd in task["commands"]:
+                assert cmd["name"] == "exec"
+                p = cmd["parameters"]
+                t0 = time.perf_counter()
+                res = subprocess.run([p["exe"], *p["args"]], cwd=str(REPO), capture_output=True, text=True, timeout=300,
+                                     env={**os.environ, "OMP_NUM_THREADS": "1"})  # tiny model: threads only fight
+                assert res.returncode == 0, f"task {task['name']} failed:\n{res.stderr[-3000:]}"
+                print(f"task {task['name']}: {time.perf_counter() - t0:.1f} s")
+            done.add(task["uuid"])
+            order.append(task["name"])
+            pending.remove(task)
+    return order
+
+
+@pytest.mark.skipif(NODE is None, reason="node is not installed (Debian: apt-get install nodejs)")
+def test_compiled_job_runs_and_merges_the_shot(tmp_path, case, tiny_folder):
+    from mf_backend.media import read_clip, read_masks
+
+    root = case["root"]
+    out = tmp_path / "farm" / "edited"
+    settings = {
+        "source": str(root / "source.mp4"), "driving": str(root / "driving"), "output": str(out),
+        "frame_start": 1, "frame_end": 10, "chunk_length": 6, "chunk_overlap": 2,
+        "model": str(tiny_folder), "steps": 2, "seed": 5, "size": SIZE,
+        "backend_cmd": f"{sys.executable} -m mf_backend",
+        "prepare_args": f"--pose-extractor decode --source-poses {root / 'source_poses'} --mask-predictor geometric",
+        "edit_args": "--device cpu --precision fp32 --quiet",
+    }
+    job = compile_job(settings, tmp_path)
+    order = run_in_dependency_order(job)
+    assert order == ["prepare", "edit-1-6", "edit-5-10", "merge"]
+
+    merged = read_clip(out)
+    info = json.loads((out / "edit.json").read_text())
+    src = case["source"]
+    assert merged.frames.shape == src.shape  # every source frame, at the source's size
+    assert info["frames"] == FRAMES and info["fps"] == pytest.approx(FPS) and info["edited_frames"] == [1, 10]
+    for k in (0, 11):  # outside the range: the source's decoded bytes
+        assert np.array_equal(merged.frames[k], src[k]), k
+
+    # inside: only the person region changes (M_r ∪ M_e of the prepare step, plus the composite's reach)
+    work = out.parent / [p.name for p in out.parent.iterdir() if "__intermediate-" in p.name][0]
+    M_r, M_e = read_masks(work / "prepared" / "source_masks"), read_masks(work / "prepared" / "predicted_masks")
+    sides = [json.loads((d / "edit.json").read_text())["crop"]["side"] for d in work.glob("chunk-*")]
+    reach = (SIZE / 32 + SIZE / 64 + 2) * max(sides) / SIZE
+    for k in range(1, 11):
+        union = (M_r[k] >= 0.5) | (M_e[k] >= 0.5)
+        outside = cv2.distanceTransform((~union).astype(np.uint8), cv2.DIST_L2, 5) > reach
+        assert np.array_equal(merged.frames[k][outside], src[k][outside]), f"frame {k}: pixels outside the person changed"
+        assert (merged.frames[k][union] != src[k][union]).any(), f"frame {k}: not edited"
+
+    overlaps = info["merge"]["overlaps"]
+    assert [o["frames"] for o in overlaps] == [[5, 6]]
+    for o in overlaps:
+        seam = o["seam_error"]
+        assert 0 < seam["all_pixels"] < seam["edited_region"] < 255
+        print(f"seam error, frames {o['frames']}: {seam}")
+
+
+# ---- merge-chunks on its own ---------------------------------------------------------------------
+
+
+def _chunk(folder: Path, frames: np.ndarray, first: int, last: int, fps=24.0, source=None) -> Path:
+    from mf_backend.media import write_frames
+
+    write_frames(frames, folder)
+    info = {"frames": len(frames), "height": frames.shape[1], "width": frames.shape[2], "edited_frames": [first, last],
+            "timing": {"source_fps": fps}, "params": {"source": source}}
+    (folder / "edit.json").write_text(json.dumps(info))
+    return folder
+
+
+def test_merge_cross_fades_overlaps_and_copies_the_rest(tmp_path):
+    from mf_backend.chunks import merge_chunks
+    from mf_backend.media import read_clip, write_frames
+
+    rng = np.random.default_rng(0)
+    src = rng.integers(0, 256, (10, 8, 8, 3), dtype=np.uint8)
+    write_frames(src, tmp_path / "src")
+    a, b = src.copy(), src.copy()
+    a[1:7, 2:6, 2:6] = 200  # chunk A edits frames 1..6, chunk B 4..9 (overlap 4..6), same region
+    b[4:10, 2:6, 2:6] = 50
+    ca = _chunk(tmp_path / "a", a, 1, 6, source=str(tmp_path / "src"))
+    cb = _chunk(tmp_path / "b", b, 4, 9, source=str(tmp_path / "src"))
+    res = merge_chunks([cb, ca], tmp_path / "out")  # any order
+    out = read_clip(tmp_path / "out").frames
+    assert np.array_equal(out[:4], a[:4]) and np.array_equal(out[7:], b[7:])
+    inside = out[4:7, 3, 3, 0].tolist()  # weights of B: 1/4, 2/4, 3/4
+    assert inside == [round(200 - 150 * w) for w in (0.25, 0.5, 0.75)] == [162, 125, 88]
+    untouched = np.ones((8, 8), bool)
+    untouched[2:6, 2:6] = False
+    assert np.array_equal(out[4:7][:, untouched], src[4:7][:, untouched])  # both chunks agree: bit-exact
+    seam = res["overlaps"][0]["seam_error"]
+    assert res["overlaps"][0]["frames"] == [4, 6] and res["fps"] == 24.0 and res["edited_frames"] == [1, 9]
+    assert seam["all_pixels"] == pytest.approx(150 * 16 / 64) and seam["edited_region"] == pytest.approx(150)
+    # frames copied byte for byte from the chunk that edited them
+    assert (tmp_path / "out" / "frame_0.png").read_bytes() == (ca / "frame_0.png").read_bytes()
+    assert (tmp_path / "out" / "frame_9.png").read_bytes() == (cb / "frame_9.png").read_bytes()
+
+
+def test_merge_refuses_missing_chunks_triple_overlaps_and_used_outputs(tmp_path):
+    from mf_backend.chunks import merge_chunks
+    from mf_backend.errors import BadInputMedia, InvalidParams
+
+    f = np.zeros((9, 4, 4, 3), np.uint8)
+    chunks = [_chunk(tmp_path / n, f, s, e) for n, s, e in (("a", 0, 4), ("b", 2, 6), ("c", 4, 8))]
+    with pytest.raises(InvalidParams, match="frame 4 is edited by 3 chunks"):
+        merge_chunks(chunks, tmp_path / "out")
+    (tmp_path / "d").mkdir()
+    with pytest.raises(BadInputMedia, match="no edit.json"):
+        merge_chunks([chunks[0], tmp_path / "d"], tmp_path / "out")
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "keep.txt").write_text("mine")
+    with pytest.raises(InvalidParams, match="already exists"):
+        merge_chunks(chunks[:1], tmp_path / "used")
+    assert (tmp_path / "used" / "keep.txt").read_text() == "mine"
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.partial-*"))
