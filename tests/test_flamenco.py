@@ -10,11 +10,7 @@ of three chunks, an output in use).
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import cv2
@@ -22,7 +18,10 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-NODE = shutil.which("node") or shutil.which("nodejs")
+sys.path.insert(0, str(REPO / "integrations" / "flamenco"))
+import run_local  # noqa: E402  (compiles a job with the stand-in and runs its tasks, as workers would)
+
+NODE = run_local.NODE
 FRAMES, H, W, SIZE, FPS = 12, 96, 128, 64, 12.0
 
 
@@ -36,72 +35,28 @@ def tiny_folder(tmp_path_factory):
 @pytest.fixture(scope="module")
 def case(tmp_path_factory):
     """A synthetic shot: the source as an mp4 at 12 fps, its own pose renders, the driving pose renders."""
-    from mf_backend.media import read_clip, write_frames, write_video
-    from mf_backend.synthetic import make_pair
+    from mf_backend.media import read_clip
 
-    root = tmp_path_factory.mktemp("shot")
-    pair = make_pair(3, frames=FRAMES, size=(H, W), x_frac=0.4, height_frac=0.7)
-    write_video(pair.source.frames, root / "source.mp4", FPS)
-    write_frames(pair.source.pose_renders, root / "source_poses")
-    write_frames(pair.driving.pose_renders, root / "driving")
-    return {"root": root, "source": read_clip(root / "source.mp4").frames}  # as the backend decodes it
-
-
-def compile_job(settings: dict, tmp: Path) -> dict:
-    submitted = {"name": "test shot", "type": "motionfollower", "priority": 50, "created": "2026-11-30T16:00:00Z",
-                 "settings": settings}
-    job_file = tmp / "job.json"
-    job_file.write_text(json.dumps(submitted))
-    out = subprocess.run([NODE, str(REPO / "integrations/flamenco/test/flamenco.js"),
-                          str(REPO / "integrations/flamenco/motionfollower.js"), str(job_file)],
-                         capture_output=True, text=True, timeout=60, check=True)
-    return json.loads(out.stdout)
-
-
-def run_in_dependency_order(job: dict) -> list[str]:
-    """Run each task's exec commands once all its dependencies are done (as a Flamenco Manager schedules)."""
-    done: set[str] = set()
-    order = []
-    pending = list(job["tasks"])
-    while pending:
-        ready = [t for t in pending if set(t["dependencies"]) <= done]
-        assert ready, f"dependency cycle among {[t['name'] for t in pending]}"
-        for task in ready:
-            for cmd in task["commands"]:
-                assert cmd["name"] == "exec"
-                p = cmd["parameters"]
-                t0 = time.perf_counter()
-                res = subprocess.run([p["exe"], *p["args"]], cwd=str(REPO), capture_output=True, text=True, timeout=300,
-                                     env={**os.environ, "OMP_NUM_THREADS": "1"})  # tiny model: threads only fight
-                assert res.returncode == 0, f"task {task['name']} failed:\n{res.stderr[-3000:]}"
-                print(f"task {task['name']}: {time.perf_counter() - t0:.1f} s")
-            done.add(task["uuid"])
-            order.append(task["name"])
-            pending.remove(task)
-    return order
+    shot = run_local.synthetic_shot(tmp_path_factory.mktemp("shot"), FRAMES, (H, W), fps=FPS)
+    return {**shot, "frames": read_clip(shot["source"]).frames}  # as the backend decodes it
 
 
 @pytest.mark.skipif(NODE is None, reason="node is not installed (Debian: apt-get install nodejs)")
 def test_compiled_job_runs_and_merges_the_shot(tmp_path, case, tiny_folder):
     from mf_backend.media import read_clip, read_masks
 
-    root = case["root"]
     out = tmp_path / "farm" / "edited"
-    settings = {
-        "source": str(root / "source.mp4"), "driving": str(root / "driving"), "output": str(out),
-        "frame_start": 1, "frame_end": 10, "chunk_length": 6, "chunk_overlap": 2,
-        "model": str(tiny_folder), "steps": 2, "seed": 5, "size": SIZE,
-        "backend_cmd": f"{sys.executable} -m mf_backend",
-        "prepare_args": f"--pose-extractor decode --source-poses {root / 'source_poses'} --mask-predictor geometric",
-        "edit_args": "--device cpu --precision fp32 --quiet",
-    }
-    job = compile_job(settings, tmp_path)
-    order = run_in_dependency_order(job)
-    assert order == ["prepare", "edit-1-6", "edit-5-10", "merge"]
+    submitted = run_local.synthetic_job(case, out, FRAMES, frame_start=1, frame_end=10, chunk_length=6, chunk_overlap=2,
+                                        model=str(tiny_folder), steps=2, seed=5, size=SIZE)
+    submitted["settings"]["prepare_args"] += " --mask-predictor geometric"
+    job = run_local.compile_job(submitted, tmp_path)
+    times = run_local.run_in_dependency_order(job, env={"OMP_NUM_THREADS": "1"})  # tiny model: threads only fight
+    print("  ".join(f"{name} {seconds:.1f} s" for name, seconds in times))
+    assert [name for name, _ in times] == ["prepare", "edit-1-6", "edit-5-10", "merge"]
 
     merged = read_clip(out)
     info = json.loads((out / "edit.json").read_text())
-    src = case["source"]
+    src = case["frames"]
     assert merged.frames.shape == src.shape  # every source frame, at the source's size
     assert info["frames"] == FRAMES and info["fps"] == pytest.approx(FPS) and info["edited_frames"] == [1, 10]
     for k in (0, 11):  # outside the range: the source's decoded bytes
@@ -184,3 +139,20 @@ def test_merge_refuses_missing_chunks_triple_overlaps_and_used_outputs(tmp_path)
         merge_chunks(chunks[:1], tmp_path / "used")
     assert (tmp_path / "used" / "keep.txt").read_text() == "mine"
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.partial-*"))
+
+
+def test_noise_is_drawn_per_absolute_frame():
+    """Two chunks of one shot draw the same initial and SDE noise on the frames they share."""
+    import torch
+
+    from mf_backend.editing.noise import FrameNoise
+
+    a, b = FrameNoise(42, range(10, 16), (4, 8, 8)), FrameNoise(42, range(13, 20), (4, 8, 8))
+    for _ in range(3):  # z_T, then two SDE draws
+        za, zb = a.draw(), b.draw()
+        assert za.shape == (1, 4, 6, 8, 8)
+        assert torch.equal(za[:, :, 3:], zb[:, :, :3])  # frames 13..15
+        assert not torch.equal(za[:, :, 0], za[:, :, 1])
+    assert not torch.equal(FrameNoise(43, [13], (4, 8, 8)).draw()[:, :, 0], FrameNoise(42, [13], (4, 8, 8)).draw()[:, :, 0])
+    z = FrameNoise(0, range(64), (4, 16, 16)).draw()
+    assert abs(float(z.mean())) < 0.02 and abs(float(z.std()) - 1) < 0.02  # still standard normal
