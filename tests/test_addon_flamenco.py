@@ -15,23 +15,18 @@ from pathlib import Path
 import pytest
 
 bpy = pytest.importorskip("bpy", reason="bpy (Blender as a module) is not installed: install.py installs it")
-import addon_utils  # noqa: E402  (ships with bpy)
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 NODE = shutil.which("node") or shutil.which("nodejs")
 
-from test_addon_blender import write_movie  # noqa: E402  (the same 64×64 test clips)
+from test_addon_blender import addon, write_movie  # noqa: E402,F401  (the registered add-on, the 64×64 clips)
 
 
 @pytest.fixture(scope="module")
-def prefs(tmp_path_factory):
-    mod = addon_utils.enable("blender_addon", default_set=True)
-    assert mod is not None, "the add-on did not register"
+def prefs(addon):
     p = bpy.context.preferences.addons["blender_addon"].preferences
-    p.python = sys.executable
-    p.jobs_dir = str(tmp_path_factory.mktemp("farm"))
     yield p
     p.flamenco_manager = ""
 

@@ -1,4 +1,3 @@
-// SPDX-License-Identifier: GPL-3.0-or-later
 // MotionFollower job type for Flamenco 3 (docs/flamenco.md): put this file in the Manager's
 // `scripts/` folder; the job type is called "motionfollower".
 //
