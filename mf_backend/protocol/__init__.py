@@ -1,6 +1,6 @@
 """Newline-delimited JSON-RPC 2.0 over stdin/stdout (the convention of MCP's stdio transport).
 
-See docs/protocol.md for the messages. `framing` reads and writes lines, `server` dispatches them.
+See docs/protocol.md for the messages. `lines` reads and writes lines, `server` dispatches them.
 """
 
 from mf_backend.protocol.server import Server, serve

@@ -17,7 +17,7 @@ from mf_backend import PROTOCOL_VERSION, __version__
 from mf_backend import errors as E
 from mf_backend.jobs import JobContext, check_params, run_job
 from mf_backend.params import JobParams
-from mf_backend.protocol.framing import LineTooLong, Writer, read_lines
+from mf_backend.protocol.lines import LineTooLong, Writer, read_lines
 
 log = logging.getLogger(__name__)
 
