@@ -1,6 +1,6 @@
 """Command line: `python -m mf_backend <command>`.
 
-Every command calls the same library functions as the protocol (`jobs.run_job`, `environment`,
+Every command calls the same library functions as the protocol (`dispatch.run_job`, `environment`,
 `weights`), so the CLI, the JSON-RPC server and the Blender add-on behave alike. Subsystems add
 their own commands (synth, train-seg, train, bench) through `register(subparsers)` in their
 `cli` module, listed in EXTENSIONS.
@@ -62,7 +62,8 @@ def _print_progress(event: dict[str, Any]) -> None:
 
 
 def run_job_cli(method: str, params: JobParams, quiet: bool = False) -> dict[str, Any]:
-    from mf_backend.jobs import JobContext, run_job
+    from mf_backend.dispatch import run_job
+    from mf_backend.jobs import JobContext
     from mf_backend.protocol.server import JOB_STAGES
 
     ctx = JobContext(job_id=method, sink=None if quiet else _print_progress, stages=JOB_STAGES.get(method, ()))

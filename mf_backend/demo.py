@@ -18,7 +18,8 @@ from typing import Any, Optional
 import cv2
 import numpy as np
 
-from mf_backend.jobs import JobContext, atomic_output_dir
+from mf_backend.files import atomic_output_dir
+from mf_backend.jobs import JobContext
 from mf_backend.params import JobParams
 
 DEMO_FRAMES = 16

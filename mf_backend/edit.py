@@ -31,7 +31,8 @@ from mf_backend.editing.memory import MemoryPlan, resolve_memory_plan
 from mf_backend.editing.sampler import EditInputs, MotionEditSampler, SampleResult, SamplerSettings, StageTimer
 from mf_backend.errors import BadInputMedia
 from mf_backend.framing import CropPlan, composite, plan_crop
-from mf_backend.jobs import JobContext, atomic_output_dir
+from mf_backend.files import atomic_output_dir
+from mf_backend.jobs import JobContext
 from mf_backend.params import JobParams
 
 log = logging.getLogger(__name__)

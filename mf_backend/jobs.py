@@ -1,26 +1,17 @@
-"""Jobs: a `prepare` or `edit` request → stages, with progress events, cancellation and atomic output.
+"""The job context: progress events and cancellation, carried into every stage of a job.
 
-The CLI, the protocol server and (through the protocol) the Blender add-on all run jobs through
-`run_job`, so they share one behaviour: same stages, same errors, same output layout.
+Jobs (`prepare`, `edit`, `demo`) take a JobContext; the faces (CLI, protocol server) create it and
+dispatch through `mf_backend.dispatch.run_job`. Output folders: `mf_backend.files`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import os
-import shutil
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
-from mf_backend.errors import Cancelled, InvalidParams
-from mf_backend.params import JobParams
-
-log = logging.getLogger(__name__)
+from mf_backend.errors import Cancelled
 
 ProgressSink = Callable[[dict[str, Any]], None]
 
@@ -101,60 +92,3 @@ class JobContext:
         weights = [STAGE_WEIGHTS.get(s, 1.0) for s in self.stages]
         i = self.stages.index(stage)
         return (sum(weights[:i]) + weights[i] * stage_fraction) / sum(weights)
-
-
-@contextlib.contextmanager
-def atomic_output_dir(final: Path) -> Iterator[Path]:
-    """Yield a temporary sibling folder; rename it to `final` only if the block succeeds.
-
-    Never overwrites the user's data: `final` must not exist, or be an empty folder. On any error
-    (cancellation included) the temporary folder is removed and `final` is left as it was.
-    """
-    final = Path(final).expanduser().resolve()
-    if final.exists() and (not final.is_dir() or any(final.iterdir())):
-        raise InvalidParams(
-            f"output '{final}' already exists and is not empty",
-            "choose a new output folder; nothing of yours is overwritten",
-        )
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
-    try:
-        yield tmp
-        if final.exists():
-            final.rmdir()  # empty, checked above
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-REQUIRED = {"prepare": ("source", "driving", "out"), "edit": ("source", "driving", "out"), "demo": ("out",)}
-
-
-def check_params(method: str, params: JobParams) -> None:
-    """Fail fast (before any work starts) on missing paths and an output folder that is in use."""
-    if method not in REQUIRED:
-        raise InvalidParams(f"unknown job kind {method!r}")
-    params.require_paths(*REQUIRED[method])
-    out = params.out_path
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise InvalidParams(f"output '{out}' already exists and is not empty",
-                            "choose a new output folder; nothing of yours is overwritten")
-
-
-def run_job(method: str, params: JobParams, ctx: JobContext) -> dict[str, Any]:
-    """Run `prepare`, `edit` or `demo`; returns the JSON-able result (paths are absolute strings)."""
-    check_params(method, params)
-    if method == "prepare":
-        from mf_backend.prepare import prepare
-
-        return prepare(params, ctx)
-    if method == "edit":
-        from mf_backend.edit import edit
-
-        return edit(params, ctx)
-    if method == "demo":
-        from mf_backend.demo import demo
-
-        return demo(params, ctx)
-    raise InvalidParams(f"unknown job kind {method!r}")

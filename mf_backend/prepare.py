@@ -18,7 +18,8 @@ from typing import Any, Optional
 import numpy as np
 
 from mf_backend.errors import BadInputMedia
-from mf_backend.jobs import JobContext, atomic_output_dir
+from mf_backend.files import atomic_output_dir
+from mf_backend.jobs import JobContext
 from mf_backend.params import JobParams
 from mf_backend.pose.align import align_poses
 from mf_backend.pose.decode import decode_poses, looks_like_pose_render

@@ -45,7 +45,8 @@ def test_demo_pipeline_on_a_short_clip(tmp_path):
 
 def test_demo_output_folder_is_refused_when_not_empty(tmp_path):
     from mf_backend.errors import InvalidParams
-    from mf_backend.jobs import JobContext, run_job
+    from mf_backend.dispatch import run_job
+    from mf_backend.jobs import JobContext
     from mf_backend.params import JobParams
 
     (tmp_path / "keep.txt").write_text("user data")

@@ -281,7 +281,7 @@ def build_models(config_name: Union[str, ModelConfig], seed: int = 0) -> MotionF
 def save_models(models: MotionFollowerModels, folder: Union[str, Path], overwrite: bool = False) -> Path:
     """Write `models` in our own layout (module docstring). The folder appears complete or not at all;
     an existing non-empty folder is replaced only with overwrite=True (after the new one is written)."""
-    from mf_backend.jobs import atomic_output_dir
+    from mf_backend.files import atomic_output_dir
 
     folder = Path(folder).expanduser().resolve()
     target = folder

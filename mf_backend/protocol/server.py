@@ -15,7 +15,8 @@ from typing import Any, BinaryIO, Optional
 
 from mf_backend import PROTOCOL_VERSION, __version__
 from mf_backend import errors as E
-from mf_backend.jobs import JobContext, check_params, run_job
+from mf_backend.dispatch import check_params, run_job
+from mf_backend.jobs import JobContext
 from mf_backend.params import JobParams
 from mf_backend.protocol.lines import LineTooLong, Writer, read_lines
 

@@ -221,7 +221,7 @@ def _visibility(body: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 def write_pair(pair: SyntheticPair, out_dir: str | Path) -> Path:
     """Write a pair in the example-case layout (plus gt_edited_*), atomically: out_dir must not exist or be empty."""
-    from mf_backend.jobs import atomic_output_dir
+    from mf_backend.files import atomic_output_dir
     from mf_backend.media import write_frames, write_masks
 
     with atomic_output_dir(Path(out_dir)) as tmp:
