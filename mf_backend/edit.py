@@ -5,7 +5,7 @@ Output folder: `frame_{k}.png` for every source frame k at the source's resoluti
 (settings, the crop plan, the timing map, timings). Frames outside the frame range, or not reached by
 the driving clip under the timing policy (mf_backend/timing.py), are the source's bytes unchanged.
 
-Working geometry (mf_backend/framing.py, docs/footage.md): the model sees square `size`×`size` frames.
+Working geometry (mf_backend/crop.py, composite.py, docs/footage.md): the model sees square `size`×`size` frames.
 `crop="person"` plans ONE square per clip around the source person and where the person will be
 (source + aligned target keypoints, M_r ∪ M_e); `crop="letterbox"` is the whole frame padded square.
 Frames, pose renders and masks all go through the same CropPlan; the edit is composited back only
@@ -30,7 +30,8 @@ from mf_backend.editing.guidance import guidance_from_params
 from mf_backend.editing.memory import MemoryPlan, resolve_memory_plan
 from mf_backend.editing.sampler import EditInputs, MotionEditSampler, SampleResult, SamplerSettings, StageTimer
 from mf_backend.errors import BadInputMedia
-from mf_backend.framing import CropPlan, composite, plan_crop
+from mf_backend.composite import composite
+from mf_backend.crop import CropPlan, plan_crop
 from mf_backend.files import atomic_output_dir
 from mf_backend.jobs import JobContext
 from mf_backend.params import JobParams

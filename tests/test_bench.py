@@ -59,3 +59,23 @@ def test_bench_is_a_group_with_quality_action():
 
     v = variants(JobParams(), ["copy_source", "no_guidance", "no_fg", "full_guidance"])
     assert v["copy_source"] is None and v["no_guidance"].energy_scale == 0 and v["no_fg"].use_fg is False
+
+
+def test_every_benchmark_is_a_bench_action(capsys):
+    """forward, crop (and graphs, speed, quality) run through the one `bench` face and print their figures."""
+    import json
+
+    from mf_backend.cli import build_parser
+
+    parser = build_parser()
+    for action in ("quality", "speed", "forward", "graphs", "crop"):
+        assert parser.parse_args(["bench", action]).func is not None
+    args = parser.parse_args(["bench", "forward", "--config", "tiny", "--frames", "2", "--size", "64", "--repeats", "1"])
+    assert args.func(args) == 0
+    r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert r["mode"] == "forward" and r["frames"] == 2 and r["mean_s"] > 0
+    args = parser.parse_args(["bench", "crop", "--height", "120", "--width", "200", "--frames", "2", "--size", "64",
+                              "--repeat", "1"])
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert "mode person" in out and "mode letterbox" in out and "ms/frame" in out

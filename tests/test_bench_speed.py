@@ -41,7 +41,7 @@ def test_return_features_gives_output_and_estimator_features(tiny64):
 
 def _sample(models, monkeypatch, **kw):
     from mf_backend.editing import sampler as mod
-    from mf_backend.editing.benchmark import random_inputs
+    from mf_backend.bench.inputs import random_inputs
 
     Gs = []
     orig = mod.MotionEditSampler.__dict__["_step"].__func__
@@ -88,7 +88,7 @@ def test_fusion_is_off_where_it_is_not_exact(tiny64):
 
 
 def test_pass_counts_of_the_reference_schedule():
-    from mf_backend.bench.speed import count_passes
+    from mf_backend.bench.flops import count_passes
     from mf_backend.editing.schedule import build_schedule
 
     plan = build_schedule(50, guidance=True, camera=False)

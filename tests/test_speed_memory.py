@@ -127,7 +127,7 @@ def test_compile_scope_is_checked(tiny_unet):
 
 def test_run_sampling_with_compile_gives_the_same_edit_and_reports_its_memory_plan(monkeypatch, torch_one_thread):
     from mf_backend.edit import run_sampling
-    from mf_backend.editing.benchmark import random_inputs
+    from mf_backend.bench.inputs import random_inputs
     from mf_backend.models.loading import build_models
 
     monkeypatch.setattr(mf_compile, "DEFAULT_BACKEND", "aot_eager")  # graph capture without a C++ build
@@ -152,7 +152,7 @@ def test_sequential_offload_path_gives_the_same_edit(monkeypatch, torch_one_thre
     """The offload path (CUDA only in real use) computes the CLIP tokens first and parks CLIP and the VAE
     on the host; here the host is the device, so only the order of work and the result are checked."""
     from mf_backend import edit as edit_mod
-    from mf_backend.editing.benchmark import random_inputs
+    from mf_backend.bench.inputs import random_inputs
     from mf_backend.editing.memory import MemoryPlan
     from mf_backend.models.loading import build_models
 

@@ -105,7 +105,7 @@ def test_training_from_a_folder_of_videos(tmp_path, monkeypatch):
     from mf_backend.media import read_clip, write_video
     from mf_backend.models.loading import load_models
     from mf_backend.synthetic.pair import make_clip
-    from mf_backend.framing import plan_crop
+    from mf_backend.crop import plan_crop
     from mf_backend.pose.keypoints import PoseSequence
     from mf_backend.train.data import video_bank
     from mf_backend.train.trainer import train

@@ -1,1 +1,2 @@
-"""Benchmarks: ground-truth quality metrics (`bench quality`) and, in its own module, speed (`bench speed`)."""
+"""Benchmarks, one module each, all run as `python -m mf_backend bench <action>` (see `bench/cli.py`):
+quality, speed (FLOPs in `flops`), forward, graphs, crop; `inputs` makes their random edit inputs."""

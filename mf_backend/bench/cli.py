@@ -1,4 +1,4 @@
-"""`python -m mf_backend bench <action>`: `quality` (here) and `speed` (mf_backend/bench/speed.py, when present).
+"""`python -m mf_backend bench <action>`: every benchmark of the project, one module each in mf_backend/bench.
 
 Each action lives in its own module exposing `add_arguments(parser)` and `run(args) -> int`; this
 module only wires them as sub-actions, so adding one is one line in ACTIONS. Torch is imported inside
@@ -13,6 +13,9 @@ import importlib
 ACTIONS = {
     "quality": ("mf_backend.bench.quality", "ground-truth quality of edits of held-out synthetic pairs"),
     "speed": ("mf_backend.bench.speed", "frames/min, seconds per stage and peak memory of the full edit"),
+    "forward": ("mf_backend.bench.forward", "one UNet3D forward (or guidance feature pass) on random weights"),
+    "graphs": ("mf_backend.bench.graphs", "graphs and graph breaks torch.compile makes of one whole edit"),
+    "crop": ("mf_backend.bench.crop", "person-centred crop and composite back, per full-resolution frame"),
 }
 
 

@@ -1,4 +1,4 @@
 """Score-guided editing (method.md §A, §B): `schedule` (DDIM + the reference step plan), `guidance`
 (ConsistencyGuidance, the four terms), `sampler` (reconstruction + editing branches, camera mode),
-`windows` (long clips), `benchmark` (speed on random weights). Submodules import torch; this one does not.
+`windows` (long clips); benchmarks live in mf_backend/bench. Submodules import torch; this one does not.
 """

@@ -13,7 +13,7 @@ Public API (other subsystems code against these names):
   `load_models(model, models_dir, device, dtype)`, `save_models(models, folder)`, `build_models(config_name, seed)`,
   `build_estimator(models, "shared" | "official", models_dir)`, `load_state_file(path)` (safe loading).
 * `checkpoints.weights_command(args)`: `python -m mf_backend weights manifest|verify|convert`.
-* `python -m mf_backend.models.bench_forward --config official --frames 24 --size 512 --dtype bf16`.
+* Benchmarks of these models: `python -m mf_backend bench forward|graphs|speed` (mf_backend/bench).
 
 Submodules import torch; this package's __init__ does not.
 """

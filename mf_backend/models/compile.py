@@ -88,36 +88,3 @@ def uncompile_unet(unet: nn.Module) -> nn.Module:
         if eager is not None:
             del m.forward  # the class's forward again
     return unet
-
-
-def count_graphs(config: str = "official", scope: str = "blocks", frames: int = 2, size: int = 64,
-                 steps: int = 3) -> dict:
-    """Graphs torch.compile builds for one whole edit (capture only: the `aot_eager` backend generates no
-    code, so this runs on a CPU in minutes even for the official architecture; the count does not depend
-    on the size)."""
-    import time
-
-    import torch._dynamo as dynamo
-
-    from mf_backend.edit import run_sampling
-    from mf_backend.editing.benchmark import random_inputs
-    from mf_backend.models.loading import build_models
-    from mf_backend.params import JobParams
-
-    models = build_models(config, 0).eval()
-    dynamo.reset()
-    dynamo.utils.counters.clear()
-    t0 = time.perf_counter()
-    models.unet = compile_unet(models.unet, scope, backend="aot_eager")  # compiled here, so the job says "none"
-    run_sampling(models, random_inputs(frames, size, 0), JobParams(steps=steps, size=size))
-    return {"config": config, "scope": scope, "unique_graphs": int(dynamo.utils.counters["stats"]["unique_graphs"]),
-            "graph_breaks": int(sum(dynamo.utils.counters["graph_break"].values())),
-            "seconds": round(time.perf_counter() - t0, 1)}
-
-
-if __name__ == "__main__":  # python -m mf_backend.models.compile [config] [blocks|full]
-    import json
-    import sys
-
-    a = sys.argv[1:]
-    print(json.dumps(count_graphs(a[0] if a else "official", a[1] if len(a) > 1 else "blocks")))

@@ -27,7 +27,7 @@ from typing import Optional
 import numpy as np
 
 from mf_backend.errors import BadInputMedia
-from mf_backend.framing import plan_crop
+from mf_backend.crop import plan_crop
 from mf_backend.pose.keypoints import PoseSequence
 from mf_backend.pose.render import render_poses
 

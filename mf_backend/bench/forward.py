@@ -1,8 +1,8 @@
 """Time one UNet3D forward with random weights and report peak memory.
 
-    python -m mf_backend.models.bench_forward --config official --frames 24 --size 512 --dtype bf16
-    python -m mf_backend.models.bench_forward --config tiny --frames 8 --size 64 --dtype fp32   # CPU smoke run
-    python -m mf_backend.models.bench_forward --config demo --frames 16 --size 128 --batch 2 --flops
+    python -m mf_backend bench forward --config official --frames 24 --size 512 --dtype bf16
+    python -m mf_backend bench forward --config tiny --frames 8 --size 64 --dtype fp32   # CPU smoke run
+    python -m mf_backend bench forward --config demo --frames 16 --size 128 --batch 2 --flops
 
 Builds the UNet (+ PoCtr, ReCtr features) on the device, runs `--warmup` untimed forwards then
 `--repeats` timed ones (batch --batch, e.g. 2 for a CFG pass), and prints one JSON line with the mean
@@ -15,12 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import sys
 import time
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m mf_backend.models.bench_forward")
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default="tiny")
     p.add_argument("--frames", type=int, default=8)
     p.add_argument("--size", type=int, default=64, help="image size in pixels (latent = size / 8)")
@@ -32,8 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--features", action="store_true", help="early-exit feature path + backward (guidance)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = torch's default)")
     p.add_argument("--flops", action="store_true", help="also count the FLOPs of one step (load-independent)")
-    a = p.parse_args(argv)
 
+
+def run(a: argparse.Namespace) -> int:
     import torch
 
     from mf_backend.environment import resolve_device
@@ -110,7 +109,3 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(json.dumps(result))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,5 @@
-"""Person-centred crop, crop/uncrop of frames, masks and poses, and the composite back into full-res frames."""
+"""Person-centred crop (mf_backend.crop), crop/uncrop of frames, masks and poses, and the composite back
+into full-res frames (mf_backend.composite)."""
 
 from __future__ import annotations
 
@@ -7,16 +8,16 @@ import numpy as np
 import pytest
 
 from mf_backend.errors import InvalidParams
-from mf_backend.framing import (
-    CropPlan,
-    blend_alpha,
-    changed_region,
-    composite,
-    crop,
-    plan_crop,
-    plan_letterbox,
-    uncrop,
-)
+from mf_backend.composite import blend_alpha, composite
+from mf_backend.crop import CropPlan, plan_crop, plan_letterbox
+
+
+def changed_region(plan: CropPlan, M_r: np.ndarray, M_e=None, dilate_px=None, feather_px=None) -> np.ndarray:
+    """bool (F,H,W): the full-resolution pixels `composite` may change (its defaults: size/32, size/64)."""
+    S = plan.size
+    dilate_px = S / 32 if dilate_px is None else dilate_px
+    feather_px = S / 64 if feather_px is None else feather_px
+    return plan.uncrop(blend_alpha(M_r, M_e, dilate_px, feather_px)) > 0
 
 
 def _person(f: int, h: int, w: int, cx: float, cy: float, ph: int, pw: int, drift: float = 0.0):
@@ -88,7 +89,7 @@ def test_frames_masks_and_keypoints_get_the_same_transform():
     frames = np.zeros((1, h, w, 3), np.uint8)
     kp = np.array([[[230.0, 120.0, 1.0], [0.0, 0.0, 0.0]]], np.float32)  # one joint and one missing
     cv2.circle(frames[0], (230, 120), 6, (255, 255, 255), -1)
-    c = crop(frames, plan)[0, :, :, 0].astype(np.float64)
+    c = plan.apply(frames)[0, :, :, 0].astype(np.float64)
     ys, xs = np.mgrid[0:S, 0:S]
     centroid = ((xs * c).sum() / c.sum(), (ys * c).sum() / c.sum())  # in pixel-index units
     ck = plan.apply_keypoints(kp)
@@ -97,7 +98,7 @@ def test_frames_masks_and_keypoints_get_the_same_transform():
     np.testing.assert_allclose(plan.uncrop_keypoints(ck), kp, atol=1e-4)
     m = np.zeros((1, h, w), np.float32)
     m[0, 80:160, 190:270] = 1
-    back = uncrop(crop(m, plan), plan)
+    back = plan.uncrop(plan.apply_masks(m))
     assert back.shape == (1, h, w)
     assert np.abs(back - m)[0, 60:180, 150:310].mean() < 0.02 and back[0, :, :150].max() == 0
 
@@ -110,14 +111,13 @@ def test_pose_sequence_crop_sets_its_size():
     body[:, :, 2] = 1
     seq = PoseSequence(body=body, hands=np.zeros((2, 2, 21, 3), np.float32), width=320, height=240, fps=25.0)
     plan = CropPlan(240, 320, 50, 20, 200, 64)
-    c = crop(seq, plan)
+    c = plan.apply_keypoints(seq)
     assert (c.width, c.height, c.fps) == (64, 64, 25.0)
     np.testing.assert_allclose(c.body[0, 0, :2], [(100 - 50) * 0.32, (100 - 20) * 0.32], rtol=1e-5)
     assert (c.hands == 0).all()
-    back = uncrop(c, plan)
+    back = plan.uncrop_keypoints(c)
     assert (back.width, back.height) == (320, 240)
     np.testing.assert_allclose(back.body, body, atol=1e-4)
-    assert CropPlan.from_dict(plan.to_dict()) == plan
 
 
 def test_blend_alpha_support_is_exact_and_frames_are_independent():
