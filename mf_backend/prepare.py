@@ -137,9 +137,8 @@ def prepare(params: JobParams, ctx: JobContext) -> dict[str, Any]:
     source, driving = read_inputs(params, ctx)
     prep = compute_poses(source.frames, driving.frames, params, ctx, source.fps, driving.fps)
 
-    # --- MASKS STEP (issue: masks): M_r and M_e for every source frame (mf_backend/masks/stage.py) ---
+    # masks: M_r and M_e for every source frame (mf_backend/masks/stage.py)
     M_r, M_e = compute_masks(source.frames, prep, params, ctx)
-    # ---------------------------------------------------------------------------------------------
 
     final = params.out_path
     with atomic_output_dir(final) as tmp:

@@ -13,8 +13,8 @@ import torch
 from mf_backend.errors import WeightsMissing
 from mf_backend.models.config import diffusers_unet_config, get_config
 from mf_backend.models.controllers import PoseController
-from mf_backend.models.loading import (build_estimator, build_models, load_models, load_state_file,
-                                       save_models)
+from mf_backend.models.loading import build_estimator, build_models, load_models, save_models
+from mf_backend.models.state import load_state_file
 from mf_backend.models.unet3d import UNet3DConditionModel
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "official_state_dict_manifest.json"

@@ -2,8 +2,8 @@
 
 Both branches start from the same Gaussian noise z_T:
 
-* ReconstructionBranch: source poses, conditional only (no CFG), plain DDIM.
-* EditingBranch: aligned target poses, CFG with an all-zero CLIP token as the unconditional input,
+* The reconstruction branch: source poses, conditional only (no CFG), plain DDIM.
+* The editing branch: aligned target poses, CFG with an all-zero CLIP token as the unconditional input,
   ConsistencyGuidance against the reconstruction latent of the same step, replay, masked SDE noise,
   and in camera mode the reconstruction's up-block self-attention K/V (source background) injected.
 
@@ -52,7 +52,6 @@ CHECKPOINT_PRESETS = {
     "hires": ("down0", "down1", "up2"),  # the 64² and 32² levels hold most of the stored activations
     "down": ("down*", "mid"),
 }
-LOW_MEMORY_CHECKPOINT = "all"
 
 
 def checkpoint_blocks(unet: torch.nn.Module, spec: str) -> list[torch.nn.Module]:

@@ -11,7 +11,8 @@ Public API (other subsystems code against these names):
   `controllers.ReferenceController(config)`: frames (B,F,3,H,W) in [-1,1] -> list of (B,C_k,F,h_k,w_k).
 * `loading.MotionFollowerModels(unet, pose_controller, image_encoder, vae, config_name, ...)`,
   `load_models(model, models_dir, device, dtype)`, `save_models(models, folder)`, `build_models(config_name, seed)`,
-  `build_estimator(models, "shared" | "official", models_dir)`, `load_state_file(path)` (safe loading).
+  `build_estimator(models, "shared" | "official", models_dir)`.
+* `state.load_state_file(path)` (safe loading), `state.load_into(factory, state, ...)`.
 * `checkpoints.weights_command(args)`: `python -m mf_backend weights manifest|verify|convert`.
 * Benchmarks of these models: `python -m mf_backend bench forward|graphs|speed` (mf_backend/bench).
 

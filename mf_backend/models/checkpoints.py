@@ -46,7 +46,7 @@ def state_shapes(path: Path) -> dict[str, list[int]]:
 
         with safe_open(str(path), framework="pt") as f:
             return {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
-    from mf_backend.models.loading import load_state_file
+    from mf_backend.models.state import load_state_file
 
     return {k: list(v.shape) for k, v in load_state_file(path).items()}
 
@@ -64,6 +64,7 @@ def verify_folder(root: Path) -> dict[str, Any]:
     import torch
 
     from mf_backend.models import loading
+    from mf_backend.models.state import find_weights
     from mf_backend.models.controllers import PoseController
     from mf_backend.models.unet3d import UNet3DConditionModel
 
@@ -92,8 +93,8 @@ def verify_folder(root: Path) -> dict[str, Any]:
         base_dir = root / loading.SD_IV / "unet"
         base = next((base_dir / n for n in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
                      if (base_dir / n).is_file()), None)
-        for name, path in (("base_unet", base), ("motion_module", loading.find_weights(root / "motion_module")),
-                           ("denoising_unet", loading.find_weights(root / "denoising_unet"))):
+        for name, path in (("base_unet", base), ("motion_module", find_weights(root / "motion_module")),
+                           ("denoising_unet", find_weights(root / "denoising_unet"))):
             if path is None:
                 report.setdefault("errors", []).append(f"missing {base_dir}/diffusion_pytorch_model.safetensors")
                 continue
@@ -104,7 +105,7 @@ def verify_folder(root: Path) -> dict[str, Any]:
         report["files"] = files
         report["config_equals_official"] = cfg == loading.get_config("official").replace(name=cfg.name)
         report["unet"] = _compare(found, eu)
-        report["pose_controller"] = _compare(state_shapes(loading.find_weights(root / "poctr")), ep)
+        report["pose_controller"] = _compare(state_shapes(find_weights(root / "poctr")), ep)
         sub = {"vae": root / loading.VAE_DIR, "image_encoder": root / loading.SD_IV / "image_encoder"}
     report["folders"] = {k: (v / "config.json").is_file() for k, v in sub.items()}
     problems = (sum(len(v) for v in report["unet"].values()) + sum(len(v) for v in report["pose_controller"].values())
@@ -117,7 +118,8 @@ def verify_folder(root: Path) -> dict[str, Any]:
 
 
 def convert_folder(root: Path, out: Path) -> list[dict[str, str]]:
-    from mf_backend.models.loading import SD_IV, load_state_file, save_state_file
+    from mf_backend.models.loading import SD_IV
+    from mf_backend.models.state import load_state_file, save_state_file
 
     sources = [root / f"{n}.pth" for n in ("denoising_unet", "motion_module", "poctr")]
     sources.append(root / SD_IV / "unet" / "diffusion_pytorch_model.bin")
