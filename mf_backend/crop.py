@@ -141,6 +141,10 @@ class CropPlan:
             target[...] = self.to_inside(crops[f], interp).reshape(target.shape)
         return out
 
+    def to_dict(self) -> dict:
+        """For edit.json (the crop the edit used)."""
+        return dataclasses.asdict(self)
+
 
 # ------------------------------------------------------------------------------------------- planning
 
