@@ -29,7 +29,8 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from mf_backend.errors import BadInputMedia, InvalidParams
-from mf_backend.jobs import JobContext, atomic_output_dir
+from mf_backend.files import atomic_output_dir
+from mf_backend.jobs import JobContext
 from mf_backend.media import list_frame_files, read_clip, write_frames
 
 
