@@ -26,7 +26,6 @@ from mf_backend.pose.decode import decode_poses, looks_like_pose_render
 from mf_backend.pose.extract import extract_poses
 from mf_backend.pose.keypoints import PoseSequence
 from mf_backend.pose.render import render_poses
-from mf_backend.pose.smooth import smooth_poses
 from mf_backend.masks.stage import compute_masks, write_mask_folders  # noqa: F401 (edit.py uses compute_masks)
 
 PREPARE_STAGES = ("read", "poses", "masks", "write")
@@ -72,8 +71,7 @@ def _poses_of(frames: np.ndarray, params: JobParams, fps: Optional[float], ctx: 
         return seq.scaled(frames.shape[2], frames.shape[1])
     if params.pose_extractor == "decode" or (params.pose_extractor == "auto" and looks_like_pose_render(frames)):
         return decode_poses(frames, fps, ctx)  # renders: exact already, no smoothing
-    seq = extract_poses(frames, params.pose_extractor, params.models_dir, fps, ctx)
-    return smooth_poses(seq)
+    return extract_poses(frames, params.pose_extractor, params.models_dir, fps, ctx)  # filtered over time
 
 
 def timing_positions(n_source: int, source_fps: Optional[float], n_driving: int, driving_fps: Optional[float],

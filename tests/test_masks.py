@@ -72,6 +72,27 @@ def test_soften_gives_soft_edges_in_range():
     assert np.array_equal(soften(m, 0), m)
 
 
+def test_clean_mask_keeps_the_protagonist_beside_a_larger_person():
+    body, person = _stick_person(64, 64)
+    frame = np.zeros((64, 160), np.float32)
+    frame[:, :64] = person  # the protagonist (its joints are given)
+    big = np.zeros((64, 96), np.uint8)
+    big[4:60, 20:80] = 1  # someone larger, further right
+    frame[:, 64:] = big
+    assert clean_mask(frame)[:, 64:].any()  # without poses: the largest person wins
+    out = clean_mask(frame, body=body)
+    assert _iou(out[:, :64], person) > 0.95 and not out[:, 64:].any()
+
+
+def test_clean_mask_fills_only_small_holes():
+    m = np.zeros((100, 100), np.uint8)
+    m[10:90, 10:90] = 1
+    m[20:50, 20:50] = 0  # the gap between an arm and the body (14% of the area): real background
+    m[70:72, 70:72] = 0  # segmentation noise
+    out = clean_mask(m, max_hole=0.002)
+    assert out[71, 71] == 1 and out[30:40, 30:40].sum() == 0
+
+
 @pytest.mark.skipif(not REAL_CASES.is_dir(), reason="../shared/real-cases is absent")
 def test_mediapipe_source_masks_match_the_reference_masks():
     from mf_backend.masks.source import source_masks
@@ -82,7 +103,28 @@ def test_mediapipe_source_masks_match_the_reference_masks():
     ref = read_masks(case / "source_masks", max_frames=3)
     out = source_masks(frames)
     assert out.shape == ref.shape and set(np.unique(out)) <= {0.0, 1.0}
-    assert np.mean([_iou(a, b) for a, b in zip(out, ref)]) > 0.85
+    assert np.mean([_iou(a, b) for a, b in zip(out, ref)]) > 0.93  # measured 0.96 (selfie segmenter: 0.91)
+
+
+@pytest.mark.skipif(not REAL_CASES.is_dir(), reason="../shared/real-cases is absent")
+def test_source_masks_keep_one_person_when_two_are_in_frame():
+    """Two real people side by side (case-1 | case-3): M_r covers the tracked protagonist only."""
+    from mf_backend.masks.source import source_masks
+    from mf_backend.media import read_clip, read_masks
+    from mf_backend.pose.extract import extract_mediapipe
+
+    left, right = (read_clip(REAL_CASES / c / "source_images", max_frames=4).frames for c in ("case-1", "case-3"))
+    frames = np.concatenate([left, right], axis=2)  # (4,512,1024,3)
+    refs = (read_masks(REAL_CASES / "case-1" / "source_masks", max_frames=4),
+            read_masks(REAL_CASES / "case-3" / "source_masks", max_frames=4))
+    poses = extract_mediapipe(frames)
+    out = source_masks(frames, poses=poses)
+    neck_x = poses.body[:, 1, 0]
+    side = int(np.median(neck_x) >= 512)  # the person BlazePose tracked: its mask, nobody else's
+    assert (neck_x >= 512).tolist() == [bool(side)] * 4
+    ours, other = out[:, :, 512 * side:512 * (side + 1)], out[:, :, 512 * (1 - side):512 * (2 - side)]
+    assert np.mean([_iou(a, b) for a, b in zip(ours, refs[side])]) > 0.9
+    assert other.mean() < 0.01
 
 
 # ------------------------------------------------------------------------------------- geometric

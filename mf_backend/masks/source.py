@@ -1,8 +1,12 @@
 """Source person masks M_r (method.md §A.6): 1 on the protagonist of the source clip.
 
-Default extractor: mediapipe 0.10.21's selfie/person segmentation, whose model ships inside the
-mediapipe wheel (works offline). Its per-frame probabilities flicker, so they are smoothed over time
-before thresholding; then every mask is cleaned (largest person component, holes filled).
+Default extractor ("mediapipe"): the person segmentation of mediapipe 0.10.21's BlazePose
+(`enable_segmentation=True`), the same tracker that gives the offline poses, so mask and skeleton belong
+to the same person; it is smoothed over time by mediapipe itself. Frames where BlazePose finds nobody fall
+back to the selfie segmenter, smoothed over neighbouring frames. Both models ship inside the wheel
+(offline). Agreement with the dev cases' SAM masks: BlazePose 0.953, selfie 0.921 (docs/masks.md).
+Edges are refined by a guided filter (opencv-contrib). Cleaning keeps the protagonist: the components that hold the protagonist's joints (the largest one when
+no poses are given), and fills only small holes (the gap between an arm on the hip and the body is real).
 Optional extractor: SAM, used only when its weights are in the models folder.
 """
 
@@ -22,6 +26,11 @@ log = logging.getLogger(__name__)
 SAM_CHECKPOINTS = ("SAM/sam_vit_b_01ec64.pth", "SAM/sam_vit_l_0b3195.pth", "SAM/sam_vit_h_4b8939.pth")
 # Temporal smoothing kernel over neighbouring frames (centred, so no lag; edge frames renormalised).
 TEMPORAL_KERNEL = (0.25, 0.5, 0.25)
+SMALL_HOLE = 0.002  # holes below this fraction of the person's area are segmentation noise: filled
+# Edge refinement: guided filter (opencv-contrib) of the probability, guided by the frame, so the 0.5 contour
+# snaps to image edges. Radius in pixels at 512 px (scaled with the frame), eps for a [0,1] guide. Chosen
+# leave-one-case-out on the dev cases (docs/masks.md): every fold picked radius 4 (2 for case-1), eps 0.01.
+GUIDED_RADIUS_512, GUIDED_EPS = 4, 0.01
 
 
 def mediapipe_probabilities(frames: np.ndarray, ctx=None) -> np.ndarray:
@@ -41,6 +50,25 @@ def mediapipe_probabilities(frames: np.ndarray, ctx=None) -> np.ndarray:
     return out
 
 
+def person_probabilities(frames: np.ndarray, ctx=None) -> np.ndarray:
+    """uint8 RGB (F,H,W,3) → float32 (F,H,W): BlazePose's segmentation of the person it tracks; frames
+    without a detection take the (temporally smoothed) selfie segmenter's probability."""
+    from mf_backend.pose.extract import blazepose_track
+
+    landmarks, prob = blazepose_track(frames, segmentation=True, ctx=ctx, stage="masks")
+    missed = landmarks[:, :, 3].max(1) <= 0
+    if missed.any():
+        prob[missed] = temporal_smooth(mediapipe_probabilities(frames, ctx))[missed]
+    return prob
+
+
+def refine_edges(frames: np.ndarray, prob: np.ndarray) -> np.ndarray:
+    """Guided filter of (F,H,W) probabilities by the uint8 RGB frames (F,H,W,3) → float32 (F,H,W)."""
+    r = max(1, round(GUIDED_RADIUS_512 * max(prob.shape[1:]) / 512))
+    return np.stack([cv2.ximgproc.guidedFilter(f.astype(np.float32) / 255.0, p.astype(np.float32), r, GUIDED_EPS)
+                     for f, p in zip(frames, prob)])
+
+
 def temporal_smooth(prob: np.ndarray, kernel: tuple[float, ...] = TEMPORAL_KERNEL) -> np.ndarray:
     """Centred weighted average of (F,H,W) probabilities over neighbouring frames (removes flicker)."""
     k = np.asarray(kernel, np.float32)
@@ -57,26 +85,55 @@ def temporal_smooth(prob: np.ndarray, kernel: tuple[float, ...] = TEMPORAL_KERNE
     return acc / weight
 
 
-def clean_mask(mask: np.ndarray, keep_largest: bool = True, fill_holes: bool = True) -> np.ndarray:
-    """Binary (H,W) mask → uint8 {0,1}: largest 8-connected component, enclosed holes filled."""
+def clean_mask(mask: np.ndarray, keep_largest: bool = True, fill_holes: bool = True,
+               body: Optional[np.ndarray] = None, max_hole: Optional[float] = None) -> np.ndarray:
+    """Binary (H,W) mask → uint8 {0,1}: the protagonist's 8-connected components, holes filled.
+
+    body: the protagonist's keypoints (18,3) in the mask's pixels; when given, the components that hold
+    any of its visible joints are kept (the one person, even beside a larger one), else the largest.
+    max_hole: fill only holes smaller than this fraction of the mask's area (None: every enclosed hole).
+    """
     m = (np.asarray(mask) > 0).astype(np.uint8)
     if keep_largest and m.any():
         n, comp, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=8)
         if n > 2:
-            m = (comp == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))).astype(np.uint8)
+            keep = _components_with_joints(comp, body) if body is not None else []
+            if not keep:
+                keep = [1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))]
+            m = np.isin(comp, keep).astype(np.uint8)
     if fill_holes and m.any():
         # Background = what a flood fill from a padded border reaches; everything else is person.
         pad = np.pad(m, 1)
-        flood = pad.copy()
-        cv2.floodFill(flood, None, (0, 0), 1)
-        holes = flood[1:-1, 1:-1] == 0
-        m[holes] = 1
+        cv2.floodFill(pad, None, (0, 0), 2)
+        holes = (pad[1:-1, 1:-1] == 0).astype(np.uint8)
+        if max_hole is not None and holes.any():
+            n, comp, stats, _ = cv2.connectedComponentsWithStats(holes, connectivity=4)
+            small = 1 + np.nonzero(stats[1:, cv2.CC_STAT_AREA] < max_hole * m.sum())[0]
+            holes = np.isin(comp, small).astype(np.uint8)
+        m[holes > 0] = 1
     return m
 
 
-def clean_masks(masks: np.ndarray, keep_largest: bool = True, fill_holes: bool = True) -> np.ndarray:
-    """(F,H,W) → float32 (F,H,W) {0,1}, `clean_mask` per frame (cv2 labelling is per image)."""
-    return np.stack([clean_mask(m, keep_largest, fill_holes) for m in masks]).astype(np.float32)
+def _components_with_joints(comp: np.ndarray, body: np.ndarray) -> list[int]:
+    """Labels of `comp` (H,W) under a visible joint of body (18,3) (a 5 px neighbourhood: joints sit on
+    the skeleton, which may graze the mask's edge)."""
+    h, w = comp.shape
+    labels: set[int] = set()
+    for x, y, c in body:
+        if c <= 0:
+            continue
+        xi, yi = int(round(x)), int(round(y))
+        patch = comp[max(0, yi - 5):min(h, yi + 6), max(0, xi - 5):min(w, xi + 6)]
+        labels.update(int(v) for v in np.unique(patch) if v > 0)
+    return sorted(labels)
+
+
+def clean_masks(masks: np.ndarray, keep_largest: bool = True, fill_holes: bool = True,
+                bodies: Optional[np.ndarray] = None, max_hole: Optional[float] = None) -> np.ndarray:
+    """(F,H,W) → float32 (F,H,W) {0,1}, `clean_mask` per frame (cv2 labelling is per image);
+    bodies: optional (F,18,3) protagonist keypoints in the masks' pixels."""
+    return np.stack([clean_mask(m, keep_largest, fill_holes, None if bodies is None else bodies[i], max_hole)
+                     for i, m in enumerate(masks)]).astype(np.float32)
 
 
 def soften(masks: np.ndarray, feather_px: float) -> np.ndarray:
@@ -88,23 +145,25 @@ def soften(masks: np.ndarray, feather_px: float) -> np.ndarray:
 
 
 def source_masks(frames: np.ndarray, extractor: str = "mediapipe", models_dir: Optional[str] = None,
-                 threshold: float = 0.5, feather_px: float = 0.0, ctx=None) -> np.ndarray:
+                 threshold: float = 0.5, feather_px: float = 0.0, poses=None, ctx=None) -> np.ndarray:
     """M_r for a clip: uint8 RGB (F,H,W,3) → float32 (F,H,W) in [0,1] (binary unless feather_px > 0).
 
     extractor: "mediapipe" (default, offline), "sam" (needs SAM weights in the models folder) or
-    "auto" (SAM when its weights are present, else mediapipe).
+    "auto" (SAM when its weights are present, else mediapipe). poses: the protagonist's PoseSequence
+    (any pixel frame), whose joints choose the person's components when the mask has several.
     """
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise InvalidParams(f"source_masks expects uint8 (F,H,W,3) frames, got {frames.dtype} {frames.shape}")
     if extractor == "auto":
         extractor = "sam" if find_sam_checkpoint(models_dir) is not None else "mediapipe"
-    prob = temporal_smooth(mediapipe_probabilities(frames, ctx))
+    if extractor not in ("mediapipe", "sam"):
+        raise InvalidParams(f"unknown source-mask extractor {extractor!r}", "use 'mediapipe', 'sam' or 'auto'")
+    prob = refine_edges(frames, person_probabilities(frames, ctx))
     if extractor == "sam":
         prob = sam_masks(frames, prob >= threshold, models_dir, ctx)
-    elif extractor != "mediapipe":
-        raise InvalidParams(f"unknown source-mask extractor {extractor!r}", "use 'mediapipe', 'sam' or 'auto'")
-    masks = clean_masks(prob >= threshold)
+    bodies = None if poses is None else poses.scaled(frames.shape[2], frames.shape[1]).body
+    masks = clean_masks(prob >= threshold, bodies=bodies, max_hole=SMALL_HOLE)
     empty = masks.reshape(len(masks), -1).sum(1) == 0
     if empty.any():
         log.warning("no person found in %d source frame(s) (e.g. frame %d); their M_r is empty",

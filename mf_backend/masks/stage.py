@@ -26,7 +26,7 @@ def compute_masks(source_frames: np.ndarray, prep, params, ctx) -> tuple[np.ndar
     if params.source_masks:
         M_r = _fit(read_masks(params.source_masks), n, h, w, params.source_masks)
     else:
-        M_r = source_masks(source_frames, "auto", params.models_dir, ctx=ctx)
+        M_r = source_masks(source_frames, "auto", params.models_dir, poses=prep.source, ctx=ctx)
     if params.predicted_masks:
         return M_r, _fit(read_masks(params.predicted_masks), n, h, w, params.predicted_masks)
     M_e = M_r.copy()

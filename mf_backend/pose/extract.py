@@ -1,6 +1,6 @@
 """Keypoint extraction from video frames: mediapipe BlazePose (offline default) or DWPose (ONNX).
 
-Both return a `PoseSequence` of ONE person, the protagonist: the largest, most central person in the
+Both return a temporally filtered `PoseSequence` of ONE person, the protagonist: the largest, most central person in the
 first frame, then followed over time (nearest to its previous position). BlazePose in video mode
 tracks a single person itself; DWPose detects everyone per frame and `track_protagonist` chooses.
 """
@@ -14,6 +14,7 @@ import numpy as np
 
 from mf_backend.errors import BadInputMedia, WeightsMissing
 from mf_backend.pose.keypoints import NUM_BODY, NUM_HAND, PoseSequence
+from mf_backend.pose.smooth import fill_gaps, smooth_poses
 
 MIN_CONFIDENCE = 0.3  # below this a joint counts as missing (DWPose's drawing threshold)
 
@@ -39,8 +40,13 @@ def blazepose_to_openpose(landmarks: np.ndarray, width: int, height: int) -> np.
     return body
 
 
-def extract_mediapipe(frames: np.ndarray, fps: Optional[float] = None, ctx=None) -> PoseSequence:
-    """frames (F,H,W,3) uint8 RGB → PoseSequence (body only: BlazePose has no 21-point hands)."""
+def blazepose_track(frames: np.ndarray, segmentation: bool = False, ctx=None,
+                    stage: str = "poses") -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """BlazePose in video mode (tracks one person; smooths its own landmarks and segmentation over time).
+
+    uint8 RGB (F,H,W,3) → (landmarks float32 (F,33,4) = normalised (x, y, z, visibility), zero where no
+    person; person segmentation float32 (F,H,W) in [0,1] of that same person, or None).
+    """
     try:
         from mediapipe.python.solutions import pose as mp_pose
     except ImportError as exc:
@@ -48,23 +54,36 @@ def extract_mediapipe(frames: np.ndarray, fps: Optional[float] = None, ctx=None)
                              "install it with `pip install mediapipe==0.10.21`, or pass --pose-extractor dwpose "
                              "with DWPose weights, or give pose renders as the driving clip") from exc
     frames = np.asarray(frames)
-    f_count, height, width = frames.shape[:3]
+    f_count = len(frames)
     landmarks = np.zeros((f_count, 33, 4), np.float32)
+    seg = np.zeros(frames.shape[:3], np.float32) if segmentation else None
     try:
         tracker = mp_pose.Pose(static_image_mode=False, model_complexity=1, smooth_landmarks=True,
-                               enable_segmentation=False, min_detection_confidence=0.5,
-                               min_tracking_confidence=0.5)
+                               enable_segmentation=segmentation, smooth_segmentation=segmentation,
+                               min_detection_confidence=0.5, min_tracking_confidence=0.5)
     except (RuntimeError, FileNotFoundError, ValueError) as exc:
         raise WeightsMissing(f"BlazePose model (model_complexity=1) could not be loaded: {exc}",
                              "reinstall mediapipe==0.10.21, whose wheel bundles pose_landmark_full.tflite") from exc
     with tracker:
-        for f in range(f_count):
+        for f in range(f_count):  # the graph takes one image at a time
             if ctx is not None:
-                ctx.progress("poses", f, f_count, "BlazePose")
+                ctx.progress(stage, f, f_count, "BlazePose")
             result = tracker.process(np.ascontiguousarray(frames[f]))
             if result.pose_landmarks is not None:
                 landmarks[f] = [(p.x, p.y, p.z, p.visibility) for p in result.pose_landmarks.landmark]
-    body = blazepose_to_openpose(landmarks, width, height)
+                if seg is not None and result.segmentation_mask is not None:
+                    seg[f] = result.segmentation_mask
+    return landmarks, seg
+
+
+def extract_mediapipe(frames: np.ndarray, fps: Optional[float] = None, ctx=None) -> PoseSequence:
+    """frames (F,H,W,3) uint8 RGB → PoseSequence (body only: BlazePose has no 21-point hands)."""
+    frames = np.asarray(frames)
+    f_count, height, width = frames.shape[:3]
+    landmarks, _ = blazepose_track(frames, ctx=ctx)
+    # Gaps filled only: BlazePose already filtered its landmarks over time, and a second (One-Euro) filter
+    # lags fast limbs (wrists 10 px → 40-60 px off on the dance cases; docs/masks.md).
+    body = fill_gaps(blazepose_to_openpose(landmarks, width, height))
     hands = np.zeros((f_count, 2, NUM_HAND, 3), np.float32)
     return PoseSequence(body, hands, width, height, fps)
 
@@ -105,7 +124,7 @@ def extract_dwpose(frames: np.ndarray, models_dir: str | Path, fps: Optional[flo
         hands[f, 0], hands[f, 1] = p[113:134], p[92:113]  # COCO-WholeBody: left hand first; ours: right first
     for pts in (body, hands):
         pts[pts[..., 2] < MIN_CONFIDENCE] = 0.0
-    return PoseSequence(body, hands, width, height, fps)
+    return smooth_poses(PoseSequence(body, hands, width, height, fps))  # per-frame detections jitter
 
 
 def track_protagonist(candidates: list[np.ndarray], width: int, height: int) -> list[int]:
