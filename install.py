@@ -30,6 +30,7 @@ CONFIG_NAME = "backend_config.json"
 CPU_TORCH = "torch==2.13.0"  # a CPU build is available for this exact version; never let it float
 BPY = "bpy==5.0.1"  # Blender as a Python module, for the add-on tests (needs Python 3.11)
 MEDIAPIPE = "mediapipe==0.10.21"  # the last release whose wheel ships the pose + segmentation models
+RAY = "ray[default]==2.60.0"  # scale-out (docs/scale-out.md); token auth on by default for local clusters
 
 
 class InstallError(Exception):
@@ -64,7 +65,7 @@ def installed_torch(py: Path) -> str | None:
     return proc.stdout.strip() if proc.returncode == 0 else None
 
 
-def install_backend(venv: Path, torch_kind: str, with_dwpose: bool, with_bpy: bool) -> Path:
+def install_backend(venv: Path, torch_kind: str, with_dwpose: bool, with_bpy: bool, with_ray: bool = False) -> Path:
     if not venv_python(venv).exists():
         step(f"creating venv at {venv}")
         run([sys.executable, "-m", "venv", str(venv)], "create venv", "check that the venv module is installed (Debian: apt install python3-venv)")
@@ -87,7 +88,8 @@ def install_backend(venv: Path, torch_kind: str, with_dwpose: bool, with_bpy: bo
 
     # Pin the torch we have, so that no dependency can drag in a second, multi-GB CUDA torch.
     constraints = venv / "mf-constraints.txt"
-    constraints.write_text(f"torch=={have}\nnumpy<2\n")
+    # protobuf<5: mediapipe's pin (Ray's telemetry would otherwise pull protobuf 7)
+    constraints.write_text(f"torch=={have}\nnumpy<2\nprotobuf<5\n")
     pipc = pip + ["-c", str(constraints)]
     run(pipc + ["-e", str(REPO)], "install mf_backend (editable) and its dependencies",
         "read the pip output above; the package index must be reachable")
@@ -98,6 +100,8 @@ def install_backend(venv: Path, torch_kind: str, with_dwpose: bool, with_bpy: bo
         else:
             step(f"skipping {BPY}: it needs Python 3.11 (this is {platform.python_version()}); add-on tests will be skipped")
     run(pipc + extras, f"install {', '.join(extras)}", "check the package index is reachable")
+    if with_ray:
+        run(pipc + [RAY], f"install {RAY} (scale-out on Ray)", "check the package index is reachable")
     if with_dwpose:
         try:
             run(pipc + ["controlnet-aux"], "install controlnet-aux (DWPose)", "DWPose is optional")
@@ -178,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-blender", action="store_true", help="do not install the add-on into Blender")
     ap.add_argument("--extension-zip", action="store_true", help="also build dist/motionfollower-<version>.zip")
     ap.add_argument("--with-dwpose", action="store_true", help="try to install controlnet-aux for DWPose poses")
+    ap.add_argument("--with-ray", action="store_true", help="install Ray for scale-out over many GPUs (docs/scale-out.md)")
     ap.add_argument("--no-bpy", action="store_true", help="skip bpy (Blender as a module; only the add-on tests need it)")
     args = ap.parse_args(argv)
 
@@ -187,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         py = install_backend(Path(args.venv).expanduser().resolve(), choose_torch(args.torch),
-                             args.with_dwpose, not args.no_bpy)
+                             args.with_dwpose, not args.no_bpy, args.with_ray)
         config = backend_config(py, args.models_dir)
         (ADDON_SRC / CONFIG_NAME).write_text(json.dumps(config, indent=2))
         step(f"backend config written: {ADDON_SRC / CONFIG_NAME} (python = {py})")

@@ -179,10 +179,10 @@ def offload_idle_models(models, sampler: MotionEditSampler, inputs: EditInputs) 
             torch.cuda.empty_cache()
 
 
-def run_sampling(models, inputs: EditInputs, params: JobParams, progress=None, timer: Optional[StageTimer] = None,
-                 estimator: Optional[torch.nn.Module] = None) -> SampleResult:
-    """Both branches + guidance on prepared inputs (the part benchmarks and the demo reuse).
-    `result.info["memory"]` is the memory plan it ran with (its decode_batch is for decode_latents)."""
+def build_sampler(models, params: JobParams, num_frames: int, progress=None, timer: Optional[StageTimer] = None,
+                  estimator: Optional[torch.nn.Module] = None) -> tuple[MotionEditSampler, MemoryPlan]:
+    """The sampler of this job on these models and its memory plan (shared by run_sampling and the
+    Ray window workers, mf_backend/distributed)."""
     from mf_backend.models.compile import compile_unet
 
     models.requires_grad_(False)  # guidance differentiates w.r.t. the latent only
@@ -191,12 +191,20 @@ def run_sampling(models, inputs: EditInputs, params: JobParams, progress=None, t
 
         estimator = build_estimator(models, params.estimator_weights, params.models_dir)
         estimator.requires_grad_(False)
-    plan = memory_plan(models, params, inputs.num_frames)  # after the estimator: its weights are resident
+    plan = memory_plan(models, params, num_frames)  # after the estimator: its weights are resident
     if params.compile != "none":
         log.info("torch.compile (%s): the first step compiles and is slower", params.compile)
         models.unet = compile_unet(models.unet, params.compile)
     sampler = MotionEditSampler(models, guidance_from_params(params), sampler_settings(params, plan.checkpoint),
                                 estimator, progress, timer)
+    return sampler, plan
+
+
+def run_sampling(models, inputs: EditInputs, params: JobParams, progress=None, timer: Optional[StageTimer] = None,
+                 estimator: Optional[torch.nn.Module] = None) -> SampleResult:
+    """Both branches + guidance on prepared inputs (the part benchmarks and the demo reuse).
+    `result.info["memory"]` is the memory plan it ran with (its decode_batch is for decode_latents)."""
+    sampler, plan = build_sampler(models, params, inputs.num_frames, progress, timer, estimator)
     if plan.offload:
         offload_idle_models(models, sampler, inputs)
     result = sampler(inputs)
@@ -206,9 +214,7 @@ def run_sampling(models, inputs: EditInputs, params: JobParams, progress=None, t
 
 def edit(params: JobParams, ctx: JobContext) -> dict[str, Any]:
     """The `edit` job (see the module docstring)."""
-    from mf_backend.environment import resolve_device, resolve_dtype
     from mf_backend.media import write_frames
-    from mf_backend.models.loading import load_models
 
     params.require_paths("source", "driving", "out")
     ctx.stages = ctx.stages or EDIT_STAGES
@@ -217,17 +223,12 @@ def edit(params: JobParams, ctx: JobContext) -> dict[str, Any]:
     with atomic_output_dir(final) as tmp:
         clip = prepare_clip(params, ctx)
         t_prep = time.perf_counter() - t0
-        ctx.progress("load", 0, 1, f"loading model '{params.model}'")
-        device = resolve_device(params.device)
-        dtype = resolve_dtype(params.precision, device)
-        models = load_models(params.model, params.models_dir, device, dtype)
-        ctx.progress("load", 1, 1)
-        timer = StageTimer(device, sync=False)
-        result = run_sampling(models, clip.inputs, params,
-                              lambda d, t, m: ctx.progress("editing", d, t, m), timer)
-        with timer.section("decode"):
-            work = decode_latents(models, result.latents, result.info["memory"]["decode_batch"],
-                                  lambda d, t: ctx.progress("decode", d, t))
+        if params.distributed == "ray":  # sampled and decoded by Ray workers, one GPU each
+            from mf_backend.distributed.sharded import edit_on_ray
+
+            work, timer, run = edit_on_ray(clip.inputs, params, ctx)
+        else:
+            work, timer, run = _sample_and_decode(clip.inputs, params, ctx)
         ctx.progress("write", 0, 2, "compositing into the source frames")
         t0 = time.perf_counter()
         out_frames = clip.source_frames.copy()  # frames outside the edit: the source's bytes
@@ -241,17 +242,41 @@ def edit(params: JobParams, ctx: JobContext) -> dict[str, Any]:
         timings = {"prepare": round(t_prep, 3), **{k: round(v, 3) for k, v in timer.seconds.items()},
                    "crop": round(clip.seconds["crop"], 3), "composite": round(t_comp, 3),
                    "crop_composite_ms_per_frame": round(per_frame_ms, 2)}
-        info = {"model": models.source if models.source != "random" else models.config_name,
-                "config": models.config_name, "device": str(device), "dtype": str(dtype).replace("torch.", ""),
-                "frames": len(out_frames), "width": int(out_frames.shape[2]), "height": int(out_frames.shape[1]),
+        info = {**run, "frames": len(out_frames), "width": int(out_frames.shape[2]), "height": int(out_frames.shape[1]),
                 "edited_frames": [int(clip.edited[0]), int(clip.edited[-1])],
                 "crop": clip.plan.to_dict(), "timing": {**clip.timing, **_timing_map(clip.positions)},
-                "timings": timings, "memory": result.info["memory"], "params": {k: v for k, v in params.to_dict().items() if k != "extra"}}
+                "timings": timings, "params": {k: v for k, v in params.to_dict().items() if k != "extra"}}
         (tmp / "edit.json").write_text(json.dumps(info, indent=2, default=str))
         ctx.progress("write", 2, 2)
     h, w = clip.source_frames.shape[1:3]
     return {"out": str(final), "frames": len(out_frames), "width": int(w), "height": int(h),
             "edited_frames": info["edited_frames"], "model": params.model, "timings": timings}
+
+
+def run_info(models, memory: dict) -> dict[str, Any]:
+    """What ran the edit, for edit.json: model, config, device, dtype, memory plan."""
+    return {"model": models.source if models.source != "random" else models.config_name,
+            "config": models.config_name, "device": str(models.device),
+            "dtype": str(models.dtype).replace("torch.", ""), "memory": memory}
+
+
+def _sample_and_decode(inputs: EditInputs, params: JobParams, ctx: JobContext
+                       ) -> tuple[np.ndarray, StageTimer, dict[str, Any]]:
+    """Load the models here, sample and decode: uint8 (F,S,S,3) crops, the stage timer, run_info."""
+    from mf_backend.environment import resolve_device, resolve_dtype
+    from mf_backend.models.loading import load_models
+
+    ctx.progress("load", 0, 1, f"loading model '{params.model}'")
+    device = resolve_device(params.device)
+    dtype = resolve_dtype(params.precision, device)
+    models = load_models(params.model, params.models_dir, device, dtype)
+    ctx.progress("load", 1, 1)
+    timer = StageTimer(device, sync=False)
+    result = run_sampling(models, inputs, params, lambda d, t, m: ctx.progress("editing", d, t, m), timer)
+    with timer.section("decode"):
+        work = decode_latents(models, result.latents, result.info["memory"]["decode_batch"],
+                              lambda d, t: ctx.progress("decode", d, t))
+    return work, timer, run_info(models, result.info["memory"])
 
 
 def _timing_map(positions: np.ndarray) -> dict[str, list]:

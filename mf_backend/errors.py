@@ -72,6 +72,14 @@ class Busy(MFError):
     code = BUSY
 
 
+class ClusterTooSmall(MFError):
+    """The Ray cluster cannot give the job the GPUs it asked for (raised before any work)."""
+
+
+class WorkerLost(MFError):
+    """A Ray worker of the job died (process killed, node lost); the job stopped and left no output."""
+
+
 def translate_exception(exc: BaseException) -> MFError:
     """Map library exceptions (torch OOM, OS errors) to MFError with an actionable hint."""
     if isinstance(exc, MFError):

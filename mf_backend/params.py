@@ -25,6 +25,7 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 CHECKPOINT_CHOICES = ("auto", "none", "hires", "down", "all")  # or a comma list of blocks: "down0,up2"
 COMPILE_SCOPES = ("none", "blocks", "full")
+DISTRIBUTED = ("none", "ray")  # docs/scale-out.md
 _BLOCK_NAME = re.compile(r"^(down\d+|up\d+|mid|down\*|up\*)$")
 
 
@@ -80,6 +81,10 @@ class JobParams:
     low_memory: bool = False  # checkpoint every block and decode 2 frames at a time (about 9.5 GiB at 512²)
     checkpoint: str = "auto"  # activation checkpointing of the guidance pass; "auto" = fastest that fits the GPU
     compile: str = "none"  # torch.compile of the UNet: "blocks" (layer by layer) or "full"; first step slower
+    # scale-out (docs/scale-out.md): the clip's windows split over `workers` Ray actors, one GPU each
+    distributed: str = "none"  # "none" or "ray"
+    ray_address: str = "local"  # "local" (a 127.0.0.1 cluster on this machine), "auto", or HOST:PORT
+    workers: int = 1
     extra: dict = field(default_factory=dict)  # forward-compatible, ignored keys are reported
 
     @classmethod
@@ -111,6 +116,9 @@ class JobParams:
         _choice("device", self.device, DEVICES)
         _choice("precision", self.precision, PRECISIONS)
         _choice("compile", self.compile, COMPILE_SCOPES)
+        _choice("distributed", self.distributed, DISTRIBUTED)
+        if not 1 <= self.workers <= 256:
+            raise InvalidParams(f"workers must be in 1..256, got {self.workers}", "one worker per GPU")
         if self.checkpoint not in CHECKPOINT_CHOICES and not all(
                 _BLOCK_NAME.match(n.strip()) for n in self.checkpoint.split(",")):
             raise InvalidParams(f"checkpoint must be one of {', '.join(CHECKPOINT_CHOICES)} or a comma list of "

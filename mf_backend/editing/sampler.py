@@ -336,27 +336,37 @@ class MotionEditSampler:
         log_rows: list[dict] = []
         total = len(self.plan)
         for p in self.plan:
-            noise = None
-            if p.sde_in > 0 or p.sde_out > 0:
-                noise = frame_noise.draw().to(self.device)
-            next_edit, next_rec = WindowBlender(z_edit, windows), WindowBlender(z_rec, windows)
-            for k, win in enumerate(windows):
-                if self.progress:
-                    self.progress(p.index, total, f"step {p.index + 1}/{total}"
-                                  + (f", window {k + 1}/{len(windows)}" if len(windows) > 1 else ""))
-                sl = slice(win.start, win.stop)
-                with timer.section("conditions"):
-                    c = cached.get(k) or self.window_conditions(inputs, masks, win)
-                    if len(windows) == 1:
-                        cached[k] = c
-                e, r = self._window_step(p, c, z_edit[:, :, sl], z_rec[:, :, sl],
-                                         None if noise is None else noise[:, :, sl], latent_hw, log_rows)
-                next_edit.add(k, e)
-                next_rec.add(k, r)
+            noise = sde_noise(p, frame_noise)
+            next_edit, next_rec = self.blend_step(p, inputs, masks, windows, z_edit, z_rec,
+                                                  None if noise is None else noise.to(self.device),
+                                                  latent_hw, cached, log_rows)
             z_edit, z_rec = next_edit.result(), next_rec.result()
             if self.progress:
                 self.progress(p.index + 1, total, f"step {p.index + 1}/{total}")
         return SampleResult(z_edit, z_rec, dict(timer.seconds), log_rows)
+
+    def blend_step(self, p: StepPlan, inputs: EditInputs, masks: RegionMasks, windows: Sequence[range],
+                   z_edit: torch.Tensor, z_rec: torch.Tensor, noise: Optional[torch.Tensor], latent_hw,
+                   cached: dict, log_rows: list, weights: Optional[list[torch.Tensor]] = None
+                   ) -> tuple[WindowBlender, WindowBlender]:
+        """Step i on `windows` (frame ranges of inputs and of the (1,4,F,h,w) latents): the weighted sums
+        entering step i+1. Ray workers call it on their share of the windows (`weights`: the clip's)."""
+        total = len(self.plan)
+        next_edit, next_rec = WindowBlender(z_edit, windows, weights), WindowBlender(z_rec, windows, weights)
+        for k, win in enumerate(windows):
+            if self.progress:
+                self.progress(p.index, total, f"step {p.index + 1}/{total}"
+                              + (f", window {k + 1}/{len(windows)}" if len(windows) > 1 else ""))
+            sl = slice(win.start, win.stop)
+            with self.timer.section("conditions"):
+                c = cached.get(k) or self.window_conditions(inputs, masks, win)
+                if len(windows) == 1:
+                    cached[k] = c
+            e, r = self._window_step(p, c, z_edit[:, :, sl], z_rec[:, :, sl],
+                                     None if noise is None else noise[:, :, sl], latent_hw, log_rows)
+            next_edit.add(k, e)
+            next_rec.add(k, r)
+        return next_edit, next_rec
 
     def _window_step(self, p: StepPlan, c: _Window, z: torch.Tensor, z_rec: torch.Tensor,
                      noise: Optional[torch.Tensor], latent_hw, log_rows: list) -> tuple[torch.Tensor, torch.Tensor]:
@@ -409,6 +419,11 @@ class MotionEditSampler:
                 if rep + 1 < p.repeats:  # the reference also re-noises after the last repeat, then drops it
                     z = self._renoise(z_prev, p, c)
         return z_prev, rec_next
+
+
+def sde_noise(p: StepPlan, frame_noise: FrameNoise) -> Optional[torch.Tensor]:
+    """Step p's SDE noise (1,C,F,h,w) (float32, CPU), or None (and no draw) when the step adds none."""
+    return frame_noise.draw() if p.sde_in > 0 or p.sde_out > 0 else None
 
 
 def sample(models, inputs: EditInputs, guidance: ConsistencyGuidance, settings: SamplerSettings,

@@ -9,6 +9,8 @@ the GPU never holds more than one window: memory does not depend on the clip len
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 
@@ -48,9 +50,11 @@ def window_weights(windows: list[range]) -> list[torch.Tensor]:
 class WindowBlender:
     """Accumulates per-window results (B,C,L,h,w) into a whole-clip tensor (B,C,F,h,w)."""
 
-    def __init__(self, like: torch.Tensor, windows: list[range]):
+    def __init__(self, like: torch.Tensor, windows: list[range], weights: Optional[list[torch.Tensor]] = None):
+        """`weights`: per window (default window_weights(windows)); a subset of a clip's windows passes
+        the clip's weights for them."""
         self.windows = windows
-        self.weights = [w.to(like.device) for w in window_weights(windows)]
+        self.weights = [w.to(like.device) for w in (window_weights(windows) if weights is None else weights)]
         self.sum = torch.zeros_like(like, dtype=torch.float32)
         self.norm = torch.zeros(like.shape[2], device=like.device)
 
@@ -58,6 +62,11 @@ class WindowBlender:
         win, w = self.windows[k], self.weights[k]
         self.sum[:, :, win.start:win.stop] += value.float() * w[None, None, :, None, None]
         self.norm[win.start:win.stop] += w
+
+    def add_sums(self, frames: range, sums: torch.Tensor, norm: torch.Tensor) -> None:
+        """Another blender's `sum` and `norm` over `frames` (a worker's share of the windows)."""
+        self.sum[:, :, frames.start:frames.stop] += sums.to(self.sum.device)
+        self.norm[frames.start:frames.stop] += norm.to(self.norm.device)
 
     def result(self) -> torch.Tensor:
         if bool((self.norm <= 0).any()):

@@ -1,0 +1,105 @@
+"""Connecting to Ray and reserving GPUs before any work starts.
+
+`local` starts a single-node cluster on this machine that listens on 127.0.0.1 only (Ray binds the
+node IP, so the loopback address is forced before Ray is imported) with token authentication on
+(Ray's default for local clusters since 2.59; never turned off here) and N logical GPUs, so the
+scale-out paths run and are tested on a machine without GPUs. `auto` and HOST:PORT join an existing
+cluster (`ray start --head ...`, or the cluster of a `ray job submit`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+from mf_backend.errors import ClusterTooSmall, InvalidParams
+
+log = logging.getLogger(__name__)
+
+LOCAL_OBJECT_STORE_BYTES = 256 * 2**20  # latents only travel: a small store keeps a shared machine safe
+READY_TIMEOUT_S = 60.0  # how long a placement group may wait for its GPUs before the job fails
+
+
+def _ray():
+    """Import Ray with a clear error when the optional extra is missing."""
+    try:
+        import ray
+    except ModuleNotFoundError as exc:
+        raise InvalidParams("Ray is not installed in the backend's environment",
+                            "run `python install.py --with-ray` (or pip install 'ray[default]')") from exc
+    return ray
+
+
+def connect(address: str, gpus: int) -> dict[str, Any]:
+    """Join (or start, for "local") the cluster; returns its resources. Idempotent within a process."""
+    if address == "local":
+        # Ray resolves 127.0.0.1 to the machine's routable IP unless this is off (its macOS/Windows
+        # behaviour): the variable for the Ray processes started here, the constant in case Ray was
+        # imported before it was set. The bound address is checked below either way.
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray = _ray()
+    if address == "local":
+        from ray._private import ray_constants
+
+        ray_constants.ENABLE_RAY_CLUSTER = False
+    if not ray.is_initialized():
+        if address == "local":
+            ray.init(num_gpus=gpus, num_cpus=max(gpus, os.cpu_count() or 1), include_dashboard=False,
+                     object_store_memory=LOCAL_OBJECT_STORE_BYTES, log_to_driver=False)
+            gcs = ray.get_runtime_context().gcs_address
+            if not gcs.startswith("127.0.0.1:"):
+                ray.shutdown()
+                raise InvalidParams(f"the local Ray cluster bound {gcs}, not 127.0.0.1 (it was stopped)",
+                                    "start a cluster yourself (ray start --head) and pass --ray-address HOST:PORT")
+        else:
+            if address != "auto" and ":" not in address:
+                raise InvalidParams(f"ray_address must be local, auto or HOST:PORT; got {address!r}",
+                                    "e.g. --ray-address 10.0.0.5:6379")
+            ray.init(address=address, log_to_driver=False)
+    return ray.cluster_resources()
+
+
+def reserve_gpus(n: int, timeout_s: float = READY_TIMEOUT_S):
+    """A placement group of n bundles {GPU: 1, CPU: 1}, ready (all n start together) or ClusterTooSmall."""
+    ray = _ray()
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    have = ray.cluster_resources().get("GPU", 0)
+    if have < n:
+        raise ClusterTooSmall(f"the Ray cluster has {have:g} GPUs; this job needs {n}",
+                              "pass --workers with at most the cluster's GPU count, or add GPU nodes")
+    pg = placement_group([{"GPU": 1, "CPU": 1}] * n, strategy="PACK")
+    t0 = time.monotonic()
+    ready, _ = ray.wait([pg.ready()], timeout=timeout_s)
+    if not ready:
+        remove_placement_group(pg)
+        free = ray.available_resources().get("GPU", 0)
+        raise ClusterTooSmall(f"{n} GPUs were not free within {timeout_s:.0f} s ({free:g} free now)",
+                              "wait for other jobs to finish or use fewer --workers")
+    log.info("reserved %d GPUs in %.2f s", n, time.monotonic() - t0)
+    return pg
+
+
+def release(pg, actors: list) -> None:
+    """Kill the actors and free their GPUs (every exit path of a job goes through here)."""
+    ray = _ray()
+    from ray.util.placement_group import remove_placement_group
+
+    for a in actors:
+        try:
+            ray.kill(a, no_restart=True)
+        except Exception:  # noqa: BLE001 - already dead
+            pass
+    if pg is not None:
+        remove_placement_group(pg)
+
+
+def actor_options(pg, index: int) -> dict[str, Any]:
+    """Options of the actor that owns bundle `index` of `pg`: one GPU, no restarts (a lost worker
+    fails the job; the queue retries whole jobs)."""
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    return {"num_gpus": 1, "num_cpus": 1, "max_restarts": 0,
+            "scheduling_strategy": PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=index)}
