@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 from mf_backend import __version__
 from mf_backend.errors import MFError, translate_exception
-from mf_backend.params import JobParams
+from mf_backend.params import GROUPS, JobParams, job_fields
 
 EXTENSIONS = (
     "mf_backend.synthetic.cli",
@@ -29,23 +29,42 @@ EXTENSIONS = (
 )
 
 
-def _add_job_arguments(p: argparse.ArgumentParser, required: tuple[str, ...]) -> None:
-    """One flag per JobParams field (--guidance-scale for guidance_scale, --camera/--no-camera for bools)."""
+GROUP_TITLES = {"inputs": "inputs and output", "model": "model and device", "sampling": "sampling",
+                "footage": "real footage", "speed": "speed and memory (docs/performance.md)",
+                "advanced": "advanced: consistency-guidance research knobs (defaults are the reference's)"}
+
+
+def _add_job_arguments(p: argparse.ArgumentParser, job: str, required: tuple[str, ...]) -> None:
+    """One flag per JobParams field the job uses (--guidance-scale for guidance_scale, --camera/--no-camera
+    for bools), grouped as in params.GROUPS, with the field's help and allowed values."""
     hints = typing.get_type_hints(JobParams)
-    for f in dataclasses.fields(JobParams):
-        if f.name == "extra":
-            continue
+    groups = {g: p.add_argument_group(GROUP_TITLES[g]) for g in GROUPS}
+    for f in job_fields(job):
         flag = "--" + f.name.replace("_", "-")
         hint = hints[f.name]
         if typing.get_origin(hint) is typing.Union:
             hint = next(a for a in typing.get_args(hint) if a is not type(None))
-        default = None  # only flags the user gives override JobParams' defaults
+        text = f.metadata["help"]
+        if f.default not in ("", None):
+            text += f" (default: {f.default})"
+        g = groups[f.metadata["group"]]
+        # default None: only flags the user gives override JobParams' defaults
         if hint is bool:
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default,
-                           help=f"(default: {f.default})")
+            g.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
-            p.add_argument(flag, type=hint, default=default, required=f.name in required,
-                           help=f"(default: {f.default})" if f.default not in ("", None) else None)
+            g.add_argument(flag, type=hint, default=None, required=f.name in required, help=text,
+                           choices=f.metadata["choices"] or None)
+
+
+def _add_setting_arguments(p: argparse.ArgumentParser, names: tuple[str, ...]) -> None:
+    """Server-wide settings (serve, doctor): the JobParams fields of the same name, same help and values."""
+    fields = {f.name: f for f in dataclasses.fields(JobParams)}
+    hints = typing.get_type_hints(JobParams)
+    for name in names:
+        f = fields[name]
+        hint = int if hints[name] is int else str
+        p.add_argument("--" + name.replace("_", "-"), type=hint, help=f.metadata["help"],
+                       choices=f.metadata["choices"] or None)
 
 
 def job_params_from_args(args: argparse.Namespace) -> JobParams:
@@ -64,9 +83,8 @@ def _print_progress(event: dict[str, Any]) -> None:
 def run_job_cli(method: str, params: JobParams, quiet: bool = False) -> dict[str, Any]:
     from mf_backend.dispatch import run_job
     from mf_backend.jobs import JobContext
-    from mf_backend.protocol.server import JOB_STAGES
 
-    ctx = JobContext(job_id=method, sink=None if quiet else _print_progress, stages=JOB_STAGES.get(method, ()))
+    ctx = JobContext(job_id=method, sink=None if quiet else _print_progress)
     return run_job(method, params, ctx)
 
 
@@ -80,7 +98,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from mf_backend.protocol import serve
 
     defaults = {k: v for k, v in (("models_dir", args.models_dir), ("device", args.device),
-                                  ("precision", args.precision)) if v}
+                                  ("precision", args.precision), ("threads", args.threads)) if v is not None}
     return serve(defaults)
 
 
@@ -130,23 +148,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("serve", help="speak JSON-RPC 2.0 on stdin/stdout (for the Blender add-on and other hosts)")
-    for flag in ("--models-dir", "--device", "--precision"):
-        p.add_argument(flag)
+    _add_setting_arguments(p, ("models_dir", "device", "precision", "threads"))
     p.set_defaults(func=cmd_serve)
 
-    for name, helptext, required in (
-        ("prepare", "poses and masks only, in the example-case folder layout", ("source", "driving", "out")),
-        ("edit", "the whole edit: prepare, score-guided sampling, decode, write frames", ("source", "driving", "out")),
-        ("demo", "the main job: a synthetic clip edited with the embedded demo model", ("out",)),
+    from mf_backend.jobs import REQUIRED
+
+    for name, helptext in (
+        ("prepare", "poses and masks only, in the example-case folder layout"),
+        ("edit", "the whole edit: prepare, score-guided sampling, decode, write frames"),
+        ("demo", "the main job: a synthetic clip edited with the embedded demo model"),
     ):
-        p = sub.add_parser(name, help=helptext)
-        _add_job_arguments(p, required)
+        p = sub.add_parser(name, help=helptext, description=helptext)
+        _add_job_arguments(p, name, REQUIRED[name])
         p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
         p.set_defaults(func=cmd_job)
 
     p = sub.add_parser("doctor", help="environment, device and weights report, with what to do about missing pieces")
-    for flag in ("--models-dir", "--device", "--precision"):
-        p.add_argument(flag)
+    _add_setting_arguments(p, ("models_dir", "device", "precision"))
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_doctor)
 

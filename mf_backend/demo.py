@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import replace
-from pathlib import Path
 from typing import Any, Optional
 
 import cv2
@@ -20,19 +19,12 @@ import numpy as np
 
 from mf_backend.files import atomic_output_dir
 from mf_backend.jobs import JobContext
+from mf_backend.model_choice import choose_model
 from mf_backend.params import JobParams
 
 DEMO_FRAMES = 16
-DEMO_STEPS = 25  # used when the caller kept the default 50 steps: the demo should take about a minute
-DEFAULT_STEPS = JobParams().steps
-
-
-def demo_size(models) -> int:
-    """The working resolution the demo model was trained at (train_config.json beside its weights)."""
-    cfg = Path(str(models.source)) / "train_config.json"
-    if cfg.is_file():
-        return int(json.loads(cfg.read_text())["size"])
-    return 64
+# stages of the job and their relative cost (overall fraction and ETA)
+STAGES = (("load", 1.0), ("masks", 4.0), ("editing", 20.0), ("write", 1.0))
 
 
 def prepare_pair(pair, params: JobParams, ctx: Optional[JobContext] = None) -> tuple[Any, dict]:
@@ -62,9 +54,11 @@ def prepare_pair(pair, params: JobParams, ctx: Optional[JobContext] = None) -> t
 def edit_inputs(models, inputs, params: JobParams, ctx: Optional[JobContext] = None) -> np.ndarray:
     """Score-guided sampling + decode → uint8 (F,H,W,3)."""
     from mf_backend.edit import decode_latents, run_sampling
+    from mf_backend.editing.sampler import StageTimer
 
     progress = (lambda d, t, m: ctx.progress("editing", d, t, m)) if ctx is not None else None
-    result = run_sampling(models, inputs, params, progress)
+    timer = StageTimer(models.device, should_stop=ctx.check_cancelled if ctx is not None else None)
+    result = run_sampling(models, inputs, params, progress, timer)
     return decode_latents(models, result.latents)
 
 
@@ -95,15 +89,14 @@ def demo(params: JobParams, ctx: JobContext) -> dict[str, Any]:
     from mf_backend.synthetic import make_pair
 
     t0 = time.perf_counter()
-    ctx.stages = ctx.stages or ("load", "masks", "editing", "write")
-    if params.steps == DEFAULT_STEPS:
-        params = replace(params, steps=DEMO_STEPS)
+    ctx.stages = STAGES
+    choice = choose_model("demo" if params.model == "auto" else params.model, params.models_dir)
+    size = choice.size  # the synthetic world is drawn at the model's own training size
+    params = replace(params, size=size, steps=params.steps or choice.steps)
     with atomic_output_dir(params.out_path) as tmp:
-        ctx.progress("load", 0, 1, f"loading model '{params.model}'")
+        ctx.progress("load", 0, 1, f"loading model '{choice.name}'")
         device = resolve_device(params.device)
-        models = load_models("demo" if params.model == "auto" else params.model, params.models_dir, device,
-                             resolve_dtype(params.precision, device))
-        size = demo_size(models)
+        models = load_models(choice.name, params.models_dir, device, resolve_dtype(params.precision, device))
         torch.manual_seed(params.seed)
         pair = make_pair(seed=params.seed, frames=DEMO_FRAMES, size=size)
         ctx.progress("load", 1, 1)
@@ -128,10 +121,10 @@ def demo(params: JobParams, ctx: JobContext) -> dict[str, Any]:
                  / max(1, np.logical_or(inputs.M_e.numpy() > 0.5, pair.gt_edited.masks > 0.5).sum()))), 4),
             "seconds": {"load_and_synth": round(t_prep - t0, 2), "masks": round(t_edit - t_prep, 2),
                         "sampling_and_decode": round(t_done - t_edit, 2), "total": round(time.perf_counter() - t0, 2)},
-            "device": str(device), "model": str(models.source),
+            "device": str(device), "model": choice.name, "weights": str(models.source),
         }
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
         ctx.progress("write", 1, 1)
     out = params.out_path
-    return {"out": str(out), "frames": DEMO_FRAMES, "sheet": str(out / "sheet.png"), "video": str(out / "edit.mp4"),
+    return {"out": str(out), "model": choice.name, "frames": DEMO_FRAMES, "sheet": str(out / "sheet.png"), "video": str(out / "edit.mp4"),
             "metrics": metrics}

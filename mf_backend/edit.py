@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Optional
 
 import cv2
@@ -38,7 +38,9 @@ from mf_backend.params import JobParams
 
 log = logging.getLogger(__name__)
 
-EDIT_STAGES = ("read", "poses", "masks", "load", "editing", "decode", "write")
+# stages of the job and their relative cost (overall fraction and ETA; sampling dominates)
+STAGES = (("read", 1.0), ("poses", 3.0), ("masks", 6.0), ("load", 2.0), ("editing", 80.0), ("decode", 4.0),
+          ("write", 4.0))
 
 
 # ---------------------------------------------------------------------------------------------- inputs
@@ -185,6 +187,10 @@ def build_sampler(models, params: JobParams, num_frames: int, progress=None, tim
     Ray window workers, mf_backend/distributed)."""
     from mf_backend.models.compile import compile_unet
 
+    if params.steps is None:  # the model's own default (model_choice)
+        from mf_backend.model_choice import choose_model
+
+        params = replace(params, steps=choose_model(str(models.source), None).steps)
     models.requires_grad_(False)  # guidance differentiates w.r.t. the latent only
     if estimator is None and params.estimator_weights != "shared":
         from mf_backend.models.loading import build_estimator
@@ -214,11 +220,17 @@ def run_sampling(models, inputs: EditInputs, params: JobParams, progress=None, t
 
 def edit(params: JobParams, ctx: JobContext) -> dict[str, Any]:
     """The `edit` job (see the module docstring)."""
-    from mf_backend.media import write_frames
+    from mf_backend.media import write_frames, write_video
+
+    from mf_backend.model_choice import choose_model
 
     params.require_paths("source", "driving", "out")
-    ctx.stages = ctx.stages or EDIT_STAGES
+    ctx.stages = STAGES
     t0 = time.perf_counter()
+    choice = choose_model(params.model, params.models_dir)
+    params = replace(params, model=choice.name, size=params.size or choice.size, steps=params.steps or choice.steps)
+    if choice.notice:
+        log.warning(choice.notice)
     final = params.out_path
     with atomic_output_dir(final) as tmp:
         clip = prepare_clip(params, ctx)
@@ -238,19 +250,28 @@ def edit(params: JobParams, ctx: JobContext) -> dict[str, Any]:
         t_comp = time.perf_counter() - t0
         ctx.progress("write", 1, 2)
         write_frames(out_frames, tmp)
+        if params.preview:
+            write_video(out_frames, tmp / "edit.mp4", fps=clip.timing["source_fps"] or 24.0)
         per_frame_ms = 1000.0 * (clip.seconds["crop"] + t_comp) / len(clip.edited)
         timings = {"prepare": round(t_prep, 3), **{k: round(v, 3) for k, v in timer.seconds.items()},
                    "crop": round(clip.seconds["crop"], 3), "composite": round(t_comp, 3),
                    "crop_composite_ms_per_frame": round(per_frame_ms, 2)}
-        info = {**run, "frames": len(out_frames), "width": int(out_frames.shape[2]), "height": int(out_frames.shape[1]),
+        info = {**run, "model": choice.name, "weights": run["model"], "notice": choice.notice,
+                "frames": len(out_frames), "width": int(out_frames.shape[2]), "height": int(out_frames.shape[1]),
                 "edited_frames": [int(clip.edited[0]), int(clip.edited[-1])],
                 "crop": clip.plan.to_dict(), "timing": {**clip.timing, **_timing_map(clip.positions)},
                 "timings": timings, "params": {k: v for k, v in params.to_dict().items() if k != "extra"}}
         (tmp / "edit.json").write_text(json.dumps(info, indent=2, default=str))
         ctx.progress("write", 2, 2)
     h, w = clip.source_frames.shape[1:3]
-    return {"out": str(final), "frames": len(out_frames), "width": int(w), "height": int(h),
-            "edited_frames": info["edited_frames"], "model": params.model, "timings": timings}
+    result = {"out": str(final), "frames": len(out_frames), "width": int(w), "height": int(h),
+              "edited_frames": info["edited_frames"], "model": choice.name, "size": params.size,
+              "steps": params.steps, "timings": timings}
+    if params.preview:
+        result["video"] = str(final / "edit.mp4")
+    if choice.notice:
+        result["notice"] = choice.notice
+    return result
 
 
 def run_info(models, memory: dict) -> dict[str, Any]:
@@ -271,7 +292,7 @@ def _sample_and_decode(inputs: EditInputs, params: JobParams, ctx: JobContext
     dtype = resolve_dtype(params.precision, device)
     models = load_models(params.model, params.models_dir, device, dtype)
     ctx.progress("load", 1, 1)
-    timer = StageTimer(device, sync=False)
+    timer = StageTimer(device, sync=False, should_stop=ctx.check_cancelled)
     result = run_sampling(models, inputs, params, lambda d, t, m: ctx.progress("editing", d, t, m), timer)
     with timer.section("decode"):
         work = decode_latents(models, result.latents, result.info["memory"]["decode_batch"],

@@ -15,17 +15,8 @@ from mf_backend.errors import Cancelled
 
 ProgressSink = Callable[[dict[str, Any]], None]
 
-# Relative cost of each stage, for one overall fraction and ETA. Stages not listed weigh 1.
-STAGE_WEIGHTS = {
-    "read": 1.0,
-    "poses": 3.0,
-    "masks": 2.0,
-    "load": 2.0,
-    "reconstruction": 20.0,
-    "editing": 60.0,
-    "decode": 4.0,
-    "write": 2.0,
-}
+Stages = tuple[tuple[str, float], ...]  # a job's planned stages, in order, with their relative cost
+MIN_RATE_SECONDS = 1.0  # the ETA extrapolates the current stage's own rate once it has run this long
 
 
 @dataclass
@@ -33,16 +24,19 @@ class JobContext:
     """Carries progress reporting and cancellation into every stage.
 
     Stages call `ctx.progress(stage, done, total)` at least once per step; it raises Cancelled as
-    soon as cancellation was requested, which is how a cancel stops work within one step.
+    soon as cancellation was requested, which is how a cancel stops work within one step. Each job
+    declares its `stages` next to its code (prepare.STAGES, edit.STAGES, demo.STAGES) and sets them.
     """
 
     job_id: str = "job"
     sink: Optional[ProgressSink] = None
-    stages: tuple[str, ...] = ()  # the planned stages, in order, for the overall fraction
+    stages: Stages = ()
     cancel_event: threading.Event = field(default_factory=threading.Event)
     started: float = field(default_factory=time.monotonic)
     _fraction: float = 0.0
     _last_emit: float = 0.0
+    _part: tuple[float, float] = (0.0, 1.0)  # the share of the current stage a sub-step reports into
+    _segment: Optional[tuple[str, float, float]] = None  # (stage, t0, overall fraction at t0) for the ETA
 
     def cancel(self) -> None:
         self.cancel_event.set()
@@ -55,40 +49,54 @@ class JobContext:
         if self.cancel_event.is_set():
             raise Cancelled(f"job {self.job_id} cancelled")
 
+    @contextlib.contextmanager
+    def part(self, lo: float, hi: float) -> Iterator[None]:
+        """Inside this block a stage's progress (each sub-step counting from 0 again, e.g. source masks
+        then the predictor's adaptation) fills only [lo, hi] of that stage, so the bar keeps moving."""
+        outer = self._part
+        self._part = (outer[0] + lo * (outer[1] - outer[0]), outer[0] + hi * (outer[1] - outer[0]))
+        self._segment = None
+        try:
+            yield
+        finally:
+            self._part = outer
+            self._segment = None
+
     def progress(self, stage: str, done: int, total: int, message: str = "") -> None:
         self.check_cancelled()
         total = max(int(total), 1)
         done = min(max(int(done), 0), total)
-        fraction = self._overall(stage, done / total)
+        lo, hi = self._part
         # Progress never goes backwards, even if a stage is re-entered (e.g. a second window).
-        self._fraction = max(self._fraction, fraction)
+        self._fraction = max(self._fraction, self._overall(stage, lo + (hi - lo) * done / total))
         now = time.monotonic()
-        elapsed = now - self.started
-        eta = None
-        if self._fraction > 0.01:
-            eta = round(elapsed / self._fraction * (1.0 - self._fraction), 1)
+        eta = self._eta(stage, now)
         if self.sink is None:
             return
         # Rate-limit to ~20 events/s, but always send stage ends.
         if done != total and now - self._last_emit < 0.05:
             return
         self._last_emit = now
-        self.sink(
-            {
-                "job_id": self.job_id,
-                "stage": stage,
-                "done": done,
-                "total": total,
-                "fraction": round(self._fraction, 4),
-                "message": message,
-                "eta_s": eta,
-                "elapsed_s": round(elapsed, 1),
-            }
-        )
+        self.sink({"job_id": self.job_id, "stage": stage, "done": done, "total": total,
+                   "fraction": round(self._fraction, 4), "message": message, "eta_s": eta,
+                   "elapsed_s": round(now - self.started, 1)})
+
+    def _eta(self, stage: str, now: float) -> Optional[float]:
+        """Remaining seconds: the current stage's own rate (overall fraction per second since it began),
+        extrapolated over the rest, once it has run MIN_RATE_SECONDS; before that the whole job's mean rate."""
+        if self._segment is None or self._segment[0] != stage:
+            self._segment = (stage, now, self._fraction)
+        _, t0, f0 = self._segment
+        if now - t0 >= MIN_RATE_SECONDS and self._fraction > f0:
+            return round((now - t0) / (self._fraction - f0) * (1.0 - self._fraction), 1)
+        if self._fraction > 0.01:
+            return round((now - self.started) / self._fraction * (1.0 - self._fraction), 1)
+        return None
 
     def _overall(self, stage: str, stage_fraction: float) -> float:
-        if stage not in self.stages:
+        names = [name for name, _ in self.stages]
+        if stage not in names:
             return self._fraction
-        weights = [STAGE_WEIGHTS.get(s, 1.0) for s in self.stages]
-        i = self.stages.index(stage)
+        weights = [w for _, w in self.stages]
+        i = names.index(stage)
         return (sum(weights[:i]) + weights[i] * stage_fraction) / sum(weights)

@@ -1,7 +1,11 @@
-"""The parameters of a `prepare` or `edit` job: one dataclass shared by the CLI, the protocol and the add-on.
+"""The parameters of a `prepare`, `edit` or `demo` job: one dataclass shared by the CLI, the protocol and
+the add-on.
 
 `JobParams.from_dict` validates a JSON object (protocol `params`, add-on settings) and raises
-InvalidParams naming the offending field; the CLI builds the same dict from its flags.
+InvalidParams naming the offending field; the CLI builds the same dict from its flags. Each field
+carries its help text, its allowed values, its group and the jobs it applies to (`FieldInfo`), so the
+CLI's `--help`, the per-command flags and docs/protocol.md all come from here. `validate()` checks
+every range before any work starts.
 """
 
 from __future__ import annotations
@@ -23,68 +27,121 @@ GUIDANCE_SEMANTICS = ("code", "paper")
 ESTIMATOR_WEIGHTS = ("shared", "official")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+POSE_EXTRACTORS = ("auto", "mediapipe", "dwpose", "decode")
+MASK_PREDICTORS = ("auto", "model", "geometric")
 CHECKPOINT_CHOICES = ("auto", "none", "hires", "down", "all")  # or a comma list of blocks: "down0,up2"
 COMPILE_SCOPES = ("none", "blocks", "full")
 DISTRIBUTED = ("none", "ray")  # docs/scale-out.md
 _BLOCK_NAME = re.compile(r"^(down\d+|up\d+|mid|down\*|up\*)$")
+
+SEED_MAX = 2**31 - 1  # Blender's IntProperty range, and every RNG we seed accepts it
+SIZE_MAX = 2048  # working resolution; the released model is trained at 512
+MAX_THREADS = 256
+
+ALL_JOBS = ("prepare", "edit", "demo")
+EDITS = ("edit", "demo")  # jobs that sample
+FOOTAGE = ("prepare", "edit")  # jobs on the user's clips
+GROUPS = ("inputs", "model", "sampling", "footage", "speed", "advanced")  # help sections, in order
+
+
+def _f(default: Any, help: str, group: str, jobs: tuple[str, ...] = ALL_JOBS,
+       choices: tuple[str, ...] = ()) -> Any:
+    """A field with its help text, help group, the jobs that use it and its allowed values."""
+    meta = {"help": help, "group": group, "jobs": jobs, "choices": choices}
+    return field(default=default, metadata=meta)
 
 
 @dataclass
 class JobParams:
     """Everything a job needs. Paths may be video files or frame folders unless noted."""
 
-    source: str = ""  # source clip: video file or folder of frames
-    driving: str = ""  # driving clip (video, frames, or frames that are already pose renders)
-    out: str = ""  # output folder (created atomically; must not exist or be empty)
-    models_dir: Optional[str] = None  # folder with released weights; None = default (see weights.py)
-    model: str = "auto"  # "auto" (official if present, else demo), "official", "demo", or a folder of our own weights
-    device: str = "auto"
-    precision: str = "auto"
+    # inputs
+    source: str = _f("", "source clip: a video file or a folder of frames (frame_0.png ...)", "inputs", FOOTAGE)
+    driving: str = _f("", "driving clip: a video, a folder of frames, or frames that are already pose renders",
+                      "inputs", FOOTAGE)
+    out: str = _f("", "output folder; must not exist or be empty (written to a temporary sibling, moved on "
+                      "success)", "inputs")
+    source_poses: Optional[str] = _f(None, "your own source pose renders (folder) instead of extracting them",
+                                     "inputs", FOOTAGE)
+    target_aligned_poses: Optional[str] = _f(None, "your own aligned target pose renders (folder)", "inputs", FOOTAGE)
+    source_masks: Optional[str] = _f(None, "your own source masks M_r (folder, one per source frame)", "inputs", FOOTAGE)
+    predicted_masks: Optional[str] = _f(None, "your own predicted masks M_e (folder, one per source frame)",
+                                        "inputs", FOOTAGE)
+    # model and device
+    model: str = _f("auto", "'auto' (the released model if complete, else the embedded demo model), 'official', "
+                            "'demo', or a folder of your own weights", "model", EDITS)
+    models_dir: Optional[str] = _f(None, "folder with the released weights (default: $MF_MODELS_DIR or "
+                                         "~/.local/share/motionfollower/pretrained_weights)", "model")
+    device: str = _f("auto", "compute device", "model", ALL_JOBS, DEVICES)
+    precision: str = _f("auto", "fp32 on CPU; bf16 (or fp16) on CUDA when 'auto'", "model", EDITS, PRECISIONS)
+    threads: int = _f(0, "CPU threads for this job; 0 = half the cores (at most 8), which keeps a shared machine "
+                         "responsive", "model")
     # sampling
-    steps: int = 50
-    guidance_scale: float = 3.5  # CFG scale (reference README: 7.0 for cases 1-5, 3.5 for camera cases)
-    seed: int = 42
-    size: int = 512  # working resolution of the model (square)
-    camera: bool = False  # camera mode: K/V injection of the source background
-    window: int = 24  # frames per window for long clips (motion modules see at most 32)
-    overlap: int = 4
-    # consistency guidance: weights (reference values) and switches
-    w_fg: float = 4.0
-    w_over: float = 1.2
-    w_body: float = 6.0
-    w_com: float = 1.2
-    use_fg: bool = True
-    use_over: bool = True
-    use_body: bool = True
-    use_com: bool = True
-    energy_scale: float = 4.0
-    guidance_semantics: str = "code"
-    estimator_weights: str = "shared"
-    # pose and masks
-    align: str = "auto"
-    pose_extractor: str = "auto"  # "auto", "mediapipe", "dwpose", "decode" (driving is already a pose render)
-    mask_predictor: str = "auto"  # "auto", "model", "geometric"
-    tta_steps: int = 0  # test-time adaptation steps of the mask predictor on the source clip
-    # user-supplied intermediate files (folders in the example-case layout); skip computing them
-    source_poses: Optional[str] = None
-    target_aligned_poses: Optional[str] = None
-    source_masks: Optional[str] = None
-    predicted_masks: Optional[str] = None
-    # real footage: crops, timing, frame range
-    crop: str = "person"
-    timing: str = "trim"
-    frame_start: Optional[int] = None  # first source frame to edit (0-based, inclusive)
-    frame_end: Optional[int] = None  # last source frame to edit (inclusive)
-    source_fps: Optional[float] = None  # overrides what the media says (e.g. frame folders)
-    driving_fps: Optional[float] = None
+    steps: Optional[int] = _f(None, "DDIM steps, 1..1000 (default: the model's own: 50 for the released model, "
+                                    "25 for the demo model)", "sampling", EDITS)
+    size: Optional[int] = _f(None, "working resolution of the model, a multiple of 32 (default: the model's "
+                                   "training size: 512 for the released model, 64 for the demo model)",
+                             "sampling", ("edit",))
+    guidance_scale: float = _f(3.5, "classifier-free guidance scale, 0..50 (reference: 7.0 for still cameras, "
+                                    "3.5 for camera motion)", "sampling", EDITS)
+    seed: int = _f(42, f"random seed, 0..{SEED_MAX}", "sampling", EDITS)
+    camera: bool = _f(False, "camera mode: the source background's attention keys/values are injected "
+                             "(moving cameras); also makes align 'auto' follow the source per frame",
+                      "sampling", ALL_JOBS)
+    # real footage
+    align: str = _f("auto", "how the driving skeleton is placed on the source body ('auto': per-frame under "
+                            "camera motion, else anchored at the first edited frame)", "footage", FOOTAGE,
+                    ALIGN_MODES)
+    crop: str = _f("person", "working crop: one square around the person, or the whole frame letterboxed",
+                   "footage", ("edit",), CROP_MODES)
+    timing: str = _f("trim", "when the clips differ in length or fps (docs/footage.md)", "footage", FOOTAGE,
+                     TIMING_POLICIES)
+    frame_start: Optional[int] = _f(None, "first source frame to edit (0-based, inclusive)", "footage", FOOTAGE)
+    frame_end: Optional[int] = _f(None, "last source frame to edit (inclusive)", "footage", FOOTAGE)
+    source_fps: Optional[float] = _f(None, "source frame rate, overriding the file's (e.g. for frame folders)",
+                                     "footage", FOOTAGE)
+    driving_fps: Optional[float] = _f(None, "driving frame rate, overriding the file's", "footage", FOOTAGE)
+    pose_extractor: str = _f("auto", "'auto' = DWPose when its weights are in the models folder, else "
+                                     "mediapipe; 'decode' = the driving clip is already pose renders",
+                             "footage", FOOTAGE, POSE_EXTRACTORS)
+    mask_predictor: str = _f("auto", "predicted target masks M_e: the shipped model (with test-time "
+                                     "adaptation when 'auto') or the geometric warp", "footage", ALL_JOBS,
+                             MASK_PREDICTORS)
+    preview: bool = _f(False, "also write edit.mp4, a preview video of the result", "footage", ("edit",))
     # speed and memory (docs/performance.md)
-    low_memory: bool = False  # checkpoint every block and decode 2 frames at a time (about 9.5 GiB at 512²)
-    checkpoint: str = "auto"  # activation checkpointing of the guidance pass; "auto" = fastest that fits the GPU
-    compile: str = "none"  # torch.compile of the UNet: "blocks" (layer by layer) or "full"; first step slower
-    # scale-out (docs/scale-out.md): the clip's windows split over `workers` Ray actors, one GPU each
-    distributed: str = "none"  # "none" or "ray"
-    ray_address: str = "local"  # "local" (a 127.0.0.1 cluster on this machine), "auto", or HOST:PORT
-    workers: int = 1
+    low_memory: bool = _f(False, "checkpoint every block, decode 2 frames at a time, keep CLIP and the VAE on "
+                                 "the host while the UNet runs (about 9.5 GiB at 512²); overrides checkpoint",
+                          "speed", EDITS)
+    checkpoint: str = _f("auto", "activation checkpointing of the guidance pass: auto (fastest that fits the "
+                                 "GPU), none, hires, down, all, or blocks like 'down0,up2'", "speed", EDITS)
+    compile: str = _f("none", "torch.compile the UNet layer by layer ('blocks') or whole ('full'); the first "
+                              "step is slower", "speed", EDITS, COMPILE_SCOPES)
+    distributed: str = _f("none", "'ray': the clip's windows split over `workers` Ray actors, one GPU each "
+                                  "(docs/scale-out.md)", "speed", ("edit",), DISTRIBUTED)
+    ray_address: str = _f("local", "'local' (a 127.0.0.1 cluster on this machine), 'auto', or HOST:PORT", "speed",
+                          ("edit",))
+    workers: int = _f(1, "Ray workers (one GPU each), 1..256", "speed", ("edit",))
+    window: int = _f(24, "frames per window for long clips, 1..32 (the motion modules see at most 32)",
+                     "speed", EDITS)
+    overlap: int = _f(4, "frames shared by neighbouring windows, 0..window-1", "speed", EDITS)
+    # advanced: research knobs (method.md; defaults are the reference's)
+    w_fg: float = _f(4.0, "weight of the foreground energy (0 = off)", "advanced", EDITS)
+    w_over: float = _f(1.2, "weight of the overlap energy (0 = off)", "advanced", EDITS)
+    w_body: float = _f(6.0, "weight of the body energy (0 = off)", "advanced", EDITS)
+    w_com: float = _f(1.2, "weight of the common-region energy (0 = off)", "advanced", EDITS)
+    use_fg: bool = _f(True, "switch the foreground energy (same as w_fg 0)", "advanced", EDITS)
+    use_over: bool = _f(True, "switch the overlap energy", "advanced", EDITS)
+    use_body: bool = _f(True, "switch the body energy", "advanced", EDITS)
+    use_com: bool = _f(True, "switch the common-region energy", "advanced", EDITS)
+    energy_scale: float = _f(4.0, "scale of the consistency guidance, >= 0 (0 = no guidance, no replay)",
+                             "advanced", EDITS)
+    guidance_semantics: str = _f("code", "energy regions as the reference code has them, or as the paper "
+                                         "writes them", "advanced", EDITS, GUIDANCE_SEMANTICS)
+    estimator_weights: str = _f("shared", "the guidance's feature estimator: the denoising UNet itself, or the "
+                                          "reference's second UNet (released weights only)", "advanced", EDITS,
+                                ESTIMATOR_WEIGHTS)
+    tta_steps: int = _f(0, "test-time adaptation steps of the mask predictor on the source clip, 0..10000 "
+                           "(0 with 'auto' = the predictor's own default)", "advanced", ALL_JOBS)
     extra: dict = field(default_factory=dict)  # forward-compatible, ignored keys are reported
 
     @classmethod
@@ -108,29 +165,33 @@ class JobParams:
         return dataclasses.asdict(self)
 
     def validate(self) -> None:
-        _choice("align", self.align, ALIGN_MODES)
-        _choice("timing", self.timing, TIMING_POLICIES)
-        _choice("crop", self.crop, CROP_MODES)
-        _choice("guidance_semantics", self.guidance_semantics, GUIDANCE_SEMANTICS)
-        _choice("estimator_weights", self.estimator_weights, ESTIMATOR_WEIGHTS)
-        _choice("device", self.device, DEVICES)
-        _choice("precision", self.precision, PRECISIONS)
-        _choice("compile", self.compile, COMPILE_SCOPES)
-        _choice("distributed", self.distributed, DISTRIBUTED)
-        if not 1 <= self.workers <= 256:
-            raise InvalidParams(f"workers must be in 1..256, got {self.workers}", "one worker per GPU")
+        """Every field's type-independent rules: choices and ranges (types are checked by from_dict)."""
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            if choices:
+                _choice(f.name, getattr(self, f.name), choices)
         if self.checkpoint not in CHECKPOINT_CHOICES and not all(
                 _BLOCK_NAME.match(n.strip()) for n in self.checkpoint.split(",")):
             raise InvalidParams(f"checkpoint must be one of {', '.join(CHECKPOINT_CHOICES)} or a comma list of "
                                 f"blocks like 'down0,up2'; got {self.checkpoint!r}", "leave it at 'auto'")
-        if not 1 <= self.steps <= 1000:
-            raise InvalidParams(f"steps must be in 1..1000, got {self.steps}", "50 is the reference; 25 is faster")
-        if self.size < 32 or self.size % 32:
-            raise InvalidParams(f"size must be a multiple of 32 and >= 32, got {self.size}", "use 512 for the official model")
-        if not 1 <= self.window <= 32:
-            raise InvalidParams(f"window must be in 1..32, got {self.window}", "the motion modules see at most 32 frames")
-        if not 0 <= self.overlap < self.window:
-            raise InvalidParams(f"overlap must be in 0..window-1, got {self.overlap}", "4 is a good overlap")
+        _range("steps", self.steps, 1, 1000, "50 is the reference; 25 is faster")
+        _range("seed", self.seed, 0, SEED_MAX, "any whole number in this range")
+        _range("threads", self.threads, 0, MAX_THREADS, "0 picks a share of the cores")
+        _range("workers", self.workers, 1, 256, "one worker per GPU")
+        _range("window", self.window, 1, 32, "the motion modules see at most 32 frames")
+        _range("overlap", self.overlap, 0, self.window - 1, "4 is a good overlap")
+        _range("tta_steps", self.tta_steps, 0, 10000, "0 uses the mask predictor's default")
+        _range("guidance_scale", self.guidance_scale, 0.0, 50.0, "3.5 or 7.0 as in the reference")
+        _range("energy_scale", self.energy_scale, 0.0, 1000.0, "4.0 is the reference; 0 turns guidance off")
+        for name in ("w_fg", "w_over", "w_body", "w_com"):
+            _range(name, getattr(self, name), 0.0, 1000.0, "0 turns the term off; the defaults are the reference's")
+        for name in ("source_fps", "driving_fps"):
+            _range(name, getattr(self, name), 0.001, 1000.0, "e.g. 24, 25, 29.97, 30, 60")
+        for name in ("frame_start", "frame_end"):
+            _range(name, getattr(self, name), 0, 10**7, "frames are counted from 0")
+        if self.size is not None and (self.size < 32 or self.size > SIZE_MAX or self.size % 32):
+            raise InvalidParams(f"size must be a multiple of 32 in 32..{SIZE_MAX}, got {self.size}",
+                                "leave it out to use the model's own training size (512 for the released model)")
         if self.frame_start is not None and self.frame_end is not None and self.frame_end < self.frame_start:
             raise InvalidParams("frame_end is before frame_start", "give an inclusive range a..b with a <= b")
 
@@ -149,9 +210,20 @@ class JobParams:
         return Path(self.out).expanduser().resolve()
 
 
+def job_fields(job: str) -> list[dataclasses.Field]:
+    """The fields a job uses (its CLI flags), in declaration order."""
+    return [f for f in dataclasses.fields(JobParams) if job in f.metadata.get("jobs", ())]
+
+
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        raise InvalidParams(f"{name} must be one of {', '.join(choices)}; got {value!r}", f"set {name} to one of {choices}")
+        raise InvalidParams(f"{name} must be one of {', '.join(choices)}; got {value!r}",
+                            f"set {name} to one of {', '.join(choices)}")
+
+
+def _range(name: str, value: Any, lo: Any, hi: Any, hint: str) -> None:
+    if value is not None and not lo <= value <= hi:
+        raise InvalidParams(f"{name} must be in {lo}..{hi}, got {value}", hint)
 
 
 def _coerce(key: str, hint: Any, value: Any) -> Any:

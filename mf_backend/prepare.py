@@ -28,7 +28,8 @@ from mf_backend.pose.keypoints import PoseSequence
 from mf_backend.pose.render import render_poses
 from mf_backend.masks.stage import compute_masks, write_mask_folders  # noqa: F401 (edit.py uses compute_masks)
 
-PREPARE_STAGES = ("read", "poses", "masks", "write")
+# stages of the job and their relative cost (overall fraction and ETA; the masks' adaptation dominates)
+STAGES = (("read", 1.0), ("poses", 6.0), ("masks", 12.0), ("write", 2.0))
 
 
 @dataclass
@@ -131,7 +132,7 @@ def write_poses(prep: PosePrep, folder: Path, ctx: JobContext) -> dict[str, Any]
 def prepare(params: JobParams, ctx: JobContext) -> dict[str, Any]:
     """The `prepare` job: poses (and masks) of source and driving in the example-case layout under params.out."""
     params.require_paths("source", "driving", "out")
-    ctx.stages = ctx.stages or PREPARE_STAGES
+    ctx.stages = STAGES
     source, driving = read_inputs(params, ctx)
     prep = compute_poses(source.frames, driving.frames, params, ctx, source.fps, driving.fps)
 

@@ -23,14 +23,15 @@ def test_demo_assets_are_small_and_load():
 
 def test_demo_pipeline_on_a_short_clip(tmp_path):
     """prepare -> guided edit -> metrics on 4 frames with 4 steps: shapes, finiteness, determinism."""
-    from mf_backend.demo import demo_size, edit_inputs, prepare_pair, quality
+    from mf_backend.demo import edit_inputs, prepare_pair, quality
+    from mf_backend.model_choice import choose_model
     from mf_backend.models.loading import load_models
     from mf_backend.params import JobParams
     from mf_backend.synthetic import make_pair
 
     torch.manual_seed(0)
     models = load_models("demo")
-    size = demo_size(models)
+    size = choose_model("demo", None).size
     pair = make_pair(seed=7, frames=4, size=size)
     params = JobParams(steps=4, mask_predictor="geometric")
     inputs, info = prepare_pair(pair, params)

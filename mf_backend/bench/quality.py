@@ -55,7 +55,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run_quality(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from mf_backend.demo import demo_size, edit_inputs, prepare_pair, quality
+    from mf_backend.demo import edit_inputs, prepare_pair, quality
+    from mf_backend.model_choice import choose_model
     from mf_backend.environment import resolve_device
     from mf_backend.models.loading import load_models
     from mf_backend.synthetic import make_pair
@@ -64,7 +65,7 @@ def run_quality(args: argparse.Namespace) -> dict[str, Any]:
              if args.variants == "all" else args.variants.split(","))
     device = resolve_device(args.device)
     models = load_models(args.model, None, device, torch.float32)
-    size = demo_size(models)
+    size = choose_model(args.model, None).size
     base = JobParams(steps=args.steps, guidance_scale=args.guidance_scale, energy_scale=args.energy_scale,
                      guidance_semantics=args.guidance_semantics, seed=args.seed,
                      mask_predictor="model" if args.mask_predictor == "gt" else args.mask_predictor)

@@ -86,14 +86,20 @@ def checkpointing(unet: torch.nn.Module, spec: str) -> Iterator[None]:
 
 
 class StageTimer:
-    """Wall time per stage. With `sync` it waits for the GPU at section ends (exact, slightly slower)."""
+    """Wall time per stage. With `sync` it waits for the GPU at section ends (exact, slightly slower).
+    Every sub-pass (reconstruction, CFG halves, guidance, each window) is a section, so `should_stop`,
+    called as each one begins, is where a cancel stops the sampler (it raises, e.g. Cancelled)."""
 
-    def __init__(self, device: torch.device | str = "cpu", sync: bool = False):
+    def __init__(self, device: torch.device | str = "cpu", sync: bool = False,
+                 should_stop: Optional[Callable[[], None]] = None):
         self.sync = sync and torch.device(device).type == "cuda"
         self.seconds: dict[str, float] = {}
+        self.should_stop = should_stop
 
     @contextlib.contextmanager
     def section(self, name: str) -> Iterator[None]:
+        if self.should_stop is not None:
+            self.should_stop()
         if self.sync:
             torch.cuda.synchronize()
         t0 = time.perf_counter()

@@ -24,10 +24,8 @@ log = logging.getLogger(__name__)
 
 JOB_METHODS = ("prepare", "edit")
 METHODS = ("initialize", "prepare", "edit", "cancel", "shutdown")
-JOB_STAGES = {
-    "prepare": ("read", "poses", "masks", "write"),
-    "edit": ("read", "poses", "masks", "load", "reconstruction", "editing", "decode", "write"),
-}
+SETTINGS = ("models_dir", "device", "precision", "threads")  # server-wide job defaults (serve flags, initialize)
+SHUTDOWN_WAIT_S = 10.0  # a cancelled job stops within one sub-pass; exit anyway after this
 
 
 class _ProtocolError(Exception):
@@ -106,6 +104,10 @@ class Server:
         except E.MFError as exc:
             if not is_notification:
                 self._error(req_id, exc.code, exc.message, exc.to_data())
+        except Exception as exc:  # a bug: still answer this request's id, and go on
+            log.exception("unexpected error in %s", method)
+            if not is_notification:
+                self._error(req_id, E.INTERNAL_ERROR, f"Internal error: {type(exc).__name__}: {exc}"[:500])
 
     # ---- methods -----------------------------------------------------------------------------
     def _dispatch(self, method: str, params: dict, req_id: Any, is_notification: bool) -> None:
@@ -130,15 +132,17 @@ class Server:
             self.writer.send({"jsonrpc": "2.0", "id": req_id, "result": result})
 
     def _initialize(self, params: dict) -> dict[str, Any]:
-        for key in ("models_dir", "device", "precision"):
-            if key in params:
-                if params[key] is not None and not isinstance(params[key], str):
-                    raise _ProtocolError(E.INVALID_PARAMS, f"Invalid params: {key} must be a string")
-                self.defaults[key] = params[key]
+        """Report the backend; the settings given become the defaults of later jobs, but only once they
+        validated exactly as a job's would (an error leaves the server as it was)."""
         from mf_backend.environment import backend_info
 
-        info = backend_info(self.defaults.get("models_dir"), self.defaults.get("device", "auto"),
-                            self.defaults.get("precision", "auto"))
+        settings = {**self.defaults, **{k: params[k] for k in SETTINGS if k in params}}
+        settings = {k: v for k, v in settings.items() if v is not None}
+        JobParams.from_dict(settings)  # types and allowed values, as for a job
+        info = backend_info(settings.get("models_dir"), settings.get("device", "auto"),
+                            settings.get("precision", "auto"))  # e.g. cuda asked, none visible
+        self.defaults = settings
+        info["settings"] = dict(settings)
         info.update(protocolVersion=PROTOCOL_VERSION, backendVersion=__version__,
                     serverInfo={"name": "mf_backend", "version": __version__})
         info["capabilities"]["methods"] = list(METHODS)
@@ -154,7 +158,7 @@ class Server:
         return {"cancelled": True, "job_id": job[0].job_id}
 
     def _start_job(self, method: str, params: dict, req_id: Any) -> None:
-        job_params = JobParams.from_dict({**{k: v for k, v in self.defaults.items() if k in ("models_dir", "device", "precision")},
+        job_params = JobParams.from_dict({**{k: v for k, v in self.defaults.items() if k in SETTINGS},
                                           **{k: v for k, v in params.items() if k != "job_id"}})
         check_params(method, job_params)
         job_id = params.get("job_id")
@@ -165,7 +169,7 @@ class Server:
             if self._job is not None and self._job[1].is_alive():
                 raise E.Busy(f"busy: job {self._job[0].job_id} is running",
                              "wait for it to finish or send cancel first")
-            ctx = JobContext(job_id=job_id, sink=self._send_progress, stages=JOB_STAGES[method])
+            ctx = JobContext(job_id=job_id, sink=self._send_progress)
             thread = threading.Thread(target=self._run_job, args=(method, job_params, ctx, req_id),
                                       name=f"job-{job_id}", daemon=True)
             self._job = (ctx, thread)
@@ -174,19 +178,20 @@ class Server:
     def _run_job(self, method: str, params: JobParams, ctx: JobContext, req_id: Any) -> None:
         try:
             result = run_job(method, params, ctx)
-            result = {"job_id": ctx.job_id, **result}
-            self.writer.send({"jsonrpc": "2.0", "id": req_id, "result": result})
+            reply = {"jsonrpc": "2.0", "id": req_id, "result": {"job_id": ctx.job_id, **result}}
         except BaseException as exc:  # noqa: BLE001 - every failure becomes an error response
             err = E.translate_exception(exc)
             if not isinstance(exc, E.MFError):
                 log.exception("job %s failed", ctx.job_id)
             else:
                 log.info("job %s ended: %s", ctx.job_id, err.message)
-            self._error(req_id, err.code, err.message, {"job_id": ctx.job_id, **err.to_data()})
-        finally:
-            with self._job_lock:
-                if self._job is not None and self._job[0] is ctx:
-                    self._job = None
+            data = {"job_id": ctx.job_id, **err.to_data()}
+            reply = {"jsonrpc": "2.0", "id": req_id, "error": {"code": err.code, "message": err.message, "data": data}}
+        # not busy any more BEFORE the reply: a client may send the next job as soon as it reads it
+        with self._job_lock:
+            if self._job is not None and self._job[0] is ctx:
+                self._job = None
+        self.writer.send(reply)
 
     def _cancel_job(self, wait: bool) -> None:
         with self._job_lock:
@@ -194,7 +199,7 @@ class Server:
         if job is not None:
             job[0].cancel()
             if wait:
-                job[1].join(timeout=30)
+                job[1].join(timeout=SHUTDOWN_WAIT_S)
 
     # ---- output ------------------------------------------------------------------------------
     def _send_progress(self, event: dict[str, Any]) -> None:
