@@ -151,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_setting_arguments(p, ("models_dir", "device", "precision", "threads"))
     p.set_defaults(func=cmd_serve)
 
-    from mf_backend.jobs import REQUIRED
+    from mf_backend.preflight import REQUIRED
 
     for name, helptext in (
         ("prepare", "poses and masks only, in the example-case folder layout"),

@@ -17,7 +17,7 @@ from typing import Any, Optional
 import cv2
 import numpy as np
 
-from mf_backend.files import atomic_output_dir
+from mf_backend.files import atomic_output_dir, frame_pattern
 from mf_backend.jobs import JobContext
 from mf_backend.model_choice import choose_model
 from mf_backend.params import JobParams
@@ -107,7 +107,7 @@ def demo(params: JobParams, ctx: JobContext) -> dict[str, Any]:
         t_done = time.perf_counter()
 
         ctx.progress("write", 0, 1)
-        write_frames(edited, tmp / "edited")
+        write_frames(edited, tmp / "edited", frame_pattern(len(edited)))
         write_video(edited, tmp / "edit.mp4", fps=pair.source.poses.fps or 8.0)
         sheet = _sheet([pair.source.frames, pair.target_aligned.pose_renders, edited, pair.gt_edited.frames])
         cv2.imwrite(str(tmp / "sheet.png"), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))

@@ -7,27 +7,36 @@ module imports the dispatcher back.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from mf_backend.errors import InvalidParams
-from mf_backend.files import check_output_free
 from mf_backend.jobs import JobContext
 from mf_backend.params import JobParams
+from mf_backend.preflight import preflight
 
-REQUIRED = {"prepare": ("source", "driving", "out"), "edit": ("source", "driving", "out"), "demo": ("out",)}
+MAX_AUTO_THREADS = 8
 
 
 def check_params(method: str, params: JobParams) -> None:
-    """Fail fast (before any work starts) on missing paths and an output folder that is in use."""
-    if method not in REQUIRED:
-        raise InvalidParams(f"unknown job kind {method!r}")
-    params.require_paths(*REQUIRED[method])
-    check_output_free(params.out_path)
+    """Fail fast, before any work starts (mf_backend/preflight.py)."""
+    preflight(method, params)
+
+
+def use_threads(threads: int) -> int:
+    """Set torch's CPU threads for this job: `threads`, or (0) half the cores, at most 8: with other work on
+    a machine, all cores per process make every process slower (docs/performance.md)."""
+    import torch
+
+    n = threads or max(1, min(MAX_AUTO_THREADS, (os.cpu_count() or 2) // 2))
+    torch.set_num_threads(n)
+    return n
 
 
 def run_job(method: str, params: JobParams, ctx: JobContext) -> dict[str, Any]:
     """Run `prepare`, `edit` or `demo`; returns the JSON-able result (paths are absolute strings)."""
     check_params(method, params)
+    use_threads(params.threads)
     if method == "prepare":
         from mf_backend.prepare import prepare
 

@@ -1,7 +1,7 @@
 """The `edit` job: prepare (or the user's own poses/masks) → load models → score-guided sampling →
 VAE decode → composite back into the full-resolution source frames, written atomically.
 
-Output folder: `frame_{k}.png` for every source frame k at the source's resolution, and `edit.json`
+Output folder: `frame_{k:04d}.png` for every source frame k at the source's resolution, and `edit.json`
 (settings, the crop plan, the timing map, timings). Frames outside the frame range, or not reached by
 the driving clip under the timing policy (mf_backend/timing.py), are the source's bytes unchanged.
 
@@ -32,7 +32,7 @@ from mf_backend.editing.sampler import EditInputs, MotionEditSampler, SampleResu
 from mf_backend.errors import BadInputMedia
 from mf_backend.composite import composite
 from mf_backend.crop import CropPlan, plan_crop
-from mf_backend.files import atomic_output_dir
+from mf_backend.files import atomic_output_dir, frame_pattern
 from mf_backend.jobs import JobContext
 from mf_backend.params import JobParams
 
@@ -249,7 +249,7 @@ def edit(params: JobParams, ctx: JobContext) -> dict[str, Any]:
                                             source_crops=clip.inputs.frames.numpy())
         t_comp = time.perf_counter() - t0
         ctx.progress("write", 1, 2)
-        write_frames(out_frames, tmp)
+        write_frames(out_frames, tmp, frame_pattern(len(out_frames)))
         if params.preview:
             write_video(out_frames, tmp / "edit.mp4", fps=clip.timing["source_fps"] or 24.0)
         per_frame_ms = 1000.0 * (clip.seconds["crop"] + t_comp) / len(clip.edited)

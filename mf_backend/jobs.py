@@ -6,10 +6,11 @@ dispatch through `mf_backend.dispatch.run_job`. Output folders: `mf_backend.file
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from mf_backend.errors import Cancelled
 

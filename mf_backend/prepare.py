@@ -18,7 +18,7 @@ from typing import Any, Optional
 import numpy as np
 
 from mf_backend.errors import BadInputMedia
-from mf_backend.files import atomic_output_dir
+from mf_backend.files import atomic_output_dir, frame_pattern
 from mf_backend.jobs import JobContext
 from mf_backend.params import JobParams
 from mf_backend.pose.align import align_poses
@@ -104,9 +104,11 @@ def compute_poses(source_frames: np.ndarray, driving_frames: np.ndarray, params:
     target.body[~edited], target.hands[~edited] = src.body[~edited], src.hands[~edited]
     if params.target_aligned_poses:
         aligned = _poses_of(source_frames, params, source_fps, ctx, params.target_aligned_poses)
-    else:
-        aligned = align_poses(src, target, resolve_align_mode(params))
-        aligned.body[~edited], aligned.hands[~edited] = src.body[~edited], src.hands[~edited]
+    else:  # aligned on the edited frames only: the anchor is the source person at the first EDITED frame
+        idx = np.flatnonzero(edited)
+        aligned = src.frames(np.arange(len(src)))  # a copy; frames outside the edit keep the source pose
+        part = align_poses(src.frames(idx), target.frames(idx), resolve_align_mode(params))
+        aligned.body[idx], aligned.hands[idx] = part.body, part.hands
     ctx.progress("poses", 1, 1)
     return PosePrep(src, target, aligned, pos)
 
@@ -121,7 +123,7 @@ def write_poses(prep: PosePrep, folder: Path, ctx: JobContext) -> dict[str, Any]
              ("target_aligned_poses", "target_aligned_keypoints.json", prep.aligned))
     for i, (kind, json_name, seq) in enumerate(items):
         ctx.progress("write", i, len(items), f"writing {kind}")
-        write_frames(render_poses(seq), folder / kind)
+        write_frames(render_poses(seq), folder / kind, frame_pattern(len(seq)))
         seq.save(folder / json_name)
         out[kind] = kind
         out[kind.replace("poses", "keypoints")] = json_name

@@ -23,6 +23,24 @@ def test_initialize_reports_versions_device_and_weights(backend, tmp_path):
     assert set(res["capabilities"]["methods"]) == {"initialize", "prepare", "edit", "cancel", "shutdown"}
 
 
+def test_initialize_with_bad_values_answers_its_id_and_changes_nothing(backend, tmp_path):
+    """Bad settings are refused like a job's, answered with the request's id; the server keeps its
+    settings (a later initialize and job see none of the refused values)."""
+    r = backend.request("initialize", {"threads": 1, "models_dir": str(tmp_path)}, req_id="good")
+    assert r["result"]["settings"] == {"threads": 1, "models_dir": str(tmp_path)}
+    for i, bad in enumerate([{"device": "tpu", "precision": "fp8"}, {"precision": "fp8"}, {"device": 7},
+                             {"threads": -2}, {"threads": "many"}]):
+        r = backend.request("initialize", bad, req_id=f"bad{i}")
+        assert r["id"] == f"bad{i}" and r["error"]["code"] == E.INVALID_PARAMS, r
+        assert next(iter(bad)) in r["error"]["message"]
+    r = backend.request("initialize", {}, req_id="after")
+    assert r["result"]["settings"] == {"threads": 1, "models_dir": str(tmp_path)}
+    assert r["result"]["device"] in ("cpu", "cuda") and r["result"]["dtype"] == (
+        "float32" if r["result"]["device"] == "cpu" else r["result"]["dtype"])
+    r = backend.request("edit", {"steps": 10}, req_id="job")  # fails on its own missing source, not on 'tpu'
+    assert "source" in r["error"]["message"] and "device" not in r["error"]["message"]
+
+
 def test_cancel_without_job_and_shutdown(backend):
     r = backend.request("cancel", {}, req_id="c1")
     assert r["result"]["cancelled"] is False

@@ -46,8 +46,10 @@ def write_mask_folders(M_r: np.ndarray, M_e: np.ndarray, folder: Path, ctx=None)
 
     if ctx is not None:
         ctx.progress("write", 0, 1, "writing masks")
-    write_masks(M_r, Path(folder) / "source_masks")
-    write_masks(M_e, Path(folder) / "predicted_masks")
+    from mf_backend.files import frame_pattern
+
+    write_masks(M_r, Path(folder) / "source_masks", frame_pattern(len(M_r)))
+    write_masks(M_e, Path(folder) / "predicted_masks", frame_pattern(len(M_e)))
     return {"source_masks": "source_masks", "predicted_masks": "predicted_masks"}
 
 

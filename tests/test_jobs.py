@@ -1,0 +1,238 @@
+"""Jobs as a newcomer meets them: validation before any work, cancel between sub-passes, progress that
+moves and never jumps, the model's own defaults and the demo-model notice, output folders (stale
+temporaries, permissions, zero-padded names), and frame ranges that keep the alignment anchored."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    from mf_backend.models.loading import build_models, save_models
+
+    return save_models(build_models("tiny", seed=0), tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def case(tmp_path_factory):
+    """8 random 64² frames in the example-case layout (poses and masks given: no pose/mask model runs)."""
+    from mf_backend.media import write_frames, write_masks
+
+    root = tmp_path_factory.mktemp("case")
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (8, 64, 64, 3), dtype=np.uint8)
+    m = np.zeros((8, 64, 64), np.float32)
+    m[:, 10:54, 20:40] = 1
+    for kind in ("source_images", "source_poses", "target_aligned_poses"):
+        write_frames(frames, root / kind)
+    write_masks(m, root / "source_masks")
+    write_masks(np.roll(m, 8, axis=2), root / "predicted_masks")
+    return root
+
+
+def _params(case, out, **kw) -> dict:
+    d = {"source": str(case / "source_images"), "driving": str(case / "target_aligned_poses"), "out": str(out),
+         "device": "cpu", "precision": "fp32", "steps": 2, "size": 64, "crop": "letterbox",
+         "source_poses": str(case / "source_poses"), "target_aligned_poses": str(case / "target_aligned_poses"),
+         "source_masks": str(case / "source_masks"), "predicted_masks": str(case / "predicted_masks")}
+    d.update(kw)
+    return d
+
+
+# ---------------------------------------------------------------------------------------------- validation
+
+
+@pytest.mark.parametrize("field,value,words", [
+    ("seed", 99999999999999999999, "seed must be in"),
+    ("seed", -1, "seed must be in"),
+    ("size", 100000, "size must be a multiple of 32"),
+    ("size", 100, "size must be a multiple of 32"),
+    ("energy_scale", -1, "energy_scale must be in"),
+    ("source_fps", 0, "source_fps must be in"),
+    ("driving_fps", -24, "driving_fps must be in"),
+    ("tta_steps", -5, "tta_steps must be in"),
+    ("steps", 0, "steps must be in"),
+    ("guidance_scale", -3, "guidance_scale must be in"),
+    ("w_body", -1, "w_body must be in"),
+    ("threads", -1, "threads must be in"),
+    ("frame_start", -2, "frame_start must be in"),
+    ("pose_extractor", "openpose", "pose_extractor must be one of"),
+    ("mask_predictor", "sam", "mask_predictor must be one of"),
+    ("device", "tpu", "device must be one of"),
+    ("precision", "fp8", "precision must be one of"),
+])
+def test_every_range_is_checked_before_any_work(field, value, words):
+    from mf_backend.errors import InvalidParams
+    from mf_backend.params import JobParams
+
+    with pytest.raises(InvalidParams, match=words):
+        JobParams.from_dict({"source": "s", "driving": "d", "out": "o", field: value})
+
+
+def test_preflight_names_the_users_files(tmp_path, case):
+    """Tiny frames, missing DWPose weights, a size far above the model's, an unwritable output: each is
+    refused at once, naming the user's path (never an internal .partial folder), and nothing is created."""
+    from mf_backend.dispatch import check_params
+    from mf_backend.errors import BadInputMedia, InvalidParams, WeightsMissing
+    from mf_backend.media import write_frames
+    from mf_backend.params import JobParams
+
+    one_pixel = tmp_path / "one_pixel"
+    write_frames(np.zeros((2, 1, 1, 3), np.uint8), one_pixel)
+    out = tmp_path / "out"
+    p = JobParams.from_dict(_params(case, out, source=str(one_pixel)))
+    with pytest.raises(BadInputMedia, match="one_pixel.*1x1"):
+        check_params("edit", p)
+    p = JobParams.from_dict(_params(case, out, pose_extractor="dwpose", source_poses=None,
+                                    models_dir=str(tmp_path / "weights")))
+    with pytest.raises(WeightsMissing, match="dwpose.*weights"):
+        check_params("prepare", p)
+    p = JobParams.from_dict(_params(case, out, model="demo", size=512))
+    with pytest.raises(InvalidParams, match="size 512 is more than 4x.*demo.*64"):
+        check_params("edit", p)
+    from mf_backend.files import atomic_output_dir
+
+    not_a_folder = tmp_path / "notes.txt"  # unwritable for root too: a file where a folder must go
+    not_a_folder.write_text("x")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        for where in [not_a_folder] + ([] if os.access(locked, os.W_OK) else [locked]):
+            p = JobParams.from_dict(_params(case, where / "result"))
+            with pytest.raises(InvalidParams, match=f"cannot write the output folder '{where / 'result'}'"):
+                check_params("edit", p)
+            with pytest.raises(InvalidParams, match="result") as err, atomic_output_dir(where / "result"):
+                pass  # the same error if the folder turns unwritable after the check
+            assert ".partial" not in str(err.value)
+    finally:
+        locked.chmod(0o755)
+    assert not out.exists()
+
+
+# ---------------------------------------------------------------------------------------------- output folders
+
+
+def test_stale_partials_of_dead_runs_are_removed_and_outputs_get_normal_permissions(tmp_path):
+    from mf_backend.files import OWNER_FILE, atomic_output_dir, frame_pattern
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / ".old.partial-1234abcd"
+    stale.mkdir()
+    (stale / "frame_0.png").write_bytes(b"half written")
+    (stale / OWNER_FILE).write_text(f"{os.uname().nodename} {dead.pid}")
+    alive = tmp_path / ".busy.partial-feedbeef"  # another run, still going: must survive
+    alive.mkdir()
+    (alive / OWNER_FILE).write_text(f"{os.uname().nodename} {os.getpid()}")
+    foreign = tmp_path / ".user.partial-notours"  # no owner file: not ours to delete
+    foreign.mkdir()
+    old = os.umask(0o022)
+    try:
+        with atomic_output_dir(tmp_path / "result") as tmp:
+            (tmp / "a.txt").write_text("x")
+    finally:
+        os.umask(old)
+    assert not stale.exists() and alive.exists() and foreign.exists()
+    assert (tmp_path / "result" / "a.txt").exists() and not (tmp_path / "result" / OWNER_FILE).exists()
+    assert (tmp_path / "result").stat().st_mode & 0o777 == 0o755
+    assert frame_pattern(10).format(k=9) == "frame_0009.png" and frame_pattern(12345).format(k=7) == "frame_00007.png"
+
+
+# ---------------------------------------------------------------------------------------------- cancel
+
+
+def test_cancel_stops_at_the_next_sub_pass(tiny_folder):
+    """A cancel that arrives in the middle of a sampling step stops the sampler as the next sub-pass
+    (reconstruction, CFG half, guidance, window) begins, not at the end of the step."""
+    import torch
+
+    from mf_backend.edit import run_sampling
+    from mf_backend.editing.sampler import EditInputs, StageTimer
+    from mf_backend.errors import Cancelled
+    from mf_backend.jobs import JobContext
+    from mf_backend.models.loading import load_models
+    from mf_backend.params import JobParams
+
+    g = torch.Generator().manual_seed(0)
+    img = lambda: torch.randint(0, 256, (4, 64, 64, 3), generator=g, dtype=torch.uint8)  # noqa: E731
+    M = torch.zeros(4, 64, 64)
+    M[:, 8:56, 16:32] = 1
+    inputs = EditInputs(img(), img(), img(), M, M.roll(8, 2))
+    models = load_models(str(tiny_folder), None, "cpu", torch.float32)
+    ctx = JobContext()
+    entered, steps_done = [], []
+
+    class Timer(StageTimer):  # records which sub-pass begins, and cancels after the first reconstruction
+        @contextlib.contextmanager
+        def section(self, name):
+            entered.append((name, time.perf_counter()))
+            with super().section(name):
+                yield
+            if name == "reconstruction":
+                ctx.cancel()
+
+    with pytest.raises(Cancelled):
+        run_sampling(models, inputs, JobParams(steps=5, size=64, window=2, overlap=0),
+                     lambda d, t, m: steps_done.append(d) if d > 0 else None, Timer("cpu", should_stop=ctx.check_cancelled))
+    names = [n for n, _ in entered]
+    assert names.count("reconstruction") == 1 and names[-2] == "reconstruction"  # stopped at the next sub-pass
+    assert steps_done == []  # ... inside step 0
+    sections = [t for _, t in entered]
+    print(f"sub-pass before the cancel took {1000 * (sections[-1] - sections[-2]):.1f} ms; stopped at the next one")
+
+
+# ---------------------------------------------------------------------------------------------- progress, model
+
+
+def test_edit_progress_is_monotone_never_jumps_and_reports_the_model_used(tmp_path, case):
+    """A whole served-style edit through the dispatcher with the demo model's defaults: progress never goes
+    back and never jumps by more than one stage's share; the result and edit.json name the model actually
+    used, its default size and steps, and say that the demo model cannot edit real people."""
+    from mf_backend.dispatch import run_job
+    from mf_backend.edit import STAGES
+    from mf_backend.jobs import JobContext
+    from mf_backend.params import JobParams
+
+    events = []
+    params = JobParams.from_dict({k: v for k, v in _params(case, tmp_path / "out", model="demo", steps=None,
+                                                             size=None, preview=True).items() if v is not None})
+    res = run_job("edit", params, JobContext(sink=events.append))
+    assert res["model"] == "demo" and (res["size"], res["steps"]) == (64, 25)
+    assert "demo model" in res["notice"] and "cannot edit real people" in res["notice"]
+    info = json.loads((tmp_path / "out" / "edit.json").read_text())
+    assert info["model"] == "demo" and info["notice"] == res["notice"]
+    assert sorted(p.name for p in (tmp_path / "out").glob("frame_*.png"))[:2] == ["frame_0000.png", "frame_0001.png"]
+    assert (tmp_path / "out" / "edit.mp4").stat().st_size > 0
+    fractions = [e["fraction"] for e in events]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    share = max(w for _, w in STAGES) / sum(w for _, w in STAGES)
+    assert max(np.diff([0.0] + fractions)) <= share + 1e-6
+    assert {e["stage"] for e in events} <= {name for name, _ in STAGES}
+
+
+def test_cli_help_describes_each_commands_own_flags():
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    run = lambda *a: subprocess.run([sys.executable, "-m", "mf_backend", *a], capture_output=True,  # noqa: E731
+                                    text=True, cwd=str(REPO), env=env, timeout=120).stdout
+    prepare, edit = run("prepare", "--help"), run("edit", "--help")
+    assert "--guidance-scale" not in prepare and "--steps" not in prepare and "--tta-steps" in prepare
+    assert "{auto,mediapipe,dwpose,decode}" in prepare and "source clip: a video file" in prepare
+    assert "--guidance-scale" in edit and "advanced" in edit and "{trim,loop,hold-last,stretch}" in edit
+    from mf_backend.params import job_fields
+
+    for f in job_fields("edit"):  # every flag has a description
+        assert f.metadata["help"] and "--" + f.name.replace("_", "-") in edit
