@@ -236,3 +236,35 @@ def test_cli_help_describes_each_commands_own_flags():
 
     for f in job_fields("edit"):  # every flag has a description
         assert f.metadata["help"] and "--" + f.name.replace("_", "-") in edit
+
+
+def test_frame_range_keeps_the_alignment_anchored_to_the_edited_frames_at_1080p(tmp_path):
+    """With frame_start 2..frame_end 4 the aligned driving skeleton starts on the source person at frame 2
+    (first-frame alignment), as it does at frame 0 without a range — not where frame 0 would put it."""
+    from mf_backend.media import write_frames
+    from mf_backend.params import JobParams
+    from mf_backend.pose.render import render_poses
+    from mf_backend.prepare import compute_poses
+    from mf_backend.synthetic import make_pair
+
+    pair = make_pair(3, frames=6, size=(1080, 1920), x_frac=0.3, height_frac=0.55, driving_size=(270, 480))
+    write_frames(render_poses(pair.source.poses, 270, 480), tmp_path / "source_poses")
+    frames = np.zeros((6, 1080, 1920, 3), np.uint8)  # only the size matters: the poses come from the folder
+    neck = 1
+    for a, b in ((None, None), (2, 4)):
+        params = JobParams(source="s", driving="d", out="o", source_poses=str(tmp_path / "source_poses"),
+                           pose_extractor="decode", frame_start=a, frame_end=b)
+        prep = compute_poses(frames, pair.driving.pose_renders, params, _NoCtx())
+        first = a or 0
+        src, aligned = prep.source.body[:, neck, :2], prep.aligned.body[:, neck, :2]
+        gap = np.linalg.norm(aligned[first] - src[first])
+        print(f"range {a}..{b}: aligned neck {aligned[first].round()} vs source {src[first].round()} ({gap:.1f} px)")
+        assert gap < 3.0
+        if a is not None:  # frames outside the range keep the source pose
+            assert np.array_equal(prep.aligned.body[:a], prep.source.body[:a])
+            assert np.array_equal(prep.aligned.body[b + 1:], prep.source.body[b + 1:])
+
+
+class _NoCtx:
+    def progress(self, *a, **k):
+        pass
