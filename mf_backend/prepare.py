@@ -145,8 +145,8 @@ def prepare(params: JobParams, ctx: JobContext) -> dict[str, Any]:
     with atomic_output_dir(final) as tmp:
         written = write_poses(prep, tmp, ctx)
         written.update(write_mask_folders(M_r, M_e, tmp, ctx))  # masks step
-    result: dict[str, Any] = {"out": str(final), "frames": len(prep.source),
-                              "edited_frames": int((~np.isnan(prep.driving_index)).sum()),
-                              "align": resolve_align_mode(params)}
-    result.update({k: str(final / v) for k, v in written.items()})
-    return result
+    edited = np.flatnonzero(~np.isnan(prep.driving_index))
+    return {"out": str(final), "frames": len(prep.source), "edited_frames": [int(edited[0]), int(edited[-1])],
+            "align": resolve_align_mode(params),
+            "folders": {k: str(final / v) for k, v in written.items() if not v.endswith(".json")},
+            "keypoints": {k: str(final / v) for k, v in written.items() if v.endswith(".json")}}

@@ -142,3 +142,26 @@ def write_pose_render_clip(folder: Path, frames: int = 12, size: int = 128, phas
     seq = PoseSequence(body=body, hands=np.zeros((frames, 2, 21, 3), np.float32), width=size, height=size, fps=8.0)
     write_frames(render_poses(seq), folder)
     return folder
+
+
+def documented_result(method: str) -> dict:
+    """The example `result` of `method` in docs/protocol.md (the reply a test compares with the real one)."""
+    import re
+
+    text = (REPO / "docs" / "protocol.md").read_text()
+    section = text.split(f"### `{method}`", 1)[1].split("\n### ", 1)[0]
+    for block in re.findall(r"```json\n(.*?)```", section, flags=re.S):
+        msg = json.loads(block)
+        if "result" in msg:
+            return msg["result"]
+    raise AssertionError(f"docs/protocol.md has no example result for {method}")
+
+
+def assert_matches_docs(method: str, result: dict, optional: tuple[str, ...] = ()) -> None:
+    """The real reply has exactly the documented keys (`optional` ones may be absent), nested objects too."""
+    doc = documented_result(method)
+    assert set(result) <= set(doc), f"{method}: undocumented keys {set(result) - set(doc)}"
+    assert set(doc) - set(optional) <= set(result), f"{method}: documented but missing {set(doc) - set(result)}"
+    for key, value in doc.items():
+        if isinstance(value, dict) and key in result and key not in ("timings", "weights", "capabilities", "settings"):
+            assert set(result[key]) == set(value), f"{method}.{key}: {set(result[key]) ^ set(value)}"

@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, assert_matches_docs
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -212,6 +212,7 @@ def test_edit_progress_is_monotone_never_jumps_and_reports_the_model_used(tmp_pa
                                                              size=None, preview=True).items() if v is not None})
     res = run_job("edit", params, JobContext(sink=events.append))
     assert res["model"] == "demo" and (res["size"], res["steps"]) == (64, 25)
+    assert_matches_docs("edit", {"job_id": "e", **res}, optional=("video", "notice"))
     assert "demo model" in res["notice"] and "cannot edit real people" in res["notice"]
     info = json.loads((tmp_path / "out" / "edit.json").read_text())
     assert info["model"] == "demo" and info["notice"] == res["notice"]

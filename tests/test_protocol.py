@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import random
 
-from conftest import BackendProcess, assert_valid_jsonrpc_line
+from conftest import BackendProcess, assert_matches_docs, assert_valid_jsonrpc_line
 
 from mf_backend import PROTOCOL_VERSION
 from mf_backend import errors as E
@@ -21,6 +21,7 @@ def test_initialize_reports_versions_device_and_weights(backend, tmp_path):
     missing = {m["file"] for m in res["weights"]["missing"]}
     assert {"denoising_unet.pth", "motion_module.pth", "poctr.pth"} <= missing
     assert set(res["capabilities"]["methods"]) == {"initialize", "prepare", "edit", "cancel", "shutdown"}
+    assert_matches_docs("initialize", res)
 
 
 def test_initialize_with_bad_values_answers_its_id_and_changes_nothing(backend, tmp_path):
@@ -46,6 +47,7 @@ def test_cancel_without_job_and_shutdown(backend):
     assert r["result"]["cancelled"] is False
     r = backend.request("shutdown", {}, req_id="s1")
     assert r["result"] == {"ok": True}
+    assert_matches_docs("shutdown", r["result"])
     assert backend.proc.wait(timeout=20) == 0
 
 

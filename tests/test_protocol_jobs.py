@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import BackendProcess, assert_valid_jsonrpc_line, write_pose_render_clip
+from conftest import BackendProcess, assert_matches_docs, assert_valid_jsonrpc_line, write_pose_render_clip
 
 
 def test_prepare_job_reports_progress_and_writes_layout(tmp_path):
@@ -18,6 +18,8 @@ def test_prepare_job_reports_progress_and_writes_layout(tmp_path):
         r = b.response("p", timeout=240, on_notification=events.append)
         assert "result" in r, r
         assert r["result"]["job_id"] == "prep-1"
+        assert_matches_docs("prepare", r["result"])  # docs/protocol.md shows this reply
+        assert r["result"]["folders"]["source_masks"] == str(out / "source_masks")
         for kind in ("source_poses", "target_poses", "target_aligned_poses"):
             assert len(list((out / kind).glob("frame_*.png"))) == 10
         # no temporary folders left beside the output
