@@ -7,13 +7,17 @@ module imports the dispatcher back.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
 from mf_backend.errors import InvalidParams
 from mf_backend.jobs import JobContext
+from mf_backend.logs import log_file
 from mf_backend.params import JobParams
 from mf_backend.preflight import preflight
+
+log = logging.getLogger(__name__)
 
 MAX_AUTO_THREADS = 8
 
@@ -36,7 +40,8 @@ def use_threads(threads: int) -> int:
 def run_job(method: str, params: JobParams, ctx: JobContext) -> dict[str, Any]:
     """Run `prepare`, `edit` or `demo`; returns the JSON-able result (paths are absolute strings)."""
     check_params(method, params)
-    use_threads(params.threads)
+    threads = use_threads(params.threads)
+    log.info("%s → %s (%d CPU threads; log file: %s)", method, params.out_path, threads, log_file())
     if method == "prepare":
         from mf_backend.prepare import prepare
 

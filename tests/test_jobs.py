@@ -269,3 +269,20 @@ def test_frame_range_keeps_the_alignment_anchored_to_the_edited_frames_at_1080p(
 class _NoCtx:
     def progress(self, *a, **k):
         pass
+
+
+def test_cli_edit_terminal_shows_progress_not_third_party_noise(tmp_path, case, tiny_folder):
+    """A CLI edit prints progress and our own messages; library warnings (diffusers' float32 note, weight
+    loading bars) stay off the terminal; the log file gets our records."""
+    log = tmp_path / "backend.log"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MF_LOG_FILE": str(log)}
+    args = [f"--{k.replace('_', '-')}={v}" for k, v in _params(case, tmp_path / "out", model=str(tiny_folder)).items()]
+    r = subprocess.run([sys.executable, "-m", "mf_backend", "edit", *args, "--threads", "1"], capture_output=True,
+                       text=True, cwd=str(REPO), env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["model"] == str(tiny_folder)
+    lines = r.stderr.splitlines()
+    assert any(line.startswith("[") and "editing" in line for line in lines)
+    noisy = [line for line in lines if not line.startswith("[") and " mf_backend" not in line]
+    assert noisy == [], noisy
+    assert "mf_backend" in log.read_text()

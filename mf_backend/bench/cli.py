@@ -16,6 +16,7 @@ ACTIONS = {
     "forward": ("mf_backend.bench.forward", "one UNet3D forward (or guidance feature pass) on random weights"),
     "graphs": ("mf_backend.bench.graphs", "graphs and graph breaks torch.compile makes of one whole edit"),
     "crop": ("mf_backend.bench.crop", "person-centred crop and composite back, per full-resolution frame"),
+    "host-memory": ("mf_backend.bench.host_memory", "peak host memory (RSS) of a 1080p edit by clip length"),
 }
 
 
