@@ -1,8 +1,10 @@
 """MotionFollower for Blender: edit the motion of a person in a VSE strip with a diffusion backend.
 
-The model runs in a separate process (the backend venv made by install.py), driven over JSON-RPC
-(client.py); this package only exports strips, shows progress and imports the result. Scripting
-API: `scene.motionfollower` + `bpy.ops.motionfollower.edit()` (docs/blender.md).
+The model runs in a separate process (the backend venv made by install.py, found through config.py),
+driven over JSON-RPC (client.py); this package only checks and exports strips (inputs.py,
+strips.py), runs the edit's lifecycle (run.py), shows progress (ui.py) and keeps the results next to
+the .blend (results.py). Scripting API: `scene.motionfollower` + `bpy.ops.motionfollower.edit()`
+(docs/blender.md).
 """
 
 bl_info = {  # legacy installs (scripts/addons); 4.2+ extensions read blender_manifest.toml
@@ -18,15 +20,17 @@ bl_info = {  # legacy installs (scripts/addons); 4.2+ extensions read blender_ma
 if "bpy" in locals():  # F8 / script reload: re-import the sub-modules
     import importlib
 
-    for _name in ("client", "strips", "properties", "preferences", "operators", "ui", "flamenco"):
+    for _name in ("config", "client", "strips", "inputs", "results", "properties", "preferences", "run",
+                  "operators", "ui", "flamenco"):
         if _name in locals():
             importlib.reload(locals()[_name])
 
 import bpy  # noqa: E402,F401
 
-from . import client, flamenco, operators, preferences, properties, strips, ui  # noqa: E402,F401
+from . import client, config, flamenco, inputs, operators, preferences, properties, results, run, strips, ui  # noqa: E402,F401
 
-_MODULES = (preferences, properties, operators, ui, flamenco)
+# Registered in this order, unregistered in reverse; a new feature module (e.g. flamenco) joins the tuple.
+_MODULES = (preferences, properties, run, operators, ui, flamenco)
 
 
 def register() -> None:

@@ -6,18 +6,7 @@ reader thread parses stdout (protocol lines only, docs/protocol.md) and files ea
 responses wake the request that waits for them, `progress` notifications update the running
 `Job`. stderr goes to a log file and a short in-memory tail that error messages quote. When stdout
 closes, every waiting request and job fails with `BackendDied` carrying the exit code and that tail.
-
-Backend configuration, written by install.py (`load_config`):
-
-    path:   the first that exists of
-            1. $MF_BACKEND_CONFIG
-            2. <this add-on's folder>/backend_config.json          (install.py writes it here)
-            3. <user config dir>/motionfollower/backend_config.json
-               (Linux: $XDG_CONFIG_HOME or ~/.config; macOS: ~/Library/Application Support;
-                Windows: %APPDATA%)
-    format: {"python": "/path/to/.venv/bin/python",   # the backend venv's interpreter (required)
-             "repo": "/path/to/checkout",              # optional: cwd + PYTHONPATH for mf_backend
-             "models_dir": "/path/to/pretrained_weights" | null}   # optional
+Where the backend is comes from config.py.
 """
 
 from __future__ import annotations
@@ -29,7 +18,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 import weakref
@@ -37,52 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-CONFIG_NAME = "backend_config.json"
 PROTOCOL_MAJOR = "1"
+CANCEL_GRACE_S = 10.0  # the least time a cancel gets before the backend tree is killed
 INITIALIZE_TIMEOUT_S = 120.0  # the first start imports torch and may load CUDA: tens of seconds on a cold disk
 CANCELLED_CODE = -32003  # mf_backend.errors.CANCELLED (the add-on must not import the backend)
-
-
-# ---- configuration -----------------------------------------------------------------------------
-
-def user_config_dir() -> Path:
-    if sys.platform == "darwin":
-        return Path.home() / "Library" / "Application Support" / "motionfollower"
-    if os.name == "nt":
-        return Path(os.environ.get("APPDATA", Path.home())) / "motionfollower"
-    return Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config")) / "motionfollower"
-
-
-def config_paths() -> list[Path]:
-    paths = []
-    if os.environ.get("MF_BACKEND_CONFIG"):
-        paths.append(Path(os.environ["MF_BACKEND_CONFIG"]).expanduser())
-    paths.append(Path(__file__).resolve().parent / CONFIG_NAME)
-    paths.append(user_config_dir() / CONFIG_NAME)
-    return paths
-
-
-@dataclass
-class BackendConfig:
-    python: str = ""
-    repo: Optional[str] = None
-    models_dir: Optional[str] = None
-    source: Optional[str] = None  # the file it was read from, for messages
-
-
-def load_config() -> BackendConfig:
-    """The first readable config file (see the module docstring); an empty config when there is none."""
-    for path in config_paths():
-        if not path.is_file():
-            continue
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue  # a broken file must not break Blender; the preferences show what is used
-        if isinstance(data, dict) and isinstance(data.get("python"), str):
-            return BackendConfig(python=data["python"], repo=data.get("repo") or None,
-                                 models_dir=data.get("models_dir") or None, source=str(path))
-    return BackendConfig()
 
 
 # ---- errors ------------------------------------------------------------------------------------
@@ -122,9 +68,11 @@ class Job:
     eta_s: Optional[float] = None
     elapsed_s: float = 0.0
     message: str = ""
+    step_s: float = 0.0  # longest time between two progress events: how long one step can take
     result: Optional[dict] = None
     error: Optional[BackendError] = None
     started: float = field(default_factory=time.monotonic)
+    last_progress: Optional[float] = None
     _finished: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -142,8 +90,18 @@ class Job:
                     "elapsed_s": time.monotonic() - self.started, "finished": self.finished,
                     "error": self.error, "result": self.result}
 
+    @property
+    def cancel_grace_s(self) -> float:
+        """How long a cancel may take: the backend stops after the current step (a CPU step can be
+        longer than the fixed minimum, and killing a backend that was about to stop costs a restart)."""
+        return max(CANCEL_GRACE_S, 2.0 * self.step_s + 2.0)
+
     def _progress(self, p: dict) -> None:
+        now = time.monotonic()
         with self._lock:
+            if self.last_progress is not None and p.get("stage") == self.stage:
+                self.step_s = max(self.step_s, now - self.last_progress)
+            self.last_progress = now
             self.stage = str(p.get("stage", self.stage))
             self.done, self.total = int(p.get("done", 0) or 0), int(p.get("total", 0) or 0)
             self.fraction = max(self.fraction, float(p.get("fraction", 0.0) or 0.0))
@@ -346,15 +304,20 @@ class BackendClient:
         self._new_request(method, {**params, "job_id": job.job_id}, job)
         return job
 
-    def cancel(self, job: Job, grace_s: float = 10.0) -> None:
-        """Ask the backend to stop the job; kill the whole tree if it has not stopped within grace_s."""
+    def request_cancel(self, job: Job) -> None:
+        """Ask the backend to stop the job after its current step; returns at once."""
         if job.finished:
             return
         try:
             self._send({"jsonrpc": "2.0", "method": "cancel", "params": {"job_id": job.job_id}})
         except BackendError:
-            pass
-        if not job.wait(grace_s):
+            pass  # a dead backend has stopped the job already; the reader thread fails it
+
+    def cancel(self, job: Job, grace_s: Optional[float] = None) -> None:
+        """request_cancel, then kill the whole tree if the job has not ended within the grace period
+        (default: the job's `cancel_grace_s`)."""
+        self.request_cancel(job)
+        if not job.wait(job.cancel_grace_s if grace_s is None else grace_s):
             self.kill()
             job.wait(5)
 
@@ -430,6 +393,10 @@ class BackendClient:
         how = f"exit code {code}" if code is not None and code >= 0 else (
             f"killed by signal {-code}" if code is not None else "no exit code")
         tail = "\n".join(list(self.stderr_tail)[-8:])
-        return BackendDied(f"the backend stopped ({how})" + (f"; last log lines:\n{tail}" if tail else ""),
-                           hint="see the backend log; out of memory is the usual cause of a sudden stop — "
-                                "try a smaller resolution or fewer frames; press Run to start a new backend")
+        if "ModuleNotFoundError" in tail or "No module named" in tail:
+            hint = (f"'{self.python}' is not the backend's Python (it lacks the backend's packages): run "
+                    "install.py, or set the backend Python in the add-on preferences to the venv it made")
+        else:
+            hint = ("see the backend log; out of memory is the usual cause of a sudden stop — "
+                    "try a smaller resolution or fewer frames; press Run to start a new backend")
+        return BackendDied(f"the backend stopped ({how})" + (f"; last log lines:\n{tail}" if tail else ""), hint=hint)

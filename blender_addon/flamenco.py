@@ -20,7 +20,7 @@ from typing import Any
 
 import bpy
 
-from . import preferences, strips
+from . import preferences, properties, results, strips
 
 JOB_TYPE = "motionfollower"
 FARM_TIMINGS = ("hold-last", "loop", "stretch")  # policies that edit every frame of the range (chunkable)
@@ -64,8 +64,9 @@ def job_settings(context: Any) -> dict[str, Any]:
     if end <= first:
         raise SubmitError("the frame range does not overlap the source strip", "check Limit frame range")
     offset = int(source.frame_start)
-    job_dir = Path(preferences.get_settings(context).jobs_dir) / f"{_safe(source_name)}_{time.strftime('%Y%m%d-%H%M%S')}"
-    params = mf.job_params()
+    shared = preferences.get_settings(context).jobs_dir or str(Path(bpy.path.abspath("//")) / results.RESULTS)
+    job_dir = Path(shared) / f"{_safe(source_name)}_{time.strftime('%Y%m%d-%H%M%S')}"  # workers share it
+    params = properties.job_params(mf)
     edit_flags = {k: v for k, v in params.items() if k not in ("model", "steps", "seed", "size", "timing", "pose_extractor")}
     return {
         "source": source_path, "driving": driving_path, "output": str(job_dir / "edited"),

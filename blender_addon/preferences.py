@@ -1,21 +1,19 @@
 """Add-on preferences: backend Python, models folder, device, precision, job folder; "Check backend".
 
-Empty fields fall back to the config file install.py writes (client.load_config), so a fresh
+Empty fields fall back to the config file install.py writes (config.load_config), so a fresh
 install works without touching the preferences. `get_settings()` also works when the add-on is
 registered without being enabled through the preferences (bpy module tests, scripts).
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from typing import Any, Optional
 
 import bpy
 from bpy.props import EnumProperty, StringProperty
 
-from . import client
+from . import config
 
 ADDON_ID = __package__  # "blender_addon", "motionfollower" or "bl_ext.<repo>.motionfollower"
 
@@ -31,8 +29,9 @@ class MotionFollowerPreferences(bpy.types.AddonPreferences):
     models_dir: StringProperty(name="Models folder", subtype="DIR_PATH",
                                description="Folder of the released weights (empty: from install.py's config)")
     jobs_dir: StringProperty(name="Job folder", subtype="DIR_PATH",
-                             description="Where edited frames are written (empty: next to the .blend file, "
-                                         "or the user data folder for unsaved files)")
+                             description="Scratch folder of running jobs: exported strips, frames being edited "
+                                         "(empty: the system temp folder). Results go to //motionfollower/ "
+                                         "next to the .blend")
     device: EnumProperty(name="Device", default="auto", items=[
         ("auto", "Auto", "CUDA when available, else CPU"), ("cuda", "CUDA", ""), ("cpu", "CPU", "")])
     precision: EnumProperty(name="Precision", default="auto", items=[
@@ -43,7 +42,7 @@ class MotionFollowerPreferences(bpy.types.AddonPreferences):
 
     def draw(self, context):  # noqa: ARG002
         layout = self.layout
-        cfg = client.load_config()
+        cfg = config.load_config()
         col = layout.column()
         col.prop(self, "python")
         if not self.python:
@@ -69,7 +68,7 @@ class Settings:
     models_dir: Optional[str]
     device: str
     precision: str
-    jobs_dir: str
+    jobs_dir: str  # "": results.scratch_root's default
 
 
 def addon_prefs(context: Any = None) -> Optional[MotionFollowerPreferences]:
@@ -81,23 +80,13 @@ def addon_prefs(context: Any = None) -> Optional[MotionFollowerPreferences]:
 def get_settings(context: Any = None) -> Settings:
     """Preferences with install.py's config filled in where a field is empty."""
     prefs = addon_prefs(context)
-    cfg = client.load_config()
+    cfg = config.load_config()
     python = bpy.path.abspath(prefs.python) if prefs and prefs.python else cfg.python
     models_dir = bpy.path.abspath(prefs.models_dir) if prefs and prefs.models_dir else cfg.models_dir
-    jobs_dir = bpy.path.abspath(prefs.jobs_dir) if prefs and prefs.jobs_dir else default_jobs_dir()
+    jobs_dir = bpy.path.abspath(prefs.jobs_dir) if prefs and prefs.jobs_dir else ""
     return Settings(python=python, repo=cfg.repo, models_dir=models_dir or None,
                     device=prefs.device if prefs else "auto", precision=prefs.precision if prefs else "auto",
                     jobs_dir=jobs_dir)
-
-
-def default_jobs_dir() -> str:
-    """Next to the saved .blend (frames the strip uses travel with the project), else user data."""
-    if bpy.data.filepath:
-        return os.path.join(os.path.dirname(bpy.data.filepath), "motionfollower")
-    try:
-        return bpy.utils.extension_path_user(ADDON_ID, path="jobs", create=True)
-    except (ValueError, AttributeError, TypeError):  # not an extension (legacy add-on, bpy module)
-        return os.path.join(tempfile.gettempdir(), "motionfollower")
 
 
 def register() -> None:

@@ -1,7 +1,8 @@
 """Per-scene settings: `scene.motionfollower` (the scripting API, docs/blender.md).
 
-Strips are referenced by name (strings survive strip edits, undo and file reloads); the job
-parameters mirror `mf_backend.params.JobParams` and `job_params()` builds its dict.
+Strips are referenced by name (strings survive strip edits, undo and file reloads; the panel offers
+them with UILayout.prop_search — a Python `search=` callback makes bpy 4.2 crash at exit); the job
+parameters mirror `mf_backend.params.JobParams` and `job_params(mf)` builds its dict.
 """
 
 from __future__ import annotations
@@ -11,18 +12,12 @@ from typing import Any
 import bpy
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
 
-from . import strips
-
-
-def _strip_search(self, context, edit_text):  # noqa: ARG001 - bpy's search callback signature
-    return [n for n in strips.strip_names(strips.vse_scene(context)) if edit_text.lower() in n.lower()]
 
 
 class MotionFollowerSettings(bpy.types.PropertyGroup):
-    source_strip: StringProperty(name="Source", description="Strip whose person is edited (empty: the active strip)",
-                                 search=_strip_search)
+    source_strip: StringProperty(name="Source", description="Strip whose person is edited (empty: the active strip)")
     driving_strip: StringProperty(name="Driving", description="Strip whose motion the person follows "
-                                  "(a video, or a strip that already is a pose render)", search=_strip_search)
+                                  "(a video, or a strip that already is a pose render)")
     driving_is_pose: BoolProperty(name="Driving is a pose render", default=False,
                                   description="The driving strip already shows DWPose-style skeletons: decode them "
                                               "instead of detecting a person")
@@ -68,18 +63,20 @@ class MotionFollowerSettings(bpy.types.PropertyGroup):
     keep_inputs: BoolProperty(name="Keep exported inputs", default=False,
                               description="Keep the exported source/driving frames in the job folder")
 
-    def job_params(self) -> dict[str, Any]:
-        """The backend's JobParams fields these settings set (paths are added by the operator)."""
-        p: dict[str, Any] = {k: getattr(self, k) for k in (
-            "steps", "guidance_scale", "seed", "size", "camera", "timing",
-            "use_fg", "use_over", "use_body", "use_com", "w_fg", "w_over", "w_body", "w_com")}
-        p["model"] = bpy.path.abspath(self.model_folder) if self.model == "folder" else self.model
-        if self.driving_is_pose:
-            p["pose_extractor"] = "decode"
-        p["low_memory"] = self.memory == "low"
-        p["checkpoint"] = "auto" if self.memory == "low" else self.memory
-        p["compile"] = "blocks" if self.compile else "none"
-        return p
+
+def job_params(mf: MotionFollowerSettings) -> dict[str, Any]:
+    """The backend's JobParams fields the settings `mf` set (paths are added by run.py). A function, not a
+    method: a Python method on a PropertyGroup makes bpy 4.2 crash at exit."""
+    p: dict[str, Any] = {k: getattr(mf, k) for k in (
+        "steps", "guidance_scale", "seed", "size", "camera", "timing",
+        "use_fg", "use_over", "use_body", "use_com", "w_fg", "w_over", "w_body", "w_com")}
+    p["model"] = bpy.path.abspath(mf.model_folder) if mf.model == "folder" else mf.model
+    if mf.driving_is_pose:
+        p["pose_extractor"] = "decode"
+    p["low_memory"] = mf.memory == "low"
+    p["checkpoint"] = "auto" if mf.memory == "low" else mf.memory
+    p["compile"] = "blocks" if mf.compile else "none"
+    return p
 
 
 def register() -> None:

@@ -1,13 +1,15 @@
 """VSE strips: export a strip's frames to a PNG folder, import frames as an image strip; the 4.2↔5.x shim.
 
-Export renders the strip through the sequencer, so what is exported is what the user sees: strip
-offsets and trims, retiming (speed), transform/crop, modifiers and the scene's fps. It renders a
-temporary *copy* of the scene (Scene.copy() duplicates the sequencer but links everything else)
-with every other strip muted and the view transform set to Standard, then removes the copy: the
-user's scene, its colour management and its frame range are never touched.
+Export renders the strip through the sequencer, so the strip's own media comes out as the user
+sees it: offsets and trims, retiming (speed), transform/crop, modifiers and the scene's fps. It
+renders a temporary *copy* of the scene (Scene.copy() duplicates the sequencer but links everything
+else) with every other strip muted, the strip at full opacity with its blend mode Alpha Over and no
+animation (fades), and the view transform set to Standard, then removes the copy: the user's scene,
+its colour management and its frame range are never touched. What the copy drops besides opacity
+and fades (other animated properties) is listed in `StripExport.dropped` for a warning.
 
 API drift handled here (and only here): `strips`/`strips_all` (4.4+) vs `sequences`/`sequences_all`
-(≤4.3, removed in 5.0), `context.sequencer_scene` (5.x), `content_trim_*` vs `animation_offset_*`.
+(≤4.3, removed in 5.0), `context.sequencer_scene` (5.x), meta strips' `strips`/`sequences`, layered actions (5.x).
 """
 
 from __future__ import annotations
@@ -64,18 +66,52 @@ def strip_names(scene: "bpy.types.Scene") -> list[str]:
     return [s.name for s in all_strips(scene)]
 
 
-def content_trim(strip: Any) -> tuple[int, int]:
-    """Frames trimmed off the media itself (hold offsets): content_trim_* on new versions."""
-    start = getattr(strip, "content_trim_start", None)
-    if start is None:
-        start = getattr(strip, "animation_offset_start", 0)
-        return int(start), int(getattr(strip, "animation_offset_end", 0))
-    return int(start), int(getattr(strip, "content_trim_end", 0))
+def meta_children(strip: Any) -> list[Any]:
+    """The strips directly inside a meta strip (`strips` on 4.4+, `sequences` before)."""
+    coll = getattr(strip, "strips", None)
+    return list(coll if coll is not None else getattr(strip, "sequences", ()))
+
+
+def descendants(strip: Any) -> list[Any]:
+    out = []
+    for s in meta_children(strip) if strip.type == "META" else ():
+        out += [s, *descendants(s)]
+    return out
 
 
 def visible_range(strip: Any) -> tuple[int, int]:
     """[first, end) timeline frames where the strip shows."""
     return int(strip.frame_final_start), int(strip.frame_final_end)
+
+
+def content_range(strip: Any) -> tuple[int, int]:
+    """[first, end) frames with pictures: the visible range, for a meta cut to its unmuted picture strips
+    (a meta stretched past its content would add black frames)."""
+    first, end = visible_range(strip)
+    if strip.type == "META":
+        inner = [visible_range(s) for s in meta_children(strip) if s.type != "SOUND" and not s.mute]
+        if inner:
+            first, end = max(first, min(a for a, _ in inner)), min(end, max(b for _, b in inner))
+    return first, end
+
+
+def _fcurves(action: Any) -> list[Any]:
+    """An action's F-curves: `Action.fcurves` up to 4.x, channel bags of layered actions on 5.x."""
+    legacy = getattr(action, "fcurves", None)
+    if legacy is not None:
+        return list(legacy)
+    return [fc for layer in getattr(action, "layers", ()) for st in layer.strips
+            for bag in getattr(st, "channelbags", ()) for fc in bag.fcurves]
+
+
+def animated_paths(scene: "bpy.types.Scene", strip: Any) -> list[str]:
+    """The strip's animated properties the export drops, other than opacity and volume (fades)."""
+    ad = scene.animation_data
+    if ad is None or ad.action is None:
+        return []
+    key = f'["{strip.name}"].'
+    return sorted({fc.data_path.split(key, 1)[1] for fc in _fcurves(ad.action) if key in fc.data_path
+                   and fc.data_path.split(key, 1)[1] not in ("blend_alpha", "volume")})
 
 
 def parent_meta(strip: Any) -> Optional[Any]:
@@ -111,13 +147,14 @@ class StripExport:
         strip = find_strip(scene, strip_name)
         if strip is None:
             raise ExportError(f"strip '{strip_name}' not found in scene '{scene.name}'")
-        first, end = visible_range(strip)
+        first, end = content_range(strip)
         if frame_range is not None:
             first, end = max(first, frame_range[0]), min(end, frame_range[1])
         if end <= first:
             raise ExportError(f"strip '{strip_name}' shows no frames in the chosen frame range")
         self.strip_name, self.first, self.total, self.done = strip_name, first, end - first, 0
         self.frame_s: Optional[float] = None  # seconds per frame, measured by render()
+        self.dropped = animated_paths(scene, strip)
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.render_dir = self.folder / ".render"
@@ -177,6 +214,7 @@ class StripExport:
 
 def _export_scene(scene: "bpy.types.Scene", strip: Any, render_dir: Path) -> "bpy.types.Scene":
     """A copy of `scene` that renders only `strip` (and the metas holding it) as plain 8-bit sRGB PNGs."""
+    inside = {s.name for s in descendants(strip)}  # a meta's content renders as the user set it up
     keep = {strip.name}
     parent = parent_meta(strip)
     while parent is not None:  # a strip inside a meta renders only through its metas
@@ -187,11 +225,20 @@ def _export_scene(scene: "bpy.types.Scene", strip: Any, render_dir: Path) -> "bp
     try:
         tmp.name = TMP_SCENE
         for s in all_strips(tmp):
-            if s.name not in keep:
-                s.mute = True
-            elif s.name != strip.name:
+            if s.name in keep:
                 s.mute = False
-        find_strip(tmp, strip.name).mute = False
+            elif s.name not in inside:
+                s.mute = True
+        own = find_strip(tmp, strip.name)
+        own.mute = False
+        own.blend_alpha, own.blend_type = 1.0, "ALPHA_OVER"  # its own pictures, not blended with black
+        for ch in getattr(tmp.sequence_editor, "channels", ()):
+            ch.mute = False  # muted channels were refused by inputs.check_strip; other strips are muted
+        for s in all_strips(tmp):
+            if s.type == "META" and hasattr(s, "channels"):
+                for ch in s.channels:
+                    ch.mute = False
+        tmp.animation_data_clear()  # fades animate blend_alpha; the user's action stays as it is
         r = tmp.render
         r.use_sequencer = True
         r.use_compositing = False

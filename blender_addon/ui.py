@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bpy
 
-from . import operators, strips
+from . import run, strips
 
 
 def _eta(seconds) -> str:
@@ -25,15 +25,15 @@ class SEQUENCER_PT_motionfollower(bpy.types.Panel):
         layout = self.layout
         scene = strips.vse_scene(context)
         mf = scene.motionfollower
-        state = operators.STATE
+        state = run.STATE
 
         col = layout.column()
-        col.prop(mf, "source_strip", icon="SEQUENCE")
+        strip_field(col, scene, mf, "source_strip", "SEQUENCE")
         if not mf.source_strip:
             ed = scene.sequence_editor
             active = ed.active_strip if ed else None
             col.label(text=f"Using the active strip: {active.name}" if active else "No active strip", icon="INFO")
-        col.prop(mf, "driving_strip", icon="ARMATURE_DATA")
+        strip_field(col, scene, mf, "driving_strip", "ARMATURE_DATA")
         col.prop(mf, "driving_is_pose")
 
         if state.running:
@@ -87,6 +87,16 @@ class SEQUENCER_PT_motionfollower(bpy.types.Panel):
         box.prop(mf, "keep_inputs")
         if state.client is not None and not state.running:
             layout.operator("motionfollower.stop_backend", icon="X")
+
+
+def strip_field(layout, scene, mf, name: str, icon: str) -> None:
+    """A strip-name field with a search list of the scene's strips (Blender's own prop_search)."""
+    ed = scene.sequence_editor
+    coll = "strips_all" if ed is not None and hasattr(ed, "strips_all") else "sequences_all"
+    if ed is None:
+        layout.prop(mf, name, icon=icon)
+    else:
+        layout.prop_search(mf, name, ed, coll, icon=icon)
 
 
 def draw_progress(layout, state) -> None:

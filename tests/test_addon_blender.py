@@ -60,7 +60,7 @@ def addon(tmp_path_factory):
     prefs.python = sys.executable
     prefs.jobs_dir = str(tmp_path_factory.mktemp("jobs"))
     yield mod
-    mod.operators.stop_backend()
+    mod.run.stop_backend()
 
 
 @pytest.fixture
@@ -80,8 +80,8 @@ def scene(addon, tmp_path):
     mf.source_strip, mf.driving_strip = "source", "driving"
     mf.size, mf.steps, mf.seed = 64, 1, 1  # 64: the tiny model's smallest working size
     yield sc
-    addon.operators.STATE.run = None
-    addon.operators.STATE.last_error = None
+    addon.run.STATE.run = None
+    addon.run.STATE.last_error = None
     bpy.data.scenes.remove(sc)
 
 
@@ -135,7 +135,7 @@ def snapshot(sc) -> dict:
 
 
 def edited_strips(sc) -> list:
-    return [s for s in sc.sequence_editor.strips_all if s.name.endswith("(MotionFollower)")]
+    return [s for s in sc.sequence_editor.strips_all if "(MotionFollower" in s.name]
 
 
 # ---- registration, export, import ----------------------------------------------------------------
@@ -144,8 +144,10 @@ def test_registers_panel_operators_and_scene_settings(addon):
     assert hasattr(bpy.types, "SEQUENCER_PT_motionfollower")
     for op in ("edit", "cancel", "check_backend", "stop_backend", "copy_error"):
         assert hasattr(bpy.ops.motionfollower, op)
+    from blender_addon.properties import job_params
+
     mf = bpy.context.scene.motionfollower
-    p = mf.job_params()
+    p = job_params(mf)
     assert {"steps", "size", "seed", "guidance_scale", "w_fg", "use_com", "camera", "model"} <= set(p)
     from mf_backend.params import JobParams  # the add-on's settings are valid backend params
 
@@ -153,10 +155,10 @@ def test_registers_panel_operators_and_scene_settings(addon):
     assert (p["checkpoint"], p["low_memory"], p["compile"]) == ("auto", False, "none")
     for memory in ("none", "hires", "low"):
         mf.memory = memory
-        jp = JobParams.from_dict({**mf.job_params(), "source": "s", "driving": "d", "out": "o"})
+        jp = JobParams.from_dict({**job_params(mf), "source": "s", "driving": "d", "out": "o"})
         assert jp.low_memory == (memory == "low") and jp.checkpoint in ("auto", memory)
     mf.memory, mf.compile = "auto", True
-    assert JobParams.from_dict({**mf.job_params(), "source": "s", "driving": "d", "out": "o"}).compile == "blocks"
+    assert JobParams.from_dict({**job_params(mf), "source": "s", "driving": "d", "out": "o"}).compile == "blocks"
     mf.compile = False
 
 
@@ -244,6 +246,12 @@ class FakeLayout:
         assert name in data.bl_rna.properties, f"no property {name!r} on {data}"
         self.log.append(("prop", name))
 
+    def prop_search(self, data, name, search_data, search_name, **kw):
+        check_call("prop_search", kw)
+        assert name in data.bl_rna.properties, f"no property {name!r} on {data}"
+        assert search_name in search_data.bl_rna.properties, f"no collection {search_name!r} on {search_data}"
+        self.log.append(("prop", name))
+
     def operator(self, idname, **kw):
         check_call("operator", kw)
         cat, op = idname.split(".")
@@ -268,7 +276,8 @@ def draw_panel() -> list:
 
 
 def test_panel_draws_idle_running_and_failed(scene, addon):
-    from blender_addon import client, operators
+    from blender_addon import client
+    from blender_addon import run as mfrun
 
     log = draw_panel()
     assert ("operator", "motionfollower.edit") in log and ("prop", "w_body") in log
@@ -276,20 +285,20 @@ def test_panel_draws_idle_running_and_failed(scene, addon):
 
     job = client.Job(job_id="j", method="edit", request_id=1)
     job._progress({"stage": "editing", "done": 3, "total": 10, "fraction": 0.42, "eta_s": 75, "message": "step 3/10"})
-    operators.STATE.run = operators.EditRun("s", "source", "driving", Path("/nonexistent"), 10, N, {}, job=job)
+    mfrun.STATE.run = mfrun.EditRun("s", "source", "driving", Path("/nonexistent"), 10, N, {}, job=job)
     log = draw_panel()
     bars = [e for e in log if e[0] == "progress"]
     assert bars and bars[0][1] == pytest.approx(0.42) and "editing 3/10" in bars[0][2] and "1:15" in bars[0][2]
     assert ("operator", "motionfollower.cancel") in log and ("operator", "motionfollower.edit") not in log
-    operators.STATE.run.job = None  # still exporting: 3 of 16 frames rendered
-    operators.STATE.run.exports = [types.SimpleNamespace(done=3, total=8), types.SimpleNamespace(done=0, total=8)]
+    mfrun.STATE.run.job = None  # still exporting: 3 of 16 frames rendered
+    mfrun.STATE.run.exports = [types.SimpleNamespace(done=3, total=8), types.SimpleNamespace(done=0, total=8)]
     bars = [e for e in draw_panel() if e[0] == "progress"]
     assert bars and bars[0][1] == pytest.approx(3 / 16) and "export 3/16" in bars[0][2]
-    operators.STATE.run.exports[0].done = operators.STATE.run.exports[1].done = 8  # all rendered, waiting for the backend's handshake
+    mfrun.STATE.run.exports[0].done = mfrun.STATE.run.exports[1].done = 8  # all rendered, waiting for the backend's handshake
     assert [e for e in draw_panel() if e[0] == "progress"][0][2].startswith("starting")
 
-    operators.STATE.run = None
-    operators.STATE.last_error = ("MotionFollower failed: out of memory", "use a lower resolution")
+    mfrun.STATE.run = None
+    mfrun.STATE.last_error = ("MotionFollower failed: out of memory", "use a lower resolution")
     log = draw_panel()
     assert ("label", "use a lower resolution") in log and ("operator", "motionfollower.copy_error") in log
 
@@ -327,12 +336,13 @@ def test_operator_reports_a_missing_strip_and_changes_nothing(scene, addon):
         bpy.ops.motionfollower.edit()
     assert snapshot(scene) == before
     assert set(os.listdir(addon.preferences.get_settings().jobs_dir)) == jobs
-    assert addon.operators.STATE.last_error[1]  # a hint for the panel
+    assert addon.run.STATE.last_error[1]  # a hint for the panel
 
 
 def test_killed_backend_surfaces_the_error_and_adds_nothing(scene, addon, small_model, tmp_path):
     """Kill the backend mid-job (as the OOM killer would): error, nothing added, job folder gone."""
     from blender_addon import operators
+    from blender_addon import run as mfrun
 
     person_clips(scene, tmp_path)
     mf = scene.motionfollower
@@ -344,10 +354,10 @@ def test_killed_backend_surfaces_the_error_and_adds_nothing(scene, addon, small_
     def killer():
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            run = operators.STATE.run
+            run = mfrun.STATE.run
             if run is not None and run.job is not None and run.job.snapshot()["stage"] != "starting":
                 killed.update(stage=run.job.snapshot()["stage"], job_dir=run.job_dir)
-                os.killpg(operators.STATE.client.pid, signal.SIGKILL)  # as the OOM killer would
+                os.killpg(mfrun.STATE.client.pid, signal.SIGKILL)  # as the OOM killer would
                 return
             time.sleep(0.01)
 
@@ -359,8 +369,8 @@ def test_killed_backend_surfaces_the_error_and_adds_nothing(scene, addon, small_
     assert killed, "the job ended before any progress arrived"
     assert snapshot(scene) == before and not edited_strips(scene)
     assert not killed["job_dir"].exists()
-    assert "backend stopped" in operators.STATE.last_error[0] and operators.STATE.run is None
-    assert not operators.STATE.client.alive  # the next run starts a new backend (the modal test below does)
+    assert "backend stopped" in mfrun.STATE.last_error[0] and mfrun.STATE.run is None
+    assert not mfrun.STATE.client.alive  # the next run starts a new backend (the modal test below does)
 
 
 
@@ -372,6 +382,7 @@ class FakeEvent:
 def test_modal_path_esc_cancels_through_the_backend(scene, addon, tmp_path):
     """The UI path: invoke's start, timer ticks updating progress, Esc → cancel request → clean stop."""
     from blender_addon import operators
+    from blender_addon import run as mfrun
 
     person_clips(scene, tmp_path)
     scene.motionfollower.steps = 50
@@ -381,14 +392,14 @@ def test_modal_path_esc_cancels_through_the_backend(scene, addon, tmp_path):
     fake_op = type("Op", (), {"_timer": None, "_end": op_cls._end, "_finish": op_cls._finish, "_fail": op_cls._fail,
                               "report": lambda self, kind, msg: reports.append((kind, msg))})()
     ctx = type("Ctx", (), {"screen": None, "window_manager": bpy.context.window_manager})()
-    operators.STATE.run = run = operators.begin_edit(bpy.context)
+    mfrun.STATE.run = run = mfrun.begin_edit(bpy.context)
     deadline = time.monotonic() + 60
     while (run.job is None or run.job.snapshot()["stage"] == "starting") and time.monotonic() < deadline:
         assert op_cls.modal(fake_op, ctx, FakeEvent("TIMER")) == {"PASS_THROUGH"}
         time.sleep(0.02)
     assert any(e[0] == "progress" for e in draw_panel())  # the panel shows the running job
     op_cls.modal(fake_op, ctx, FakeEvent("ESC"))
-    assert operators.STATE.progress()["stage"] == "cancelling"
+    assert mfrun.STATE.progress()["stage"] == "cancelling"
     result = None
     while result is None and time.monotonic() < deadline:
         r = op_cls.modal(fake_op, ctx, FakeEvent("TIMER"))
@@ -396,9 +407,9 @@ def test_modal_path_esc_cancels_through_the_backend(scene, addon, tmp_path):
         time.sleep(0.02)
     assert result == {"CANCELLED"} and reports == [({"WARNING"}, "MotionFollower: cancelled")]
     assert run.job.error is not None and run.job.error.cancelled  # the backend honoured the cancel
-    assert operators.STATE.client.alive  # … so it was not killed and is ready for the next run
-    assert operators.STATE.client_key is not None
-    assert operators.STATE.run is None and not run.job_dir.exists()
+    assert mfrun.STATE.client.alive  # … so it was not killed and is ready for the next run
+    assert mfrun.STATE.client_key is not None
+    assert mfrun.STATE.run is None and not run.job_dir.exists()
     assert snapshot(scene) == before
 
 
@@ -450,19 +461,20 @@ def test_modal_path_renders_a_frame_per_tick_then_edits(scene, addon, small_mode
     """invoke() only sets up; every timer tick renders what fits its slice (here one frame), then the
     handshake and the job run while the UI keeps ticking; the result lands on the timeline."""
     from blender_addon import operators, strips
+    from blender_addon import run as mfrun
 
     monkeypatch.setattr(operators, "EXPORT_SLICE_S", 1e-4)  # one frame per tick
     mf = scene.motionfollower
     mf.model, mf.model_folder = "folder", small_model
     modal, reports = _modal(operators)
-    operators.STATE.run = run = operators.begin_edit(bpy.context)
+    mfrun.STATE.run = run = mfrun.begin_edit(bpy.context)
     assert run.exported == (0, 2 * N) and run.job is None
     seen, result = [], None
     deadline = time.monotonic() + 240
     while result is None and time.monotonic() < deadline:
         r = modal("TIMER")
         result = None if r == {"PASS_THROUGH"} else r
-        p = operators.STATE.progress()
+        p = mfrun.STATE.progress()
         if p is not None and p["stage"] == "export":
             seen.append(p["done"])
             assert any(e[0] == "progress" and "export" in e[2] for e in draw_panel())
@@ -476,19 +488,20 @@ def test_modal_path_renders_a_frame_per_tick_then_edits(scene, addon, small_mode
 
 def test_modal_cancel_while_exporting_leaves_nothing(scene, addon, monkeypatch):
     from blender_addon import operators, strips
+    from blender_addon import run as mfrun
 
     monkeypatch.setattr(operators, "EXPORT_SLICE_S", 1e-4)
     before = snapshot(scene)
     modal, reports = _modal(operators)
-    operators.STATE.run = run = operators.begin_edit(bpy.context)
+    mfrun.STATE.run = run = mfrun.begin_edit(bpy.context)
     modal("TIMER")
     modal("TIMER")
     assert run.exported[0] == 2 and run.job_dir.exists()
     assert bpy.ops.motionfollower.cancel() == {"FINISHED"}  # the panel's button
-    assert operators.STATE.progress()["stage"] == "cancelling"
+    assert mfrun.STATE.progress()["stage"] == "cancelling"
     assert modal("TIMER") == {"CANCELLED"} and reports == [({"WARNING"}, "MotionFollower: cancelled")]
     assert run.job is None and run.handshake is None  # nothing was sent to the backend
-    assert operators.STATE.run is None and not run.job_dir.exists()
+    assert mfrun.STATE.run is None and not run.job_dir.exists()
     assert strips.TMP_SCENE not in bpy.data.scenes and snapshot(scene) == before
 
 
@@ -530,7 +543,7 @@ HEADLESS = textwrap.dedent("""
     except RuntimeError as exc:
         print("FAILED:", exc)
         sys.exit(1)
-    new = [s for s in ed.strips if s.name.endswith("(MotionFollower)")]
+    new = [s for s in ed.strips if "(MotionFollower" in s.name]
     after = snapshot()
     for s in new:
         del after["strips"][s.name]
@@ -573,7 +586,7 @@ def test_headless_script_edits_and_adds_the_strip(addon, tmp_path, small_model):
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
     r = json.loads(next(line for line in p.stdout.splitlines() if line.startswith("RESULT "))[7:])
     assert r["result"] == ["FINISHED"] and r["n_new"] == 1
-    assert (r["name"], r["type"]) == ("source (MotionFollower)", "IMAGE")
+    assert (r["name"], r["type"]) == ("source (MotionFollower seed 5)", "IMAGE")
     # first free channel above the source (3 is taken by the blocker), at the source's first visible frame,
     # one frame per visible source frame
     assert (r["channel"], r["start"], r["duration"]) == (4, 11, 7)

@@ -16,6 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "blender_addon"))  # client.py is pure Python: import it without bpy
 
 import client as mfclient  # noqa: E402
+import config as mfconfig  # noqa: E402
 
 
 def _client(**kw) -> mfclient.BackendClient:
@@ -34,13 +35,13 @@ def test_config_file_format_and_search_order(tmp_path, monkeypatch):
     cfg = tmp_path / "cfg.json"
     cfg.write_text(json.dumps({"python": "/opt/venv/bin/python", "repo": "/opt/mf", "models_dir": None}))
     monkeypatch.setenv("MF_BACKEND_CONFIG", str(cfg))
-    c = mfclient.load_config()
+    c = mfconfig.load_config()
     assert (c.python, c.repo, c.models_dir, c.source) == ("/opt/venv/bin/python", "/opt/mf", None, str(cfg))
     cfg.write_text("{broken")  # a broken file is skipped, the next one in the order is used
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
-    c = mfclient.load_config()
+    c = mfconfig.load_config()
     assert c.source != str(cfg)
-    assert mfclient.config_paths()[0] == cfg
+    assert mfconfig.config_paths()[0] == cfg
 
 
 def test_initialize_progressless_requests_and_clean_shutdown(tmp_path):

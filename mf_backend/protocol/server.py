@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import threading
 import uuid
@@ -23,6 +24,7 @@ from mf_backend.protocol.lines import LineTooLong, Writer, read_lines
 log = logging.getLogger(__name__)
 
 JOB_METHODS = ("prepare", "edit")
+EOF_GRACE_S = 0.5  # after stdin closes, a running job gets this long to stop before the process exits
 METHODS = ("initialize", "prepare", "edit", "cancel", "shutdown")
 SETTINGS = ("models_dir", "device", "precision", "threads")  # server-wide job defaults (serve flags, initialize)
 SHUTDOWN_WAIT_S = 10.0  # a cancelled job stops within one sub-pass; exit anyway after this
@@ -60,8 +62,14 @@ class Server:
                 self._error(None, E.INTERNAL_ERROR, f"Internal error: {type(exc).__name__}: {exc}")
             if self._stop.is_set():
                 break
-        self._cancel_job(wait=True)
+        # stdin closed without shutdown: the client (Blender) is gone; give the job a moment only
+        self._cancel_job(wait=True, timeout=SHUTDOWN_WAIT_S if self._stop.is_set() else EOF_GRACE_S)
         return 0
+
+    @property
+    def job_running(self) -> bool:
+        with self._job_lock:
+            return self._job is not None and self._job[1].is_alive()
 
     def handle_line(self, raw: bytes) -> None:
         if not raw.strip():
@@ -193,13 +201,13 @@ class Server:
                 self._job = None
         self.writer.send(reply)
 
-    def _cancel_job(self, wait: bool) -> None:
+    def _cancel_job(self, wait: bool, timeout: float = SHUTDOWN_WAIT_S) -> None:
         with self._job_lock:
             job = self._job
         if job is not None:
             job[0].cancel()
             if wait:
-                job[1].join(timeout=SHUTDOWN_WAIT_S)
+                job[1].join(timeout=timeout)
 
     # ---- output ------------------------------------------------------------------------------
     def _send_progress(self, event: dict[str, Any]) -> None:
@@ -218,4 +226,13 @@ def serve(defaults: Optional[dict[str, Any]] = None) -> int:
 
     out = protocol_stdout()
     use_stderr_for_prints()
-    return Server(sys.stdin.buffer, out, defaults).run()
+    server = Server(sys.stdin.buffer, out, defaults)
+    code = server.run()
+    if server.job_running:
+        log.warning("exiting with a job still running (its step did not end within %.1f s)", EOF_GRACE_S)
+    # End now: not after a running step, and not through the interpreter's shutdown, which takes
+    # seconds with torch loaded (the client is gone or said shutdown; every answer is written).
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)

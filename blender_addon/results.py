@@ -1,0 +1,166 @@
+"""Where a run's files live, so that results are never lost and dead runs leave nothing behind.
+
+- Scratch: each run works in `<scratch>/<job>/` (exported inputs, the backend's output), `<scratch>`
+  being the preferences' job folder or `<system temp>/motionfollower-jobs`. The folder holds
+  `owner.json` with Blender's process id; a folder whose owner is dead is stale and removed at the
+  next start (`clean_stale`), whatever killed that Blender.
+- Results of a saved .blend go to `//motionfollower/<name>/` next to it and the strip points there
+  with a relative path: the project folder can be moved or copied as a whole.
+- Results of an unsaved .blend stay in the run's scratch folder until the first save, when the
+  save_pre handler moves them to `//motionfollower/<name>/` next to the new file (Blender then
+  writes the strip's path relative). Never into the add-on's own folder, which Blender deletes
+  when the add-on is removed. Nothing a saved .blend references is ever deleted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import bpy
+
+from . import strips
+
+OWNER = "owner.json"
+RESULTS = "motionfollower"  # the folder next to the .blend
+
+
+class PlaceError(Exception):
+    """A folder could not be created or written; the message names it."""
+
+
+def scratch_root(configured: str = "") -> Path:
+    return Path(bpy.path.abspath(configured)) if configured else Path(tempfile.gettempdir()) / "motionfollower-jobs"
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # another user's process: not ours to judge
+    return True
+
+
+def new_job_dir(root: Path, name: str) -> Path:
+    """A fresh `<root>/<name>_<time>/` owned by this Blender process."""
+    stamp = time.strftime("%Y%m%d-%H%M%S") + f"_{int(time.time() * 1000) % 1000:03d}"
+    job = Path(root) / f"{name}_{stamp}"
+    try:
+        job.mkdir(parents=True, exist_ok=False)
+        (job / OWNER).write_text(json.dumps({"pid": os.getpid(), "blend": bpy.data.filepath}))
+    except OSError as exc:
+        raise PlaceError(f"cannot create the job folder '{job}': {exc.strerror or exc}") from exc
+    return job
+
+
+def owner_pid(folder: Path) -> Optional[int]:
+    try:
+        return int(json.loads((folder / OWNER).read_text())["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def clean_stale(root: Path) -> list[Path]:
+    """Remove the job folders under root whose Blender process is gone; returns them."""
+    removed = []
+    try:
+        entries = list(Path(root).iterdir())
+    except OSError:
+        return removed
+    for folder in entries:
+        pid = owner_pid(folder) if folder.is_dir() else None
+        if pid is not None and not _pid_alive(pid):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+def result_dir(blend_path: str, name: str) -> Path:
+    """A new `<blend folder>/motionfollower/<name>[_k]/` path (not created)."""
+    base = Path(blend_path).resolve().parent / RESULTS
+    final, k = base / name, 2
+    while final.exists():
+        final, k = base / f"{name}_{k}", k + 1
+    return final
+
+
+def check_writable(folder: Path) -> None:
+    """Create folder (and parents) and prove a file can be written there; PlaceError names it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".mf-write-test-"):
+            pass
+    except OSError as exc:
+        raise PlaceError(f"cannot write to '{folder}': {exc.strerror or exc}") from exc
+
+
+def place(src: Path, final: Path) -> Path:
+    """Move the finished folder src to final (which must not exist): a rename on the same disk, else a
+    copy into a hidden sibling renamed into place, so final is either complete or absent."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(src, final)
+        return final
+    except OSError:
+        pass  # another file system
+    partial = final.with_name(f".{final.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        shutil.copytree(src, partial)
+        os.replace(partial, final)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    shutil.rmtree(src, ignore_errors=True)
+    return final
+
+
+def point_strip(strip: Any, folder: Path) -> None:
+    """Point an image strip at folder: relative to the .blend when it is saved."""
+    path = str(folder) + os.sep
+    strip.directory = bpy.path.relpath(path) if bpy.data.filepath else path
+
+
+# ---- unsaved files ------------------------------------------------------------------------------
+
+def _image_strips() -> Iterable[Any]:
+    for scene in bpy.data.scenes:
+        for s in strips.all_strips(scene):
+            if s.type == "IMAGE":
+                yield s
+
+
+def _owned_job(folder: Path, root: Path) -> Optional[Path]:
+    """The job folder of this process that holds folder (a result left in scratch), else None."""
+    try:
+        rel = folder.resolve().relative_to(root.resolve())
+    except ValueError:
+        return None
+    job = root / rel.parts[0] if rel.parts else None
+    return job if job is not None and owner_pid(job) == os.getpid() else None
+
+
+def adopt_unsaved_results(target_blend: str, root: Path) -> list[Path]:
+    """Move every result of this session still in scratch next to target_blend and repoint its strips.
+    Called before a save: the file written then references `//motionfollower/...`."""
+    moved: dict[Path, Path] = {}
+    for s in _image_strips():
+        folder = Path(bpy.path.abspath(s.directory)).resolve()
+        if folder not in moved:
+            job = _owned_job(folder, root)
+            if job is None or not folder.is_dir():
+                continue
+            moved[folder] = place(folder, result_dir(target_blend, job.name))
+            if not any(p.name != OWNER for p in job.iterdir()):
+                shutil.rmtree(job, ignore_errors=True)
+        s.directory = str(moved[folder]) + os.sep  # made relative by Blender's save (relative remap)
+    return list(moved.values())

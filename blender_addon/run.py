@@ -1,0 +1,318 @@
+"""The life of one edit, from the Run button to the strip on the timeline (operators.py stays thin).
+
+check the strips (inputs) → job folder in scratch (results) → spawn the backend while the strips
+render a slice per call (`advance`) → handshake → `edit` job → import the frames as a strip whose
+folder is `//motionfollower/<name>/` (or the job folder until the first save).
+Cancel asks the backend to stop after its current step (`BackendClient.request_cancel`); `tick` kills
+the backend tree when that takes longer than the job's grace period (`Job.cancel_grace_s`).
+Loading another .blend cancels the run (load_pre); a dead Blender's job folders go at the next start.
+Only the main thread touches bpy; the client's reader threads only fill in the Job.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import bpy
+from bpy.app.handlers import persistent
+
+from . import client as mfclient
+from . import inputs, preferences, properties, results, strips
+from .inputs import UserError
+
+
+@dataclass
+class EditRun:
+    """One edit: the exported inputs, the backend job and where the result goes."""
+
+    scene_name: str
+    source: str
+    driving: str
+    job_dir: Path
+    first_frame: int
+    count: int
+    params: dict[str, Any]
+    exports: list[strips.StripExport] = field(default_factory=list)  # source, driving; rendered in slices
+    handshake: Optional[mfclient.Request] = None  # `initialize`, sent once the frames are out
+    job: Optional[mfclient.Job] = None
+    cancel_requested_at: Optional[float] = None
+    warnings: list[str] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def exported(self) -> tuple[int, int]:
+        """(frames rendered, frames to render) over both strips."""
+        return sum(e.done for e in self.exports), sum(e.total for e in self.exports)
+
+
+class State:
+    """Runtime state shared by the operators and the panel (never saved in the .blend)."""
+
+    def __init__(self) -> None:
+        self.client: Optional[mfclient.BackendClient] = None
+        self.client_key: Optional[tuple] = None
+        self.backend_info: Optional[dict] = None
+        self.run: Optional[EditRun] = None
+        self.last_error: Optional[tuple[str, str]] = None  # (message, hint)
+        self.last_message: str = ""
+        self.last_job_dir: Optional[Path] = None
+
+    @property
+    def running(self) -> bool:
+        return self.run is not None
+
+    def progress(self) -> Optional[dict[str, Any]]:
+        if self.run is None:
+            return None
+        run = self.run
+        if run.job is None:  # still in Blender: exporting the strips, then the backend handshake
+            done, total = run.exported
+            elapsed = time.monotonic() - run.started
+            exporting = done < total
+            eta = elapsed / done * (total - done) if exporting and done else None
+            return {"stage": "cancelling" if run.cancel_requested_at is not None else
+                    "export" if exporting else "starting", "fraction": done / total if total else 0.0,
+                    "eta_s": eta, "done": done, "total": total, "elapsed_s": elapsed, "finished": False,
+                    "message": f"rendering the strips to frames ({run.source}, {run.driving})" if exporting
+                    else "waiting for the backend"}
+        snap = run.job.snapshot()
+        if run.cancel_requested_at is not None:
+            snap["stage"] = "cancelling"
+            snap["message"] = f"stopping after the current step (up to {run.job.cancel_grace_s:.0f} s)"
+        return snap
+
+
+STATE = State()
+
+
+# ---- backend -----------------------------------------------------------------------------------
+
+def ensure_client(context: Any, initialize: bool = True) -> mfclient.BackendClient:
+    """The running backend, (re)started when it died or the preferences changed. With initialize=False
+    it only spawns the process (it imports torch meanwhile); a later call does the handshake."""
+    s = preferences.get_settings(context)
+    key = (s.python, s.repo, s.models_dir, s.device, s.precision)
+    if STATE.client is not None and (not STATE.client.alive or STATE.client_key != key):
+        STATE.client.close(timeout=5)
+        STATE.client = None
+    if STATE.client is None:
+        if not s.python:
+            raise mfclient.BackendError("no backend Python configured",
+                                        hint="run install.py, or set the backend Python in the add-on preferences")
+        log = str(results.scratch_root(s.jobs_dir) / "backend.log")
+        STATE.client = mfclient.BackendClient(s.python, repo=s.repo, models_dir=s.models_dir, device=s.device,
+                                              precision=s.precision, log_path=log).start()
+        STATE.client_key, STATE.backend_info = key, None
+    if initialize and STATE.backend_info is None:
+        try:
+            STATE.backend_info = STATE.client.initialize()
+        except mfclient.BackendError:
+            STATE.client.kill()
+            STATE.client = None
+            raise
+    return STATE.client
+
+
+def stop_backend() -> None:
+    if STATE.client is not None:
+        if STATE.run is not None and STATE.run.job is not None:
+            STATE.client.kill()
+        STATE.client.close(timeout=5)
+    STATE.client = None
+
+
+# ---- one edit ------------------------------------------------------------------------------------
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "strip"
+
+
+def begin_edit(context: Any) -> EditRun:
+    """Check the strips and folders, create the job folder, spawn the backend (it imports torch while
+    the strips export) and set up both exports. Nothing is rendered yet: `advance` does the work."""
+    scene = strips.vse_scene(context)
+    mf = scene.motionfollower
+    source = mf.source_strip
+    if not source and scene.sequence_editor and scene.sequence_editor.active_strip:
+        source = scene.sequence_editor.active_strip.name
+    inputs.check_pair(scene, source, mf.driving_strip)
+    frame_range = (mf.frame_start, mf.frame_end + 1) if mf.use_frame_range else None
+
+    settings = preferences.get_settings(context)
+    root = results.scratch_root(settings.jobs_dir)
+    try:
+        if bpy.data.filepath:  # fail now, not after a long edit, when the project folder is read-only
+            results.check_writable(Path(bpy.data.filepath).resolve().parent / results.RESULTS)
+        results.clean_stale(root)
+        job_dir = results.new_job_dir(root, _safe(source))
+    except results.PlaceError as exc:
+        raise UserError(str(exc), "save the .blend in a folder you can write to, or set a writable job folder "
+                                  "in the add-on preferences") from exc
+    STATE.last_job_dir = job_dir
+    run = EditRun(scene.name, source, mf.driving_strip, job_dir, 0, 0,
+                  {**properties.job_params(mf), "source": str(job_dir / "source"), "driving": str(job_dir / "driving"),
+                   "out": str(job_dir / "edited")})
+    try:
+        ensure_client(context, initialize=False)
+        run.exports.append(strips.StripExport(scene, source, job_dir / "source", frame_range))
+        run.exports.append(strips.StripExport(scene, mf.driving_strip, job_dir / "driving"))
+    except BaseException:
+        abort_edit(run)
+        raise
+    for e in run.exports:
+        if e.dropped:
+            run.warnings.append(f"'{e.strip_name}': animation of {', '.join(e.dropped)} is not exported")
+    return run
+
+
+def advance(run: EditRun, budget_s: Optional[float] = None) -> None:
+    """Move the edit on by about `budget_s` seconds of Blender-side work (None: until the backend job is
+    started): render frames, then the handshake, then start the job. Cleans up and raises on failure."""
+    deadline = None if budget_s is None else time.monotonic() + budget_s
+    try:
+        for export in run.exports:
+            while not export.finished:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return
+                # as many frames as fit the time left, at the last measured cost (one frame to measure it)
+                n = export.total if left is None else 1 if export.frame_s is None else int(left / export.frame_s)
+                export.render(n)
+        if run.handshake is None:
+            src, drv = (e.finish() for e in run.exports)
+            run.first_frame, run.count = src["first"], src["count"]
+            run.params.update(source_fps=src["fps"], driving_fps=drv["fps"])
+            client = ensure_client(bpy.context, initialize=False)
+            if STATE.backend_info is None:
+                run.handshake = client.send_initialize()
+        if run.handshake is not None:
+            if not run.handshake.wait(0 if deadline is not None else mfclient.INITIALIZE_TIMEOUT_S):
+                if time.monotonic() - run.handshake.sent < mfclient.INITIALIZE_TIMEOUT_S:
+                    return  # not yet: the next tick looks again
+                raise mfclient.BackendError(f"the backend did not answer 'initialize' within "
+                                            f"{mfclient.INITIALIZE_TIMEOUT_S:.0f} s",
+                                            hint="see the backend log; restart the backend")
+            STATE.backend_info = STATE.client.check_initialize(run.handshake)
+        run.job = STATE.client.start_job("edit", run.params, job_id=run.job_dir.name)
+    except BaseException:
+        if run.handshake is not None and STATE.backend_info is None and STATE.client is not None:
+            STATE.client.kill()  # a backend that fails its handshake is not reused
+            STATE.client = None
+        abort_edit(run)
+        raise
+
+
+def abort_edit(run: EditRun) -> None:
+    """Drop an edit: the temporary scenes and the job folder go."""
+    for export in run.exports:
+        export.close()
+    shutil.rmtree(run.job_dir, ignore_errors=True)
+
+
+def start_edit(context: Any) -> EditRun:
+    """begin_edit + advance to the started job, in one blocking call (scripts and `blender -b`)."""
+    run = begin_edit(context)
+    advance(run)
+    return run
+
+
+def request_cancel(run: EditRun) -> None:
+    """Cancel: before the job starts, the next tick drops the run; after, the backend is asked to stop
+    after its current step."""
+    if run.cancel_requested_at is not None:
+        return
+    run.cancel_requested_at = time.monotonic()
+    if run.job is not None and STATE.client is not None:
+        STATE.client.request_cancel(run.job)
+
+
+def tick(run: EditRun) -> None:
+    """Kill the backend tree when a cancel was not honoured within the job's grace period."""
+    if (run.cancel_requested_at is not None and run.job is not None and not run.job.finished
+            and time.monotonic() - run.cancel_requested_at > run.job.cancel_grace_s and STATE.client):
+        STATE.client.kill()
+
+
+def finish_edit(run: EditRun) -> tuple[bool, str]:
+    """Import the result (success) or clean up (failure). Returns (ok, message)."""
+    assert run.job is not None and run.job.finished
+    job = run.job
+    if job.error is not None:
+        shutil.rmtree(run.job_dir, ignore_errors=True)
+        if run.cancel_requested_at is not None:
+            return False, "MotionFollower: cancelled"
+        raise UserError(f"MotionFollower failed: {job.error.message}", job.error.hint)
+    scene = bpy.data.scenes.get(run.scene_name)
+    try:
+        if scene is None:
+            raise UserError(f"scene '{run.scene_name}' is gone", "keep the scene open while an edit runs")
+        out = Path((job.result or {}).get("out") or run.params["out"])
+        if bpy.data.filepath:  # next to the .blend; unsaved: stays in the job folder until the first save
+            out = results.place(out, results.result_dir(bpy.data.filepath, run.job_dir.name))
+        meta = {k: run.params[k] for k in ("seed", "steps", "guidance_scale", "size") if k in run.params}
+        meta.update(source=run.source, driving=run.driving, model=str((job.result or {}).get("model", run.params.get("model"))))
+        strip = strips.import_frames(scene, out, f"{run.source} (MotionFollower seed {run.params['seed']})", run.source, run.first_frame, meta)
+        results.point_strip(strip, out)
+    except BaseException:
+        shutil.rmtree(run.job_dir, ignore_errors=True)
+        raise
+    for sub in ("source", "driving") if not scene.motionfollower.keep_inputs else ():
+        shutil.rmtree(run.job_dir / sub, ignore_errors=True)
+    if bpy.data.filepath and not scene.motionfollower.keep_inputs:
+        shutil.rmtree(run.job_dir, ignore_errors=True)
+    n = len(strip.elements)
+    note = "" if n == run.count else f" (the source range has {run.count})"
+    warn = "; " + "; ".join(run.warnings) if run.warnings else ""
+    return True, f"MotionFollower: added '{strip.name}' on channel {strip.channel}, {n} frames{note}{warn}"
+
+
+def drop_run() -> None:
+    """Stop whatever runs now, at once (file load, add-on disable): kill the backend, clean up."""
+    run, STATE.run = STATE.run, None
+    if run is None:
+        return
+    if run.job is not None and not run.job.finished and STATE.client is not None:
+        STATE.client.kill()
+    abort_edit(run)
+
+
+# ---- handlers ------------------------------------------------------------------------------------
+
+@persistent
+def _on_load_pre(*_args: Any) -> None:
+    if STATE.run is not None:
+        drop_run()
+        STATE.last_message = "MotionFollower: the edit was cancelled because another file was opened"
+
+
+@persistent
+def _on_save_pre(filepath: str = "", *_args: Any) -> None:
+    target = filepath or bpy.data.filepath
+    if target:
+        results.adopt_unsaved_results(target, results.scratch_root(preferences.get_settings().jobs_dir))
+
+
+HANDLERS = (("load_pre", _on_load_pre), ("save_pre", _on_save_pre))
+
+
+def register() -> None:
+    for name, fn in HANDLERS:
+        getattr(bpy.app.handlers, name).append(fn)
+    try:
+        results.clean_stale(results.scratch_root(preferences.get_settings().jobs_dir))
+    except Exception as exc:  # noqa: BLE001 - a cleanup problem must not stop the add-on from loading
+        print(f"MotionFollower: could not clean old job folders: {exc}")
+
+
+def unregister() -> None:
+    drop_run()
+    stop_backend()
+    for name, fn in HANDLERS:
+        handlers = getattr(bpy.app.handlers, name)
+        if fn in handlers:
+            handlers.remove(fn)
