@@ -512,6 +512,9 @@ HEADLESS = textwrap.dedent("""
     addon_utils.enable("blender_addon", default_set=True)
     prefs = bpy.context.preferences.addons["blender_addon"].preferences
     prefs.python, prefs.jobs_dir = {python!r}, {jobs!r}
+    from blender_addon import properties as P
+    _job_params = P.job_params
+    P.job_params = lambda mf: {{**_job_params(mf), "mask_predictor": "geometric"}}  # M_e without CPU training
     sc = bpy.context.scene
     sc.render.resolution_x = sc.render.resolution_y = 64
     sc.view_settings.view_transform = "AgX"
