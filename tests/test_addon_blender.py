@@ -7,6 +7,7 @@ exactly as Blender would start it.
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -600,3 +601,92 @@ def test_headless_script_edits_and_adds_the_strip(addon, tmp_path, small_model):
     assert not (files[0].parent.parent / "source").exists()  # exported inputs cleaned, the result kept
     assert r["unchanged"], "the edit changed the scene beyond adding its strip"
     assert "MotionFollower:" in p.stderr and "% " in p.stderr  # progress lines in background mode (sampled)
+
+
+# ---- inputs that cannot be edited are refused before anything happens ------------------------------
+
+def _wav(path: Path) -> str:
+    import wave
+
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(8000)
+        w.writeframes(b"\0\0" * 8000)
+    return str(path)
+
+
+def _make_bad(scene, tmp_path: Path, case: str) -> tuple[str, str]:
+    """Turn the scene's source into a bad one; returns (the source strip's name, expected message)."""
+    ed = scene.sequence_editor
+    if case == "colour":
+        ed.strips.new_effect("bad", type="COLOR", channel=7, frame_start=10, length=8)
+        return "bad", "source strip 'bad' is a color strip, not footage"
+    if case == "text":
+        ed.strips.new_effect("bad", type="TEXT", channel=7, frame_start=10, length=8)
+        return "bad", "source strip 'bad' is a text strip, not footage"
+    if case == "sound":
+        ed.strips.new_sound("bad", _wav(tmp_path / "a.wav"), channel=7, frame_start=10)
+        return "bad", "source strip 'bad' is a sound strip: it has no pictures"
+    if case == "moved movie":
+        moved = tmp_path / "gone.avi"
+        write_movie(moved, N, (40, 40, 200))
+        ed.strips.new_movie("bad", str(moved), channel=7, frame_start=10)
+        moved.unlink()
+        return "bad", "source strip 'bad' misses its file"
+    if case == "muted strip":
+        ed.strips["source"].mute = True
+        return "source", "source strip 'source' is muted"
+    if case == "muted channel":
+        ed.channels[2].mute = True
+        return "source", "source strip 'source' is on muted channel 2"
+    if case == "scene without camera":
+        other = bpy.data.scenes.new(f"nocam-{tmp_path.name}")
+        ed.strips.new_scene("bad", other, channel=7, frame_start=10)
+        return "bad", "which has no camera"
+    raise AssertionError(case)
+
+
+@pytest.mark.parametrize("case", ["colour", "text", "sound", "moved movie", "muted strip", "muted channel",
+                                  "scene without camera"])
+def test_bad_source_strips_are_refused_with_a_hint(scene, addon, tmp_path, case):
+    from blender_addon import run as mfrun
+
+    name, expected = _make_bad(scene, tmp_path, case)
+    scene.motionfollower.source_strip = name
+    before = snapshot(scene)
+    jobs = set(os.listdir(addon.preferences.get_settings().jobs_dir))
+    with pytest.raises(RuntimeError, match=re.escape(expected)):
+        bpy.ops.motionfollower.edit()
+    assert snapshot(scene) == before and set(os.listdir(addon.preferences.get_settings().jobs_dir)) == jobs
+    assert mfrun.STATE.last_error[1]  # what to do about it
+    assert mfrun.STATE.client is None or mfrun.STATE.run is None
+
+
+def test_export_reads_the_strip_at_full_opacity_without_fades(scene, tmp_path):
+    from blender_addon import strips
+
+    plain = strips.export_strip(scene, "source", tmp_path / "plain")
+    src = scene.sequence_editor.strips["source"]
+    src.blend_alpha = 0.5
+    src.keyframe_insert("blend_alpha", frame=10)  # a fade-in from black over the first frames
+    src.blend_alpha = 0.0
+    src.keyframe_insert("blend_alpha", frame=10)
+    src.blend_alpha = 1.0
+    src.keyframe_insert("blend_alpha", frame=14)
+    src.blend_alpha = 0.5
+    before = snapshot(scene)
+    faded = strips.export_strip(scene, "source", tmp_path / "faded")
+    assert faded == plain
+    for a, b in zip(strips.frame_files(tmp_path / "plain"), strips.frame_files(tmp_path / "faded")):
+        assert np.abs(cv2.imread(str(a)).astype(int) - cv2.imread(str(b))).max() <= 1
+    assert snapshot(scene) == before and scene.animation_data.action is not None  # the user's fade stays
+
+
+def test_export_of_a_meta_strip_stops_where_its_content_ends(scene, tmp_path):
+    from blender_addon import strips
+
+    ed = scene.sequence_editor
+    meta = ed.strips.new_meta("meta", channel=8, frame_start=10)
+    ed.strips["source"].move_to_meta(meta)
+    meta.frame_final_end = 10 + N + 6  # the meta stretched past its movie
+    info = strips.export_strip(scene, meta.name, tmp_path / "meta")
+    assert (info["first"], info["count"]) == (10, N)  # no black frames added
