@@ -14,6 +14,7 @@ package index (no model weights: see README "Released weights").
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -157,18 +158,28 @@ def install_addon(config: dict, targets: list[Path]) -> None:
         step(f"add-on installed: {dest} (enable 'MotionFollower' in Preferences > Add-ons)")
 
 
-def build_extension_zip(config: dict) -> Path:
+def build_extension_zip(dest: Path = REPO / "dist") -> Path:
+    """dist/motionfollower-<version>.zip for Install from Disk. It holds no config file: no path of this
+    machine travels with it (the add-on finds the backend through the user config file, docs/blender.md)."""
     manifest = (ADDON_SRC / "blender_manifest.toml").read_text()
     version = next(line.split("=")[1].strip().strip('"') for line in manifest.splitlines() if line.startswith("version"))
-    out = REPO / "dist" / f"{ADDON_NAME}-{version}.zip"
-    out.parent.mkdir(exist_ok=True)
+    out = Path(dest) / f"{ADDON_NAME}-{version}.zip"
+    out.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
         for f in sorted(ADDON_SRC.rglob("*")):
-            if f.is_file() and "__pycache__" not in f.parts and f.name != CONFIG_NAME:
+            if f.is_file() and "__pycache__" not in f.parts and f.suffix != ".pyc" and f.name != CONFIG_NAME:
                 zf.write(f, f.relative_to(ADDON_SRC).as_posix())
-        zf.writestr(CONFIG_NAME, json.dumps(config, indent=2))
     step(f"extension zip: {out} (Blender 4.2+: Preferences > Get Extensions > Install from Disk)")
     return out
+
+
+def user_config_file() -> Path:
+    """What an add-on installed from the zip reads: blender_addon/config.py's user config file (loaded by
+    path: the add-on package itself needs bpy)."""
+    spec = importlib.util.spec_from_file_location("mf_addon_config", ADDON_SRC / "config.py")
+    module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # dataclasses look it up
+    spec.loader.exec_module(module)
+    return module.user_config_dir() / CONFIG_NAME
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -200,7 +211,11 @@ def main(argv: list[str] | None = None) -> int:
             targets = [Path(p).expanduser() for p in args.blender_config] if args.blender_config else blender_config_dirs()
             install_addon(config, targets)
         if args.extension_zip:
-            build_extension_zip(config)
+            build_extension_zip()
+            cfg_file = user_config_file()
+            cfg_file.parent.mkdir(parents=True, exist_ok=True)
+            cfg_file.write_text(json.dumps(config, indent=2))
+            step(f"backend config for the installed zip written: {cfg_file}")
     except InstallError as exc:
         print(f"[install] error: {exc}", file=sys.stderr)
         return 1

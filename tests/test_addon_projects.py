@@ -203,3 +203,21 @@ def test_loading_a_file_cancels_the_job_and_killing_blender_stops_the_backend(py
     assert Path(ready["job_dir"]).exists()  # left behind by the dead Blender …
     run_script(python, tmp_path, clips, 'print("RESULT {}")', name="restart")
     assert not Path(ready["job_dir"]).exists()  # … and removed when the add-on starts again
+
+
+def test_extension_zip_holds_no_machine_paths_and_passes_blenders_validator(tmp_path):
+    import zipfile
+
+    import bpy
+
+    sys.path.insert(0, str(REPO))
+    import install
+
+    z = install.build_extension_zip(tmp_path)
+    names = zipfile.ZipFile(z).namelist()
+    assert "blender_manifest.toml" in names and "__init__.py" in names and "backend_config.json" not in names
+    blob = b"".join(zipfile.ZipFile(z).read(n) for n in names)
+    assert str(REPO).encode() not in blob and sys.executable.encode() not in blob
+    validator = Path(bpy.utils.system_resource("SCRIPTS")) / "addons_core" / "bl_pkg" / "cli" / "blender_ext.py"
+    p = subprocess.run([sys.executable, str(validator), "validate", str(z)], capture_output=True, text=True)
+    assert p.returncode == 0 and "Success" in p.stdout, p.stdout + p.stderr
