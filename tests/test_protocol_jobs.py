@@ -91,5 +91,27 @@ def test_edit_cancel_over_the_protocol_is_fast_and_leaves_nothing(tmp_path):
         assert not (tmp_path / "other").exists()
         r = b.request("initialize", {}, req_id="alive")  # the server is still there
         assert "result" in r
+        # a job sent as soon as the cancelled reply arrived is accepted (the busy flag was cleared first)
+        third = tmp_path / "third"
+        b.send({"jsonrpc": "2.0", "id": "e3", "method": "edit", "params": {**params, "job_id": "e3", "out": str(third)}})
+        while True:
+            msg = b.next_message(timeout=240)
+            assert "error" not in msg, msg  # not busy
+            if msg.get("method") == "progress" and msg["params"]["stage"] == "editing":
+                break
+        t_shutdown = time.monotonic()  # shutdown during a job: cancels it, answers and exits promptly
+        b.send({"jsonrpc": "2.0", "id": "bye", "method": "shutdown"})
+        answers = {}
+        while "bye" not in answers:
+            msg = b.next_message(timeout=60)
+            if "id" in msg:
+                answers[msg["id"]] = msg
+        t_answer = time.monotonic() - t_shutdown
+        assert b.proc.wait(timeout=30) == 0
+        t_exit = time.monotonic() - t_shutdown
+        print(f"shutdown during a job: answered after {t_answer:.2f} s, process gone after {t_exit:.2f} s")
+        assert t_answer < 2.0 + 3.0 and t_exit < 2.0 + 3.0
+        assert answers["bye"]["result"] == {"ok": True} and answers["e3"]["error"]["code"] == -32003
+        assert not third.exists() and list(third.parent.glob(".third.partial-*")) == []
     finally:
         b.close()

@@ -233,6 +233,6 @@ def serve(defaults: Optional[dict[str, Any]] = None) -> int:
     # End now: not after a running step, and not through the interpreter's shutdown, which takes
     # seconds with torch loaded (the client is gone or said shutdown; every answer is written).
     logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
+    for stream in (out, sys.stdout, sys.stderr):
         stream.flush()
     os._exit(code)
