@@ -13,8 +13,10 @@ output holds all source frames: its own range edited, the rest the source's byte
   blending (0..255), is reported over all pixels and over the edited region (pixels either chunk
   changed from the source), so a farm run says how well its chunks agree.
 
-Chunks draw their initial and SDE noise per absolute frame (editing/noise.py), so overlaps start
-from the same noise; they still differ by the frames the motion modules see and by each chunk's crop.
+Chunks agree where they overlap because they share what can be shared: the noise is drawn per
+absolute frame (editing/noise.py), and the person crop is the shot's, planned once by `prepare` over
+all its edited frames (`crop.json` beside the prepared folders; `shot_crop`). What still differs is
+which neighbouring frames the motion modules see.
 """
 
 from __future__ import annotations
@@ -28,10 +30,38 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from mf_backend.crop import CropPlan, plan_crop
 from mf_backend.errors import BadInputMedia, InvalidParams
 from mf_backend.files import atomic_output_dir
 from mf_backend.jobs import JobContext
 from mf_backend.media import list_frame_files, read_clip, write_frames
+
+
+SHOT_CROP = "crop.json"  # written by prepare beside its pose and mask folders
+
+
+def write_shot_crop(folder: Path, prep: Any, M_r: np.ndarray, M_e: np.ndarray) -> None:
+    """prepare: the person crop of the whole shot, planned as a one-piece edit of it would plan it
+    (keypoints and masks of the edited frames), for its chunks to share. Its working size is the edit's."""
+    edited = np.flatnonzero(~np.isnan(prep.driving_index))
+    masks = [np.asarray(m, np.float32)[edited] for m in (M_r, M_e)]  # (F_edit,H,W)
+    plan = plan_crop([prep.source.frames(edited), prep.aligned.frames(edited)], masks, masks[0].shape[1:3], size=32)
+    geometry = {k: v for k, v in plan.to_dict().items() if k != "size"}
+    (Path(folder) / SHOT_CROP).write_text(json.dumps({**geometry, "edited_frames": [int(edited[0]), int(edited[-1])]}))
+
+
+def shot_crop(masks_folder: str, frame_hw: tuple[int, int], edited: np.ndarray, size: int) -> Optional[CropPlan]:
+    """edit: the crop prepare planned for the whole shot (crop.json beside the prepared mask folder) at
+    `size`, when it exists and covers the frames this edit edits; else None (the edit plans its own)."""
+    path = Path(masks_folder).expanduser().parent / SHOT_CROP
+    if not path.is_file():
+        return None
+    d = json.loads(path.read_text())
+    first, last = d.pop("edited_frames")
+    if (d["frame_h"], d["frame_w"]) != tuple(frame_hw):
+        raise BadInputMedia(f"'{path}' is a crop of {d['frame_w']}x{d['frame_h']} frames; the source is "
+                            f"{frame_hw[1]}x{frame_hw[0]}", "run prepare again on this source")
+    return CropPlan(**d, size=size) if first <= edited[0] and edited[-1] <= last else None
 
 
 @dataclass

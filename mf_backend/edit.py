@@ -84,6 +84,7 @@ def prepare_clip(params: JobParams, ctx: JobContext) -> PreparedClip:
     """Read the clips; poses and masks from the user's folders or the prepare stages; the timing map;
     the crop plan; everything the model sees cropped to size×size."""
     from mf_backend.media import probe_clip, read_clip
+    from mf_backend.chunks import shot_crop
     from mf_backend.prepare import compute_masks, compute_poses, timing_positions
 
     ctx.progress("read", 0, 1, "reading the source clip")
@@ -119,7 +120,8 @@ def prepare_clip(params: JobParams, ctx: JobContext) -> PreparedClip:
 
     t0 = time.perf_counter()  # from here on: the crop's own cost (edit.json timings)
     keypoints = None if prep is None else [prep.source.frames(edited), prep.aligned.frames(edited)]
-    plan = plan_crop(keypoints, [M_r, M_e], (h, w), params.size, mode=params.crop)
+    shot = shot_crop(params.source_masks, (h, w), edited, params.size) if user_masks and params.crop == "person" else None
+    plan = shot or plan_crop(keypoints, [M_r, M_e], (h, w), params.size, mode=params.crop)  # chunks share the shot's
     t_plan = time.perf_counter() - t0
     work = plan.apply(frames[edited])  # (F_edit,S,S,3)
     M_r_c, M_e_c = plan.apply_masks(M_r), plan.apply_masks(M_e)  # (F_edit,S,S) soft; thresholded at 0.5 downstream

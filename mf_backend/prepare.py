@@ -4,6 +4,7 @@
     out/target_poses/frame_{k}.png          renders of the driver, one per source frame (timing applied)
     out/target_aligned_poses/frame_{k}.png  the driver retargeted onto the source body (the edit's pose)
     out/{source,target,target_aligned}_keypoints.json
+    out/crop.json                           the person crop of the edited frames (chunked edits share it)
 
 Built from small stages that return in-memory results, so `edit()` can reuse them without re-reading
 files: `read_inputs` → `compute_poses` → (masks) → `write_poses`.
@@ -17,6 +18,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from mf_backend.chunks import write_shot_crop
 from mf_backend.errors import BadInputMedia
 from mf_backend.files import atomic_output_dir, frame_pattern
 from mf_backend.jobs import JobContext
@@ -145,6 +147,7 @@ def prepare(params: JobParams, ctx: JobContext) -> dict[str, Any]:
     with atomic_output_dir(final) as tmp:
         written = write_poses(prep, tmp, ctx)
         written.update(write_mask_folders(M_r, M_e, tmp, ctx))  # masks step
+        write_shot_crop(tmp, prep, M_r, M_e)  # crop.json: the shot's person crop, shared by chunked edits
     edited = np.flatnonzero(~np.isnan(prep.driving_index))
     return {"out": str(final), "frames": len(prep.source), "edited_frames": [int(edited[0]), int(edited[-1])],
             "align": resolve_align_mode(params),

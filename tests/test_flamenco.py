@@ -65,8 +65,11 @@ def test_compiled_job_runs_and_merges_the_shot(tmp_path, case, tiny_folder):
     # inside: only the person region changes (M_r ∪ M_e of the prepare step, plus the composite's reach)
     work = out.parent / [p.name for p in out.parent.iterdir() if "__intermediate-" in p.name][0]
     M_r, M_e = read_masks(work / "prepared" / "source_masks"), read_masks(work / "prepared" / "predicted_masks")
-    sides = [json.loads((d / "edit.json").read_text())["crop"]["side"] for d in work.glob("chunk-*")]
-    reach = (SIZE / 32 + SIZE / 64 + 2) * max(sides) / SIZE
+    crops = [json.loads((d / "edit.json").read_text())["crop"] for d in sorted(work.glob("chunk-*"))]
+    shot = json.loads((work / "prepared" / "crop.json").read_text())
+    assert shot["edited_frames"] == [1, 10] and all(c == {**crops[0], "size": SIZE} for c in crops)
+    assert all(crops[0][k] == shot[k] for k in ("frame_h", "frame_w", "x0", "y0", "side"))  # the shot's crop
+    reach = (SIZE / 32 + SIZE / 64 + 2) * crops[0]["side"] / SIZE
     for k in range(1, 11):
         union = (M_r[k] >= 0.5) | (M_e[k] >= 0.5)
         outside = cv2.distanceTransform((~union).astype(np.uint8), cv2.DIST_L2, 5) > reach
@@ -156,3 +159,19 @@ def test_noise_is_drawn_per_absolute_frame():
     assert not torch.equal(FrameNoise(43, [13], (4, 8, 8)).draw()[:, :, 0], FrameNoise(42, [13], (4, 8, 8)).draw()[:, :, 0])
     z = FrameNoise(0, range(64), (4, 16, 16)).draw()
     assert abs(float(z.mean())) < 0.02 and abs(float(z.std()) - 1) < 0.02  # still standard normal
+
+
+def test_shot_crop_is_used_only_inside_the_prepared_range(tmp_path):
+    from mf_backend.chunks import shot_crop
+    from mf_backend.errors import BadInputMedia
+
+    (tmp_path / "source_masks").mkdir()
+    d = {"frame_h": 96, "frame_w": 128, "x0": 7, "y0": -8, "side": 111, "mode": "person", "edited_frames": [10, 49]}
+    (tmp_path / "crop.json").write_text(json.dumps(d))
+    masks = str(tmp_path / "source_masks")
+    plan = shot_crop(masks, (96, 128), np.arange(10, 20), 64)
+    assert (plan.x0, plan.y0, plan.side, plan.size) == (7, -8, 111, 64)
+    assert shot_crop(masks, (96, 128), np.arange(45, 55), 64) is None  # past the prepared frames: its own crop
+    with pytest.raises(BadInputMedia, match="crop of 128x96 frames; the source is 256x192"):
+        shot_crop(masks, (192, 256), np.arange(10, 20), 64)
+    assert shot_crop(str(tmp_path / "elsewhere" / "masks"), (96, 128), np.arange(10, 20), 64) is None
