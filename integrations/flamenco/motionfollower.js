@@ -25,9 +25,10 @@ const JOB_TYPE = {
         { key: "frame_start", type: "int32", required: true, description: "First source frame to edit (0-based)" },
         { key: "frame_end", type: "int32", required: true, description: "Last source frame to edit (inclusive)" },
         { key: "model", type: "string", default: "auto", description: "auto, official, demo, or a weights folder" },
-        { key: "steps", type: "int32", default: 50, description: "Denoising steps" },
+        { key: "steps", type: "int32", default: 0, description: "Denoising steps (0: the model's own default)" },
         { key: "seed", type: "int32", default: 42, description: "Noise seed (the same noise per frame in every chunk)" },
-        { key: "size", type: "int32", default: 512, description: "Working resolution of the model (square)" },
+        { key: "size", type: "int32", default: 0,
+          description: "Working resolution of the model, square (0: the model's own, 512 for the released one)" },
         { key: "timing", type: "string", default: "hold-last", choices: ["hold-last", "loop", "stretch"],
           description: "How the driving clip's time maps onto the shot (every frame of the range is edited)" },
         { key: "chunk_length", type: "int32", default: 48, description: "Frames per chunk task" },
@@ -65,7 +66,7 @@ function compileJob(job) {
             "edit", ...shot.slice(0, 4), "--out", dir,
             ...preparedArgs(prepared),
             "--frame-start", String(a), "--frame-end", String(b), "--timing", s.timing,
-            "--model", s.model, "--steps", String(s.steps), "--seed", String(s.seed), "--size", String(s.size),
+            "--model", s.model, "--seed", String(s.seed), ...positive("--steps", s.steps), ...positive("--size", s.size),
             ...words(s.edit_args),
         ]));
         task.addDependency(prepareTask);
@@ -138,6 +139,11 @@ function preparedArgs(prepared) {
         args.push("--" + name.replace(/_/g, "-"), path.join(prepared, name));
     }
     return args;
+}
+
+// a flag for a setting whose 0 means "the backend's default"
+function positive(flag, value) {
+    return value > 0 ? [flag, String(value)] : [];
 }
 
 function exec(backend, args) {

@@ -88,6 +88,8 @@ test("JOB_TYPE offers the issue's settings with defaults", () => {
     assert.equal(defaults.chunk_length, 48);
     assert.equal(defaults.chunk_overlap, 8);
     assert.equal(defaults.backend_cmd, "python3 -m mf_backend");
+    assert.equal(defaults.steps, 0); // the model's own steps and size
+    assert.equal(defaults.size, 0);
 });
 
 test("a 600-frame shot compiles to prepare, 15 chunks of 48 with 8 shared, merge", () => {
@@ -105,7 +107,7 @@ test("a 600-frame shot compiles to prepare, 15 chunks of 48 with 8 shared, merge
         "--source-poses", `${PREPARED}/source_poses`, "--target-aligned-poses", `${PREPARED}/target_aligned_poses`,
         "--source-masks", `${PREPARED}/source_masks`, "--predicted-masks", `${PREPARED}/predicted_masks`,
         "--frame-start", "0", "--frame-end", "47", "--timing", "hold-last",
-        "--model", "official", "--steps", "25", "--seed", "7", "--size", "512",
+        "--model", "official", "--seed", "7", "--steps", "25", "--size", "512",
     ]);
     assert.deepEqual(args(byName(job).prepare), [
         "-m", "mf_backend", "prepare", "--source", "/farm/shots/sh010/plate.mov", "--driving", "/farm/refs/dance.mp4",
@@ -140,6 +142,7 @@ test("settings from the submission reach the commands; extra flags are appended"
     const job = compileShot({ frame_start: 0, frame_end: 9, timing: "loop", prepare_args: " --pose-extractor decode ",
                               edit_args: "--device cuda  --precision bf16", backend_cmd: "mf-backend" });
     const { prepare, merge } = byName(job);
+    assert.deepEqual(args(byName(job)["edit-0-9"]).slice(-8, -4), ["--model", "auto", "--seed", "42"]);  // 0 steps/size: the model's
     assert.equal(prepare.commands[0].parameters.exe, "mf-backend");
     assert.deepEqual(args(prepare).slice(-2), ["--pose-extractor", "decode"]);
     const edit = byName(job)["edit-0-9"];
