@@ -6,7 +6,6 @@ reader thread parses stdout (protocol lines only, docs/protocol.md) and files ea
 responses wake the request that waits for them, `progress` notifications update the running
 `Job`. stderr goes to a log file and a short in-memory tail that error messages quote. When stdout
 closes, every waiting request and job fails with `BackendDied` carrying the exit code and that tail.
-Where the backend is comes from config.py.
 """
 
 from __future__ import annotations
@@ -205,9 +204,7 @@ class BackendClient:
     def alive(self) -> bool:
         return self.proc is not None and not self._dead.is_set() and self.proc.poll() is None
 
-    @property
-    def pid(self) -> Optional[int]:
-        return self.proc.pid if self.proc else None
+    pid = property(lambda self: self.proc.pid if self.proc else None)
 
     def kill(self) -> None:
         """Kill the backend and everything it started, at once."""

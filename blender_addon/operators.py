@@ -11,13 +11,14 @@ Thin: the run's lifecycle is in run.py. `motionfollower.edit` has two paths over
 from __future__ import annotations
 
 import sys
+from typing import Optional
 
 import bpy
 
 from . import client as mfclient
 from . import preferences, strips
 from .inputs import UserError
-from .run import (STATE, EditRun, abort_edit, advance, begin_edit, ensure_client, finish_edit, request_cancel, start_edit,
+from .run import (STATE, EditRun, abort_edit, advance, begin_edit, ensure_client, finish_edit, plan, request_cancel,
                   stop_backend, tick)
 
 TIMER_S = 0.2
@@ -61,50 +62,75 @@ class MOTIONFOLLOWER_OT_edit(bpy.types.Operator):
         self.report({"ERROR"}, message + (f" — {hint}" if hint else ""))
         return {"CANCELLED"}
 
-    def _finish(self, run: "EditRun") -> set[str]:
+    def _step_done(self, context, run: "EditRun") -> Optional[set[str]]:
+        """The job ended: import it, then start the next variation or queued source (None: work goes on)."""
         try:
             ok, msg = finish_edit(run)
         except BaseException as exc:  # noqa: BLE001 - every failure is reported, nothing is half-added
+            STATE.queue = []
             return self._fail(exc)
-        STATE.run = None
         STATE.last_message = msg
+        self.report({"WARNING"} if ok is False else {"INFO"}, msg)
+        if ok is None:
+            return None  # the next variation runs on the same exported frames
+        STATE.run = None
+        if STATE.queue:
+            try:
+                STATE.run = begin_edit(context, STATE.queue.pop(0))
+            except BaseException as exc:  # noqa: BLE001
+                STATE.queue = []
+                return self._fail(exc)
+            return None
         if ok:
             STATE.last_error = None
-            self.report({"INFO"}, msg)
-            return {"FINISHED"}
-        self.report({"WARNING"}, msg)
-        return {"CANCELLED"}
+        return {"FINISHED"} if ok else {"CANCELLED"}
 
-    def execute(self, context):
-        """Blocking: for scripts and `blender -b`. Ctrl-C cancels the job."""
+    def _start(self, context) -> Optional[set[str]]:
         STATE.last_error = None
         try:
-            STATE.run = run = start_edit(context)
+            first, *STATE.queue = plan(context)
+            STATE.run = begin_edit(context, first)  # the frames are rendered later: advance()
         except BaseException as exc:  # noqa: BLE001
+            STATE.queue = []
             return self._fail(exc)
-        last = None
-        try:
-            while not run.job.wait(TIMER_S):
-                tick(run)
-                snap = run.job.snapshot()
-                line = f"{snap['stage']} {snap['done']}/{snap['total']}"
-                if line != last and bpy.app.background:
-                    eta = f", eta {snap['eta_s']:.0f} s" if snap["eta_s"] is not None else ""
-                    print(f"MotionFollower: {snap['fraction'] * 100:5.1f}% {line}{eta}", file=sys.stderr, flush=True)
-                    last = line
-        except KeyboardInterrupt:
-            request_cancel(run)
-            STATE.client.cancel(run.job)
-        return self._finish(run)
+        return None
+
+    def execute(self, context):
+        """Blocking: for scripts and `blender -b`. Ctrl-C cancels the job and the queue."""
+        failed = self._start(context)
+        if failed is not None:
+            return failed
+        while True:
+            run = STATE.run
+            try:
+                if run.job is None:
+                    advance(run)
+            except BaseException as exc:  # noqa: BLE001 - advance cleaned up; report it
+                STATE.queue = []
+                return self._fail(exc)
+            last = None
+            try:
+                while not run.job.wait(TIMER_S):
+                    tick(run)
+                    snap = run.job.snapshot()
+                    line = f"{snap['stage']} {snap['done']}/{snap['total']}"
+                    if line != last and bpy.app.background:
+                        eta = f", eta {snap['eta_s']:.0f} s" if snap["eta_s"] is not None else ""
+                        print(f"MotionFollower: {snap['fraction'] * 100:5.1f}% {line}{eta}", file=sys.stderr, flush=True)
+                        last = line
+            except KeyboardInterrupt:
+                request_cancel(run, everything=True)
+                STATE.client.cancel(run.job)
+            result = self._step_done(context, run)
+            if result is not None:
+                return result
 
     def invoke(self, context, event):
         if bpy.app.background or context.window is None:
             return self.execute(context)
-        STATE.last_error = None
-        try:
-            STATE.run = begin_edit(context)  # the frames are rendered by the timer ticks: Blender stays usable
-        except BaseException as exc:  # noqa: BLE001
-            return self._fail(exc)
+        failed = self._start(context)
+        if failed is not None:
+            return failed
         wm = context.window_manager
         self._timer = wm.event_timer_add(TIMER_S, window=context.window)
         wm.modal_handler_add(self)
@@ -115,24 +141,27 @@ class MOTIONFOLLOWER_OT_edit(bpy.types.Operator):
         if run is None:
             return self._end(context, {"CANCELLED"})
         if event.type == "ESC" and event.value == "PRESS":
-            request_cancel(run)
+            request_cancel(run, everything=True)
         if event.type == "TIMER":
             if run.job is None and run.cancel_requested_at is not None:  # cancelled before the job started
                 abort_edit(run)
-                STATE.run, STATE.last_message = None, "MotionFollower: cancelled"
+                STATE.run, STATE.queue, STATE.last_message = None, [], "MotionFollower: cancelled"
                 self.report({"WARNING"}, STATE.last_message)
                 return self._end(context, {"CANCELLED"})
             if run.job is None:
                 try:
                     advance(run, EXPORT_SLICE_S)
                 except BaseException as exc:  # noqa: BLE001 - advance cleaned up; report it
+                    STATE.queue = []
                     return self._end(context, self._fail(exc))
             tick(run)
             for area in context.screen.areas if context.screen else ():
                 if area.type == "SEQUENCE_EDITOR":
                     area.tag_redraw()
             if run.job is not None and run.job.finished:
-                return self._end(context, self._finish(run))
+                result = self._step_done(context, run)
+                if result is not None:
+                    return self._end(context, result)
         return {"PASS_THROUGH"}
 
     def cancel(self, context):
@@ -152,18 +181,21 @@ class MOTIONFOLLOWER_OT_edit(bpy.types.Operator):
 
 
 class MOTIONFOLLOWER_OT_cancel(bpy.types.Operator):
-    """Stop the running edit (the backend is killed if it does not stop within a few seconds)"""
+    """Stop the running edit after its current step (the backend is killed if that takes too long)"""
 
     bl_idname = "motionfollower.cancel"
     bl_label = "Cancel"
     bl_options = {"REGISTER"}
+
+    everything: bpy.props.BoolProperty(name="Cancel the queue too", default=False,
+                                       description="Also drop the source strips still waiting in the queue")
 
     @classmethod
     def poll(cls, context):
         return STATE.running
 
     def execute(self, context):
-        request_cancel(STATE.run)
+        request_cancel(STATE.run, everything=self.everything)
         return {"FINISHED"}
 
 

@@ -27,13 +27,21 @@ class MotionFollowerSettings(bpy.types.PropertyGroup):
         ("demo", "Demo", "The small embedded demo model"),
         ("folder", "Folder", "A folder of weights trained with this project")])
     model_folder: StringProperty(name="Model folder", subtype="DIR_PATH")
-    steps: IntProperty(name="Steps", default=50, min=1, max=1000, description="Denoising steps (DDIM)")
+    steps: IntProperty(name="Steps", default=0, min=0, max=1000,
+                       description="Denoising steps (DDIM); 0: the model's own (50 for the released weights, "
+                                   "25 for the demo model)")
     guidance_scale: FloatProperty(name="Guidance scale", default=3.5, min=0.0, max=30.0,
                                   description="Classifier-free guidance scale (7.0 for people, 3.5 with camera motion)")
     seed: IntProperty(name="Seed", default=42, min=0)
-    size: IntProperty(name="Resolution", default=512, min=32, max=2048, step=32,
-                      description="Working resolution of the model (square, a multiple of 32); "
-                                  "the result is scaled back to the scene resolution")
+    variations: IntProperty(name="Variations", default=1, min=1, max=16,
+                            description="Edits with the seeds seed, seed+1, …: one strip each, the seed in its name")
+    queue_selected: BoolProperty(name="All selected strips", default=False,
+                                 description="Edit every selected movie/image/meta/scene strip but the driving one, "
+                                             "one after another (each can be cancelled)")
+    size: IntProperty(name="Resolution", default=0, min=0, max=2048, step=32,
+                      description="Working resolution of the model (square, a multiple of 32; the result is "
+                                  "scaled back to the scene resolution); 0: the model's own (512 for the released "
+                                  "weights, 64 for the demo model)")
     camera: BoolProperty(name="Camera mode", default=False,
                          description="Keep a moving camera's background (K/V injection from the source)")
     memory: EnumProperty(name="GPU memory", default="auto", items=[
@@ -68,8 +76,9 @@ def job_params(mf: MotionFollowerSettings) -> dict[str, Any]:
     """The backend's JobParams fields the settings `mf` set (paths are added by run.py). A function, not a
     method: a Python method on a PropertyGroup makes bpy 4.2 crash at exit."""
     p: dict[str, Any] = {k: getattr(mf, k) for k in (
-        "steps", "guidance_scale", "seed", "size", "camera", "timing",
+        "guidance_scale", "seed", "camera", "timing",
         "use_fg", "use_over", "use_body", "use_com", "w_fg", "w_over", "w_body", "w_com")}
+    p.update({k: getattr(mf, k) for k in ("steps", "size") if getattr(mf, k)})  # 0: the backend picks the model's
     p["model"] = bpy.path.abspath(mf.model_folder) if mf.model == "folder" else mf.model
     if mf.driving_is_pose:
         p["pose_extractor"] = "decode"

@@ -41,6 +41,7 @@ class EditRun:
     handshake: Optional[mfclient.Request] = None  # `initialize`, sent once the frames are out
     job: Optional[mfclient.Job] = None
     cancel_requested_at: Optional[float] = None
+    seeds: list[int] = field(default_factory=list)  # variations still to run on the same exported frames
     warnings: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
 
@@ -58,6 +59,7 @@ class State:
         self.client_key: Optional[tuple] = None
         self.backend_info: Optional[dict] = None
         self.run: Optional[EditRun] = None
+        self.queue: list[str] = []  # source strips still to edit after the current run
         self.last_error: Optional[tuple[str, str]] = None  # (message, hint)
         self.last_message: str = ""
         self.last_job_dir: Optional[Path] = None
@@ -132,14 +134,36 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "strip"
 
 
-def begin_edit(context: Any) -> EditRun:
+def sources(context: Any) -> list[str]:
+    """The source strips of one press of Run: the panel's (or the active strip), or with "All selected
+    strips" every selected picture strip but the driving one, in timeline order."""
+    scene = strips.vse_scene(context)
+    mf, ed = scene.motionfollower, scene.sequence_editor
+    if mf.queue_selected and ed is not None:
+        picked = sorted((s for s in strips.top_strips(scene) if s.select and s.type in inputs.FOOTAGE
+                         and s.name != mf.driving_strip), key=lambda s: (s.frame_final_start, s.channel))
+        if picked:
+            return [s.name for s in picked]
+    if mf.source_strip:
+        return [mf.source_strip]
+    return [ed.active_strip.name] if ed is not None and ed.active_strip is not None else [""]
+
+
+def plan(context: Any) -> list[str]:
+    """sources(), each checked now: a queue fails before its first edit, not in the middle."""
+    names = sources(context)
+    scene = strips.vse_scene(context)
+    for name in names[1:]:
+        inputs.check_strip(scene, name, "source")
+    return names
+
+
+def begin_edit(context: Any, source: Optional[str] = None) -> EditRun:
     """Check the strips and folders, create the job folder, spawn the backend (it imports torch while
     the strips export) and set up both exports. Nothing is rendered yet: `advance` does the work."""
     scene = strips.vse_scene(context)
     mf = scene.motionfollower
-    source = mf.source_strip
-    if not source and scene.sequence_editor and scene.sequence_editor.active_strip:
-        source = scene.sequence_editor.active_strip.name
+    source = sources(context)[0] if source is None else source
     inputs.check_pair(scene, source, mf.driving_strip)
     frame_range = (mf.frame_start, mf.frame_end + 1) if mf.use_frame_range else None
 
@@ -154,9 +178,10 @@ def begin_edit(context: Any) -> EditRun:
         raise UserError(str(exc), "save the .blend in a folder you can write to, or set a writable job folder "
                                   "in the add-on preferences") from exc
     STATE.last_job_dir = job_dir
+    seeds = [mf.seed + k for k in range(mf.variations)]
     run = EditRun(scene.name, source, mf.driving_strip, job_dir, 0, 0,
                   {**properties.job_params(mf), "source": str(job_dir / "source"), "driving": str(job_dir / "driving"),
-                   "out": str(job_dir / "edited")})
+                   "seed": seeds[0], "out": str(job_dir / f"edited_s{seeds[0]}")}, seeds=seeds[1:])
     try:
         ensure_client(context, initialize=False)
         run.exports.append(strips.StripExport(scene, source, job_dir / "source", frame_range))
@@ -198,7 +223,7 @@ def advance(run: EditRun, budget_s: Optional[float] = None) -> None:
                                             f"{mfclient.INITIALIZE_TIMEOUT_S:.0f} s",
                                             hint="see the backend log; restart the backend")
             STATE.backend_info = STATE.client.check_initialize(run.handshake)
-        run.job = STATE.client.start_job("edit", run.params, job_id=run.job_dir.name)
+        run.job = STATE.client.start_job("edit", run.params, job_id=f"{run.job_dir.name}_s{run.params['seed']}")
     except BaseException:
         if run.handshake is not None and STATE.backend_info is None and STATE.client is not None:
             STATE.client.kill()  # a backend that fails its handshake is not reused
@@ -221,9 +246,11 @@ def start_edit(context: Any) -> EditRun:
     return run
 
 
-def request_cancel(run: EditRun) -> None:
+def request_cancel(run: EditRun, everything: bool = False) -> None:
     """Cancel: before the job starts, the next tick drops the run; after, the backend is asked to stop
-    after its current step."""
+    after its current step. The queue goes on with the next source unless `everything`."""
+    if everything:
+        STATE.queue = []
     if run.cancel_requested_at is not None:
         return
     run.cancel_requested_at = time.monotonic()
@@ -238,8 +265,9 @@ def tick(run: EditRun) -> None:
         STATE.client.kill()
 
 
-def finish_edit(run: EditRun) -> tuple[bool, str]:
-    """Import the result (success) or clean up (failure). Returns (ok, message)."""
+def finish_edit(run: EditRun) -> tuple[Optional[bool], str]:
+    """Import the job's result (success) or clean up (failure). Returns (ok, message); ok is None when
+    the next variation has started on the same exported frames (keep polling run.job)."""
     assert run.job is not None and run.job.finished
     job = run.job
     if job.error is not None:
@@ -248,16 +276,30 @@ def finish_edit(run: EditRun) -> tuple[bool, str]:
             return False, "MotionFollower: cancelled"
         raise UserError(f"MotionFollower failed: {job.error.message}", job.error.hint)
     scene = bpy.data.scenes.get(run.scene_name)
+    seed = run.params["seed"]
     try:
         if scene is None:
             raise UserError(f"scene '{run.scene_name}' is gone", "keep the scene open while an edit runs")
         out = Path((job.result or {}).get("out") or run.params["out"])
         if bpy.data.filepath:  # next to the .blend; unsaved: stays in the job folder until the first save
-            out = results.place(out, results.result_dir(bpy.data.filepath, run.job_dir.name))
+            out = results.place(out, results.result_dir(bpy.data.filepath, f"{run.job_dir.name}_s{seed}"))
+        result = job.result or {}
         meta = {k: run.params[k] for k in ("seed", "steps", "guidance_scale", "size") if k in run.params}
-        meta.update(source=run.source, driving=run.driving, model=str((job.result or {}).get("model", run.params.get("model"))))
-        strip = strips.import_frames(scene, out, f"{run.source} (MotionFollower seed {run.params['seed']})", run.source, run.first_frame, meta)
+        meta.update({k: result[k] for k in ("steps", "size") if k in result})  # the values used
+        meta.update(source=run.source, driving=run.driving, model=str(result.get("model", run.params.get("model"))))
+        if result.get("notice") and str(result["notice"]) not in run.warnings:
+            run.warnings.append(str(result["notice"]))
+        strip = strips.import_frames(scene, out, f"{run.source} (MotionFollower seed {seed})", run.source,
+                                     run.first_frame, meta)
         results.point_strip(strip, out)
+        n = len(strip.elements)
+        message = (f"MotionFollower: added '{strip.name}' on channel {strip.channel}, {n} frames"
+                   + ("" if n == run.count else f" (the source range has {run.count})"))
+        if run.seeds and run.cancel_requested_at is None:  # the next variation, same exported frames
+            run.params.update(seed=run.seeds[0], out=str(run.job_dir / f"edited_s{run.seeds[0]}"))
+            run.seeds.pop(0)
+            run.job = STATE.client.start_job("edit", run.params, job_id=f"{run.job_dir.name}_s{run.params['seed']}")
+            return None, message
     except BaseException:
         shutil.rmtree(run.job_dir, ignore_errors=True)
         raise
@@ -265,15 +307,12 @@ def finish_edit(run: EditRun) -> tuple[bool, str]:
         shutil.rmtree(run.job_dir / sub, ignore_errors=True)
     if bpy.data.filepath and not scene.motionfollower.keep_inputs:
         shutil.rmtree(run.job_dir, ignore_errors=True)
-    n = len(strip.elements)
-    note = "" if n == run.count else f" (the source range has {run.count})"
-    warn = "; " + "; ".join(run.warnings) if run.warnings else ""
-    return True, f"MotionFollower: added '{strip.name}' on channel {strip.channel}, {n} frames{note}{warn}"
+    return True, message + ("; " + "; ".join(run.warnings) if run.warnings else "")
 
 
 def drop_run() -> None:
     """Stop whatever runs now, at once (file load, add-on disable): kill the backend, clean up."""
-    run, STATE.run = STATE.run, None
+    run, STATE.run, STATE.queue = STATE.run, None, []
     if run is None:
         return
     if run.job is not None and not run.job.finished and STATE.client is not None:

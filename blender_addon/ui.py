@@ -35,6 +35,7 @@ class SEQUENCER_PT_motionfollower(bpy.types.Panel):
             col.label(text=f"Using the active strip: {active.name}" if active else "No active strip", icon="INFO")
         strip_field(col, scene, mf, "driving_strip", "ARMATURE_DATA")
         col.prop(mf, "driving_is_pose")
+        col.prop(mf, "queue_selected")
 
         if state.running:
             draw_progress(layout, state)
@@ -54,6 +55,12 @@ class SEQUENCER_PT_motionfollower(bpy.types.Panel):
         elif state.last_message and not state.running:
             layout.label(text=state.last_message, icon="CHECKMARK")
 
+        weights = (state.backend_info or {}).get("weights", {})
+        if weights and not weights.get("official_model") and mf.model in ("auto", "demo"):
+            warn = layout.box()
+            warn.label(text="Only the demo model is installed (64 px, synthetic people):", icon="ERROR")
+            warn.label(text="real footage needs the released weights — Preferences › Check backend")
+
         box = layout.box()
         box.label(text="Sampling")
         col = box.column(align=True)
@@ -63,6 +70,7 @@ class SEQUENCER_PT_motionfollower(bpy.types.Panel):
         col.prop(mf, "steps")
         col.prop(mf, "guidance_scale")
         col.prop(mf, "seed")
+        col.prop(mf, "variations")
         col.prop(mf, "size")
         col.prop(mf, "camera")
         col.prop(mf, "timing")
@@ -111,7 +119,14 @@ def draw_progress(layout, state) -> None:
         box.label(text=f"{fraction * 100:.0f}%  {text}")
     if p.get("message"):
         box.label(text=str(p["message"]))
-    box.operator("motionfollower.cancel", icon="CANCEL")
+    run = state.run
+    left = len(run.seeds) if run is not None else 0
+    if left or state.queue:
+        box.label(text=f"then {left} more variation(s), {len(state.queue)} more strip(s) queued")
+    row = box.row()
+    row.operator("motionfollower.cancel", icon="CANCEL")
+    if state.queue:
+        row.operator("motionfollower.cancel", text="Cancel all", icon="CANCEL").everything = True
 
 
 def register() -> None:

@@ -149,7 +149,11 @@ def test_registers_panel_operators_and_scene_settings(addon):
 
     mf = bpy.context.scene.motionfollower
     p = job_params(mf)
-    assert {"steps", "size", "seed", "guidance_scale", "w_fg", "use_com", "camera", "model"} <= set(p)
+    assert {"seed", "guidance_scale", "w_fg", "use_com", "camera", "model"} <= set(p)
+    assert "steps" not in p and "size" not in p  # 0 by default: the backend uses the model's own
+    mf.steps, mf.size = 30, 256
+    assert (job_params(mf)["steps"], job_params(mf)["size"]) == (30, 256)
+    mf.steps = mf.size = 0
     from mf_backend.params import JobParams  # the add-on's settings are valid backend params
 
     JobParams.from_dict({**p, "source": "s", "driving": "d", "out": "o"})
@@ -258,6 +262,7 @@ class FakeLayout:
         cat, op = idname.split(".")
         assert hasattr(getattr(bpy.ops, cat), op), idname
         self.log.append(("operator", idname))
+        return types.SimpleNamespace()  # operator properties are set on it
 
     def label(self, text="", **kw):
         check_call("label", kw)
@@ -690,3 +695,27 @@ def test_export_of_a_meta_strip_stops_where_its_content_ends(scene, tmp_path):
     meta.frame_final_end = 10 + N + 6  # the meta stretched past its movie
     info = strips.export_strip(scene, meta.name, tmp_path / "meta")
     assert (info["first"], info["count"]) == (10, N)  # no black frames added
+
+
+def test_queue_and_variations_add_one_strip_per_source_and_seed(scene, addon, small_model, tmp_path, monkeypatch):
+    """Two selected source strips × two seeds: four edits one after another, four strips, seeds in the names."""
+    from blender_addon import properties
+    from blender_addon import run as mfrun
+
+    job_params = properties.job_params
+    monkeypatch.setattr(properties, "job_params", lambda mf: {**job_params(mf), "mask_predictor": "geometric"})
+    person_clips(scene, tmp_path)
+    ed = scene.sequence_editor
+    ed.strips.new_movie("second", str(tmp_path / "person.avi"), channel=3, frame_start=30)
+    for s in ed.strips:
+        s.select = s.name in ("source", "second", "driving")  # the driving strip is never a source
+    mf = scene.motionfollower
+    mf.model, mf.model_folder = "folder", small_model
+    mf.queue_selected, mf.variations, mf.seed = True, 2, 7
+    assert mfrun.plan(bpy.context) == ["source", "second"]
+    assert bpy.ops.motionfollower.edit() == {"FINISHED"}
+    made = {s.name: (s.channel, s.frame_final_start, s.frame_final_duration, s["motionfollower_seed"])
+            for s in edited_strips(scene)}
+    assert made == {"source (MotionFollower seed 7)": (3, 10, N, 7), "source (MotionFollower seed 8)": (4, 10, N, 8),
+                    "second (MotionFollower seed 7)": (4, 30, N, 7), "second (MotionFollower seed 8)": (5, 30, N, 8)}
+    assert mfrun.STATE.run is None and mfrun.STATE.queue == []
