@@ -395,7 +395,7 @@ def test_modal_path_esc_cancels_through_the_backend(scene, addon, tmp_path):
     before = snapshot(scene)
     reports = []
     op_cls = bpy.types.MOTIONFOLLOWER_OT_edit
-    fake_op = type("Op", (), {"_timer": None, "_end": op_cls._end, "_finish": op_cls._finish, "_fail": op_cls._fail,
+    fake_op = type("Op", (), {"_timer": None, "_end": op_cls._end, "_step_done": op_cls._step_done, "_fail": op_cls._fail,
                               "report": lambda self, kind, msg: reports.append((kind, msg))})()
     ctx = type("Ctx", (), {"screen": None, "window_manager": bpy.context.window_manager})()
     mfrun.STATE.run = run = mfrun.begin_edit(bpy.context)
@@ -457,7 +457,7 @@ def _modal(operators):
     """The operator's modal() and a context with no screen, as Blender's event loop would call them."""
     reports = []
     op_cls = bpy.types.MOTIONFOLLOWER_OT_edit
-    fake_op = type("Op", (), {"_timer": None, "_end": op_cls._end, "_finish": op_cls._finish, "_fail": op_cls._fail,
+    fake_op = type("Op", (), {"_timer": None, "_end": op_cls._end, "_step_done": op_cls._step_done, "_fail": op_cls._fail,
                               "report": lambda self, kind, msg: reports.append((kind, msg))})()
     ctx = type("Ctx", (), {"screen": None, "window_manager": bpy.context.window_manager})()
     return (lambda event: op_cls.modal(fake_op, ctx, FakeEvent(event))), reports
