@@ -237,7 +237,8 @@ def _outputs(models, frames=2):
     with torch.no_grad():
         v = run(models, z, ctx, pose_img, frames_img)
         img = models.vae.decode(z[:, :, 0]).sample
-        emb = models.clip_embed(torch.rand(2, 3, 40, 40, generator=torch.Generator().manual_seed(3)))
+        emb = models.clip_embed(torch.randint(0, 256, (2, 40, 40, 3), generator=torch.Generator().manual_seed(3),
+                                              dtype=torch.uint8))
     return v, img, emb
 
 
@@ -357,3 +358,28 @@ def test_missing_release_files_say_what_to_do(tmp_path):
     with pytest.raises(WeightsMissing) as err:
         load_models("official", str(tmp_path), "cpu", torch.float32)
     assert "doctor" in err.value.hint
+
+
+def test_clip_preprocessing_is_the_references(tiny):
+    """The reference: PIL frame .resize((224, 224)) (bicubic), then transformers' CLIP image processor
+    (/255, OpenAI mean/std); clip_pixels gives the same tensor bit for bit, and clip_embed feeds it."""
+    import numpy as np
+    import transformers
+    from PIL import Image
+
+    from mf_backend.models.clip import clip_pixels
+
+    processor = getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor  # PIL backend
+    frames = np.random.default_rng(0).integers(0, 256, (3, 300, 200, 3), dtype=np.uint8)
+    reference = torch.cat([processor().preprocess(Image.fromarray(f).resize((224, 224)), return_tensors="pt").pixel_values
+                           for f in frames])
+    assert torch.equal(clip_pixels(frames, 224), reference)
+    # a float antialiased resize (what clip_embed did before) is visibly different
+    x = torch.nn.functional.interpolate(torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255, size=(224, 224),
+                                        mode="bicubic", antialias=True).clamp(0, 1)
+    mean, std = torch.tensor(processor().image_mean)[:, None, None], torch.tensor(processor().image_std)[:, None, None]
+    assert ((x - mean) / std - reference).abs().max() > 0.05
+    s = tiny.clip_image_size
+    with torch.no_grad():
+        expected = tiny.image_encoder(pixel_values=clip_pixels(frames, s)).image_embeds
+    torch.testing.assert_close(tiny.clip_embed(torch.from_numpy(frames)), expected, rtol=0, atol=0)

@@ -105,7 +105,7 @@ def flop_model(models, frames: int, size: int, params, variant: Any) -> dict[str
         lat = torch.zeros(1, models.config.in_channels, size // models.config.latent_scale,
                           size // models.config.latent_scale, device=dev, dtype=models.dtype)
         vae_f = _count(lambda: models.vae.decode(lat)) * frames
-        img = torch.zeros(1, 3, size, size, device=dev)
+        img = torch.zeros(1, size, size, 3, dtype=torch.uint8)
         clip_f = _count(lambda: models.clip_embed(img)) * frames
     total = unet_f + cond_f + vae_f + clip_f
     return {"passes": n, "n_losses": n_losses, "unet_tflop": unet_f / 1e12, "decode_tflop": vae_f / 1e12,

@@ -194,7 +194,7 @@ class MotionEditSampler:
     @torch.no_grad()
     def clip_tokens(self, frames: torch.Tensor, batch: int = 32) -> torch.Tensor:
         """uint8 (F,H,W,3) -> (F,D): one CLIP image token per frame (its own source frame)."""
-        out = [self.models.clip_embed(_to_unit(frames[i:i + batch], self.device, torch.float32))
+        out = [self.models.clip_embed(frames[i:i + batch])
                for i in range(0, frames.shape[0], batch)]
         return torch.cat(out).float()
 

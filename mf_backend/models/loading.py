@@ -56,6 +56,7 @@ import torch
 from torch import nn
 
 from mf_backend.errors import InvalidParams, WeightsMissing
+from mf_backend.models.clip import clip_pixels
 from mf_backend.models.config import ModelConfig, config_from_diffusers_unet, get_config
 from mf_backend.models.controllers import PoseController
 from mf_backend.models.state import find_weights, load_into, load_state_file, save_state_file
@@ -66,8 +67,6 @@ log = logging.getLogger("mf_backend.models")
 FORMAT = "motionfollower-models"
 SD_IV = "sd-image-variations-diffusers"
 VAE_DIR = "sd-vae-ft-mse"
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -122,15 +121,10 @@ class MotionFollowerModels:
 
     @torch.no_grad()
     def clip_embed(self, frames: torch.Tensor) -> torch.Tensor:
-        """frames (F,3,H,W) in [0,1] -> one CLIP image embedding per frame (F, D) (method.md §A.2:
-        resize to the encoder's square input, CLIP mean/std, `image_embeds`)."""
-        s = self.clip_image_size
-        x = torch.nn.functional.interpolate(frames.float(), size=(s, s), mode="bicubic", antialias=True,
-                                            align_corners=False).clamp(0, 1)
-        mean = torch.tensor(CLIP_MEAN, device=x.device)[:, None, None]
-        std = torch.tensor(CLIP_STD, device=x.device)[:, None, None]
+        """uint8 (F,H,W,3) frames -> one CLIP image embedding per frame (F, D) (method.md §A.2: the
+        reference's PIL resize + CLIP processor, `models.clip`; then `image_embeds`)."""
         enc = self.image_encoder
-        x = ((x - mean) / std).to(device=enc.device, dtype=enc.dtype)
+        x = clip_pixels(frames, self.clip_image_size).to(device=enc.device, dtype=enc.dtype)
         return enc(pixel_values=x).image_embeds
 
 

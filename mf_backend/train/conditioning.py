@@ -1,16 +1,16 @@
 """Model inputs from uint8 frames, batched over frames, with gradients (training).
 
-The CLIP preprocessing is the one of `MotionFollowerModels.clip_embed` (method.md §A.2), which the
-sampler uses; that one runs without gradients, this one lets stage 1 train the small encoder.
+The CLIP preprocessing is the reference's (`models.clip.clip_pixels`), the same as inference's
+`MotionFollowerModels.clip_embed`; that one runs without gradients, this one lets stage 1 train the
+small encoder (the gradient flows to the encoder's weights, not to the pixels).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from mf_backend.models.loading import CLIP_MEAN, CLIP_STD
+from mf_backend.models.clip import clip_pixels
 
 
 def to_unit(frames: np.ndarray, device: torch.device | str) -> torch.Tensor:
@@ -19,18 +19,9 @@ def to_unit(frames: np.ndarray, device: torch.device | str) -> torch.Tensor:
     return x.permute(0, 1, 4, 2, 3).float() / 255.0
 
 
-def clip_pixels(frames01: torch.Tensor, image_size: int) -> torch.Tensor:
-    """(N,3,H,W) in [0,1] -> CLIP input (N,3,S,S): bicubic resize to the encoder's size, CLIP mean/std."""
-    x = F.interpolate(frames01, size=(image_size, image_size), mode="bicubic", align_corners=False,
-                      antialias=True).clamp(0, 1)
-    mean = torch.tensor(CLIP_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    return (x - mean) / std
-
-
-def clip_tokens(image_encoder, reference01: torch.Tensor) -> torch.Tensor:
-    """One CLIP image token per frame: (B,F,3,H,W) in [0,1] -> (B,F,D)."""
-    b, f = reference01.shape[:2]
-    size = int(image_encoder.config.image_size)
-    pixels = clip_pixels(reference01.flatten(0, 1), size).to(next(image_encoder.parameters()).dtype)
-    return image_encoder(pixel_values=pixels).image_embeds.reshape(b, f, -1)
+def clip_tokens(image_encoder, reference: np.ndarray) -> torch.Tensor:
+    """One CLIP image token per frame: uint8 (B,F,H,W,3) -> (B,F,D)."""
+    b, f = reference.shape[:2]
+    param = next(image_encoder.parameters())
+    pixels = clip_pixels(reference.reshape(b * f, *reference.shape[2:]), int(image_encoder.config.image_size))
+    return image_encoder(pixel_values=pixels.to(param.device, param.dtype)).image_embeds.reshape(b, f, -1)

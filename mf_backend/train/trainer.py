@@ -183,7 +183,7 @@ class Trainer:
         # input is channels-last (the motion modules' norms in stage 2); a grad-carrying input avoids it.
         noisy.requires_grad_(True)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.amp):
-            tokens = clip_tokens(m.image_encoder, ref01)  # (B,F,D)
+            tokens = clip_tokens(m.image_encoder, reference)  # (B,F,D)
             keep = (torch.rand(b, generator=gen, device=dev) >= self.cfg.cond_drop).to(tokens.dtype)
             tokens = tokens * keep.view(b, 1, 1)  # dropped = all-zero token, the CFG unconditional input
             pose_feat = m.pose_controller(pose01.transpose(1, 2))  # (B,C0,F,h,w)
