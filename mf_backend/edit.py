@@ -195,9 +195,9 @@ def build_sampler(models, params: JobParams, num_frames: int, progress=None, tim
         params = replace(params, steps=choose_model(str(models.source), None).steps)
     models.requires_grad_(False)  # guidance differentiates w.r.t. the latent only
     if estimator is None and params.estimator_weights != "shared":
-        from mf_backend.models.loading import build_estimator
+        from mf_backend.models.estimator import build_estimator
 
-        estimator = build_estimator(models, params.estimator_weights, params.models_dir)
+        estimator = build_estimator(models, params.estimator_weights, params.models_dir, params.seed)
         estimator.requires_grad_(False)
     plan = memory_plan(models, params, num_frames)  # after the estimator: its weights are resident
     if params.compile != "none":

@@ -13,7 +13,8 @@ import torch
 from mf_backend.errors import WeightsMissing
 from mf_backend.models.config import diffusers_unet_config, get_config
 from mf_backend.models.controllers import PoseController
-from mf_backend.models.loading import build_estimator, build_models, load_models, save_models
+from mf_backend.models.estimator import build_estimator
+from mf_backend.models.loading import build_models, load_models, save_models
 from mf_backend.models.state import load_state_file
 from mf_backend.models.unet3d import UNet3DConditionModel
 
@@ -294,6 +295,10 @@ def test_release_folder_loads_through_the_official_path(tiny, tmp_path, caplog):
     mm = "down_blocks.0.motion_modules.0.temporal_transformer.proj_out.weight"
     assert torch.equal(est.state_dict()[mm], loaded.unet.state_dict()[mm])
     assert not torch.equal(est.appearance_adapter.conv_in.weight, loaded.unet.appearance_adapter.conv_in.weight)
+    from mf_backend.models.estimator import reference_adapter_state
+
+    ref = reference_adapter_state(loaded.config)  # the adapter is not in the files: the reference's random one
+    assert all(torch.equal(v, ref[f"appearance_adapter.{k}"]) for k, v in est.appearance_adapter.state_dict().items())
     assert build_estimator(loaded, "shared") is loaded.unet
 
     # a partial checkpoint is reported loudly, not silently
@@ -383,3 +388,54 @@ def test_clip_preprocessing_is_the_references(tiny):
     with torch.no_grad():
         expected = tiny.image_encoder(pixel_values=clip_pixels(frames, s)).image_embeds
     torch.testing.assert_close(tiny.clip_embed(torch.from_numpy(frames)), expected, rtol=0, atol=0)
+
+
+def test_default_initialisation_draws_one_number_per_element():
+    """The count reference_adapter_state relies on: building a UNet draws one CPU random number per
+    element of every conv / linear weight and bias and none for the norms (our zero-initialised layers
+    skip their draw; the reference's draw and then zero, which init_draws counts)."""
+    from mf_backend.models.attention import ZeroLinear
+    from mf_backend.models.estimator import _skip_draws, init_draws
+
+    cfg = get_config("tiny")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(7)
+        unet = UNet3DConditionModel(cfg)
+        after_build = torch.rand(4)
+        zero = sum(p.numel() for m in unet.modules() if isinstance(m, ZeroLinear) for p in m.parameters())
+        assert zero > 0
+        torch.manual_seed(7)
+        _skip_draws(init_draws(unet) - zero, chunk=1000)
+        assert torch.equal(torch.rand(4), after_build)
+
+
+def test_official_estimator_adapter_follows_the_reference_stream():
+    """seed 42; the denoising UNet and the estimator minus its adapter draw 2U - A numbers; then the
+    adapter, body blocks (in_conv, block1, block2) before conv_in, each conv with its default init."""
+    import math
+
+    from mf_backend.models.estimator import init_draws, reference_adapter_state
+
+    cfg = get_config("tiny")
+    with torch.device("meta"):
+        unet = UNet3DConditionModel(cfg)
+    U, A = init_draws(unet), init_draws(unet.appearance_adapter)
+    expected, ch = {}, cfg.block_out_channels
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(42)
+        torch.empty(2 * U - A).uniform_()
+        for i, c in enumerate(ch):  # the reference's Appearance_Adapter.__init__, literally
+            for j in range(cfg.adapter_num_res_blocks):
+                cin = ch[i - 1] if i > 0 and j == 0 else c
+                k = f"appearance_adapter.body.{i * cfg.adapter_num_res_blocks + j}"
+                convs = ([("in_conv", torch.nn.Conv2d(cin, c, 1))] if cin != c else []) + \
+                    [("block1", torch.nn.Conv2d(c, c, 3, 1, 1)), ("block2", torch.nn.Conv2d(c, c, 1))]
+                expected.update({f"{k}.{n}.{p}": t for n, conv in convs for p, t in conv.state_dict().items()})
+        conv_in = torch.nn.Conv2d(cfg.adapter_in_channels, ch[0], 3, 1, 1)
+    expected.update({f"appearance_adapter.conv_in.{p}": t for p, t in conv_in.state_dict().items()})
+    state = reference_adapter_state(cfg)
+    assert state.keys() == expected.keys()
+    for k in state:
+        assert torch.equal(state[k], expected[k]), k
+    w = state["appearance_adapter.conv_in.weight"]
+    assert w.abs().max() <= 1 / math.sqrt(w[0].numel())  # kaiming_uniform(a=√5): bound 1/√fan_in

@@ -3,7 +3,6 @@
     models = build_models("tiny" | "demo" | "official", seed=0)         # random weights
     models = load_models("official" | "demo" | "auto" | <folder>, models_dir, device="cpu", dtype=torch.float32)
     save_models(models, folder)                                         # our own layout (below)
-    estimator = build_estimator(models, "shared" | "official", models_dir)
 
 `MotionFollowerModels(unet, pose_controller, image_encoder, vae, config_name, config, source, load_report)`:
 unet = UNet3DConditionModel (ReCtr inside as unet.appearance_adapter), pose_controller = PoseController,
@@ -32,14 +31,7 @@ Two folder layouts are read:
 Weights are loaded safely: safetensors, or torch.load(weights_only=True) which refuses pickles that
 would run code.
 
-Estimator weights (method.md §C.4): the reference extracts guidance features with a second UNet that
-never received denoising_unet.pth: SD-image-variations spatial weights + MotionFollower motion modules
-+ a randomly initialised ReCtr. `build_estimator(models, "official", models_dir)` rebuilds exactly
-that (parity; the random ReCtr is seeded but cannot be bit-identical to the reference's RNG stream).
-"shared" (our default, JobParams.estimator_weights) reuses the denoising UNet itself: half the GPU
-memory (one 1.39 B-param UNet instead of two) and features from the same fine-tuned network that
-produces the edit, which is what the method describes; the reference's random-adapter estimator
-looks accidental.
+The guidance estimator (the reference's second UNet, or ours shared): `models/estimator.py`.
 """
 
 from __future__ import annotations
@@ -323,21 +315,3 @@ def load_models(model: str, models_dir: Union[str, Path, None] = None, device: U
                                 "pass a folder with config.json written by save_models, or a release folder "
                                 "with denoising_unet.pth")
     return models.to(device).eval()
-
-
-def build_estimator(models: MotionFollowerModels, mode: str = "shared",
-                    models_dir: Union[str, Path, None] = None) -> UNet3DConditionModel:
-    """The guidance feature extractor (method.md §C.4). "shared": the denoising UNet itself (default).
-    "official": the reference's second UNet (SD-IV spatial + motion modules + seeded random ReCtr), only
-    for models loaded from a release folder."""
-    if mode == "shared":
-        return models.unet
-    if mode != "official":
-        raise InvalidParams(f"estimator_weights must be 'shared' or 'official', not {mode!r}")
-    root = Path(models_dir).expanduser() if models_dir else Path(models.source)
-    if not is_release_layout(root):
-        raise InvalidParams("estimator_weights 'official' needs the released weights (it rebuilds the reference's "
-                            f"second UNet from sd-image-variations + motion_module.pth); {root} is not a release folder",
-                            "use estimator_weights 'shared' with this model")
-    unet, _ = load_release_unet(root, models.dtype, fine_tuned=False, cfg=models.config)
-    return unet.to(models.device).eval()
