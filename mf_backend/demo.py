@@ -53,7 +53,7 @@ def prepare_pair(pair, params: JobParams, ctx: Optional[JobContext] = None) -> t
 
 def edit_inputs(models, inputs, params: JobParams, ctx: Optional[JobContext] = None) -> np.ndarray:
     """Score-guided sampling + decode → uint8 (F,H,W,3)."""
-    from mf_backend.edit import decode_latents, run_sampling
+    from mf_backend.editing.pipeline import decode_latents, run_sampling
     from mf_backend.editing.sampler import StageTimer
 
     progress = (lambda d, t, m: ctx.progress("editing", d, t, m)) if ctx is not None else None

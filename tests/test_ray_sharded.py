@@ -84,7 +84,7 @@ def test_local_cluster_listens_on_loopback_only_with_token_auth(cluster):
 def test_three_workers_equal_one_process(cluster, tiny_folder):
     """48 frames, 4 windows over 3 workers (2+1+1); guidance, SDE noise and replay steps all run."""
     from mf_backend.distributed.sharded import sample_on_ray
-    from mf_backend.edit import run_sampling
+    from mf_backend.editing.pipeline import run_sampling
     from mf_backend.jobs import JobContext
     from mf_backend.models.loading import load_models
 

@@ -126,7 +126,7 @@ def test_compile_scope_is_checked(tiny_unet):
 
 
 def test_run_sampling_with_compile_gives_the_same_edit_and_reports_its_memory_plan(monkeypatch, torch_one_thread):
-    from mf_backend.edit import run_sampling
+    from mf_backend.editing.pipeline import run_sampling
     from mf_backend.bench.inputs import random_inputs
     from mf_backend.models.loading import build_models
 
@@ -151,17 +151,17 @@ def test_run_sampling_with_compile_gives_the_same_edit_and_reports_its_memory_pl
 def test_sequential_offload_path_gives_the_same_edit(monkeypatch, torch_one_thread):
     """The offload path (CUDA only in real use) computes the CLIP tokens first and parks CLIP and the VAE
     on the host; here the host is the device, so only the order of work and the result are checked."""
-    from mf_backend import edit as edit_mod
+    from mf_backend.editing import pipeline
     from mf_backend.bench.inputs import random_inputs
     from mf_backend.editing.memory import MemoryPlan
     from mf_backend.models.loading import build_models
 
     models = build_models("tiny", seed=0).eval()
     params = JobParams(steps=2, size=64, seed=3)
-    ref = edit_mod.run_sampling(models, random_inputs(2, 64, 0), params)
-    monkeypatch.setattr(edit_mod, "memory_plan", lambda *a: MemoryPlan("all", 2, offload=True))
+    ref = pipeline.run_sampling(models, random_inputs(2, 64, 0), params)
+    monkeypatch.setattr(pipeline, "memory_plan", lambda *a: MemoryPlan("all", 2, offload=True))
     inputs = random_inputs(2, 64, 0)
-    out = edit_mod.run_sampling(models, inputs, params)
+    out = pipeline.run_sampling(models, inputs, params)
     assert inputs.tokens is not None and out.info["memory"]["offload"]
     torch.testing.assert_close(out.latents, ref.latents, rtol=1e-4, atol=1e-5)
-    assert edit_mod.decode_latents(models, out.latents, 2).shape == (2, 64, 64, 3)
+    assert pipeline.decode_latents(models, out.latents, 2).shape == (2, 64, 64, 3)

@@ -23,7 +23,7 @@ def count_graphs(config: str = "official", scope: str = "blocks", frames: int = 
     import torch._dynamo as dynamo
 
     from mf_backend.bench.inputs import random_inputs
-    from mf_backend.edit import run_sampling
+    from mf_backend.editing.pipeline import run_sampling
     from mf_backend.models.compile import compile_unet
     from mf_backend.models.loading import build_models
     from mf_backend.params import JobParams

@@ -93,7 +93,7 @@ def run_variant(models, inputs_fn: Callable[[], Any], params, variant: Variant, 
     untimed edit, so that `warmup_s` is the compile time and the timed edit compiles nothing)."""
     import torch
 
-    from mf_backend.edit import decode_latents, memory_plan, offload_idle_models, sampler_settings
+    from mf_backend.editing.pipeline import decode_latents, memory_plan, offload_idle_models, sampler_settings
     from mf_backend.editing.guidance import guidance_from_params
     from mf_backend.editing.sampler import MotionEditSampler, StageTimer
 

@@ -38,7 +38,7 @@ class WindowWorker:
 
     def describe(self) -> dict[str, Any]:
         """What the driver needs without loading models itself."""
-        from mf_backend.edit import run_info
+        from mf_backend.editing.pipeline import run_info
 
         cfg = self.models.unet.config
         return {"in_channels": cfg.in_channels, "latent_scale": cfg.latent_scale, "pid": os.getpid(),
@@ -48,7 +48,7 @@ class WindowWorker:
               clip_frames: int) -> dict[str, Any]:
         """`inputs`: frames lo..hi of the clip (lo a multiple of CLIP_BATCH, so the CLIP tokens come from
         the same batches as in one process); `windows` and `touched` in those local frame numbers."""
-        from mf_backend.edit import build_sampler, offload_idle_models
+        from mf_backend.editing.pipeline import build_sampler, offload_idle_models
 
         self.timer = StageTimer(self.models.device)
         self.sampler, plan = build_sampler(self.models, self.params, clip_frames, timer=self.timer)
@@ -89,7 +89,7 @@ class WindowWorker:
 
     def decode(self, latents: torch.Tensor) -> np.ndarray:
         """(1,4,f,h,w) final latents of some frames -> uint8 (f,H,W,3) crops."""
-        from mf_backend.edit import decode_latents
+        from mf_backend.editing.pipeline import decode_latents
 
         with self.timer.section("decode"):
             return decode_latents(self.models, latents, self.memory["decode_batch"])
