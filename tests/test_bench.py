@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from mf_backend.bench.metrics import frame_metrics, iou, keypoint_error, person_silhouette, psnr, ssim
+from mf_backend.bench.metrics import frame_metrics, iou, person_silhouette, psnr, ssim
 
 
 def test_psnr_known_value_and_regions():
@@ -30,14 +30,11 @@ def test_ssim_identity_and_degradation():
     assert ssim(a, noisy) < 0.9
 
 
-def test_iou_and_keypoint_error():
+def test_iou():
     x = np.zeros((1, 4, 4)); x[0, :2] = 1
     y = np.zeros((1, 4, 4)); y[0, 1:3] = 1
     assert iou(x, y) == pytest.approx(4 / 12)
     assert iou(np.zeros((1, 2, 2)), np.zeros((1, 2, 2))) == 1.0
-    p = np.array([[[0, 0, 1], [3, 4, 1], [9, 9, 0]]], np.float32)
-    t = np.array([[[0, 0, 1], [0, 0, 1], [0, 0, 1]]], np.float32)
-    assert keypoint_error(p, t) == (pytest.approx(2.5), 2)
 
 
 def test_silhouette_from_clean_plate():

@@ -1,4 +1,4 @@
-"""Image and pose metrics over clips, vectorised over frames (numpy only).
+"""Image and mask metrics over clips, vectorised over frames (numpy only).
 
 Frames are uint8 RGB (F,H,W,3) or float in [0,1]; masks float (F,H,W) in [0,1] (thresholded at 0.5
 where a region is needed). Regional PSNR/SSIM average only over the pixels of the region, so the
@@ -79,17 +79,6 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
     x, y = np.asarray(a) > 0.5, np.asarray(b) > 0.5
     union = np.logical_or(x, y).sum()
     return 1.0 if union == 0 else float(np.logical_and(x, y).sum() / union)
-
-
-def keypoint_error(pred: np.ndarray, target: np.ndarray, min_conf: float = 0.3) -> tuple[float, int]:
-    """Mean Euclidean joint error in pixels over joints visible in both (F,J,3) arrays; (nan, 0) if none."""
-    p, t = np.asarray(pred, dtype=np.float64), np.asarray(target, dtype=np.float64)
-    both = (p[..., 2] >= min_conf) & (t[..., 2] >= min_conf)
-    n = int(both.sum())
-    if n == 0:
-        return float("nan"), 0
-    d = np.linalg.norm(p[..., :2] - t[..., :2], axis=-1)
-    return float(d[both].mean()), n
 
 
 def person_silhouette(edited: np.ndarray, background: np.ndarray, threshold: float = 0.12) -> np.ndarray:

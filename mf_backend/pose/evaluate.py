@@ -65,10 +65,6 @@ def extraction_speed(case: Path) -> tuple[float, float]:
 ALL_MODES = tuple((m, False) for m in ALIGN_MODES) + (("first-frame", True),)
 
 
-def evaluate_case(case: Path, mode: str = "first-frame", keep_placement: bool = False) -> dict:
-    return evaluate_case_modes(case, ((mode, keep_placement),))[0]
-
-
 def evaluate_case_modes(case: Path, modes) -> list[dict]:
     """One row per (mode, keep_placement), decoding the case's pose folders once."""
     src = decode_poses(read_pose_folder(case / "source_poses"))
