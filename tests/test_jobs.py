@@ -160,7 +160,7 @@ def test_cancel_stops_at_the_next_sub_pass(tiny_folder):
     (reconstruction, CFG half, guidance, window) begins, not at the end of the step."""
     import torch
 
-    from mf_backend.edit import run_sampling
+    from mf_backend.editing.pipeline import run_sampling
     from mf_backend.editing.sampler import EditInputs, StageTimer
     from mf_backend.errors import Cancelled
     from mf_backend.jobs import JobContext
