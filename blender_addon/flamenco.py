@@ -2,9 +2,10 @@
 (integrations/flamenco/motionfollower.js), sent to the Flamenco Manager set in the preferences.
 
 The farm reads the strips' own media files, so both strips must be movie or image strips on storage
-the workers share, and the output goes to the job folder of the preferences (shared too). The job is
-always written as JSON next to the output first (`flamenco_job.json`, the body of the Manager's
-`POST /api/v3/jobs`), so it can be submitted by hand when no Manager is set (docs/flamenco.md).
+the workers share; the result goes to `motionfollower/<source>_farm/edited/` beside the saved .blend
+(unsaved: beside the source clip), where the workers write. The job is always written there first as
+`flamenco_job.json` (the body of the Manager's `POST /api/v3/jobs`), so it can be submitted by hand
+when no Manager is set (docs/flamenco.md).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import getpass
 import json
 import platform
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -48,7 +48,7 @@ def _media(scene: Any, name: str, role: str) -> tuple[Any, str]:
 
 
 def job_settings(context: Any) -> dict[str, Any]:
-    """The job type's settings from the panel, the strips and the preferences."""
+    """The job type's settings from the panel and the strips."""
     scene = strips.vse_scene(context)
     mf = scene.motionfollower
     source_name = mf.source_strip or (scene.sequence_editor.active_strip.name
@@ -64,8 +64,8 @@ def job_settings(context: Any) -> dict[str, Any]:
     if end <= first:
         raise SubmitError("the frame range does not overlap the source strip", "check Limit frame range")
     offset = int(source.frame_start)
-    shared = preferences.get_settings(context).jobs_dir or str(Path(bpy.path.abspath("//")) / results.RESULTS)
-    job_dir = Path(shared) / f"{_safe(source_name)}_{time.strftime('%Y%m%d-%H%M%S')}"  # workers share it
+    # results beside the saved .blend, as for local edits; unsaved: beside the source clip (workers reach both)
+    job_dir = results.result_dir(bpy.data.filepath or source_path, f"{_safe(source_name)}_farm")
     params = properties.job_params(mf)
     edit_flags = {k: v for k, v in params.items() if k not in ("model", "steps", "seed", "size", "timing", "pose_extractor")}
     return {

@@ -169,10 +169,15 @@ def merge_chunks(chunk_folders: Sequence[str | Path], out: str | Path, ctx: Opti
             overlaps.append({"frames": [a, b], "chunks": [chunks[i].folder.name, chunks[i + 1].folder.name],
                              "seam_error": seam_error(earlier, later, _source_range(chunks[i], a, b))})
         edited = [min(c.first for c in chunks), max(c.last for c in chunks)]
-        merge = {"blend": "linear in pixels", "chunks": [{"folder": str(c.folder), "edited_frames": [c.first, c.last]}
-                                                          for c in chunks], "overlaps": overlaps,
-                 "seam_error_mean": _mean_seam(overlaps)}
-        info = {**chunks[0].info, "edited_frames": edited, "fps": chunks[0].info.get("timing", {}).get("source_fps"),
+        merge = {"blend": "linear in pixels", "overlaps": overlaps, "seam_error_mean": _mean_seam(overlaps),
+                 "chunks": [{"folder": str(c.folder), "edited_frames": [c.first, c.last],
+                             "timings": c.info.get("timings")} for c in chunks]}
+        # the shot's edit.json: the first chunk's settings and crop (the shot's, shared); a chunk's per-frame
+        # driving map is relative to its own range (its poses come from prepare), so only the policy is kept
+        timing = {k: v for k, v in chunks[0].info.get("timing", {}).items()
+                  if k not in ("driving_frames", "driving_positions")}
+        info = {**{k: v for k, v in chunks[0].info.items() if k != "timings"}, "edited_frames": edited,
+                "fps": timing.get("source_fps"), "timing": {**timing, "frame_start": edited[0], "frame_end": edited[1]},
                 "merge": merge}
         (tmp / "edit.json").write_text(json.dumps(info, indent=2, default=str))
         ctx.progress("write", n, n)

@@ -107,6 +107,7 @@ def test_without_a_manager_it_says_so_and_saves_the_job(scene, prefs):
     assert (s["steps"], s["size"], s["timing"]) == (20, 256, "loop")
     assert "--guidance-scale 3.5" in s["edit_args"] and "--camera" not in s["edit_args"].split()
     assert Path(s["output"]).parent == path.parent
+    assert path.parent.parent == Path(s["source"]).parent / "motionfollower"  # unsaved .blend: beside the source
 
 
 def test_submits_to_the_manager_and_the_job_type_compiles_it(scene, prefs, manager):

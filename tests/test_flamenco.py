@@ -59,6 +59,7 @@ def test_compiled_job_runs_and_merges_the_shot(tmp_path, case, tiny_folder):
     src = case["frames"]
     assert merged.frames.shape == src.shape  # every source frame, at the source's size
     assert info["frames"] == FRAMES and info["fps"] == pytest.approx(FPS) and info["edited_frames"] == [1, 10]
+    assert (info["timing"]["frame_start"], info["timing"]["frame_end"]) == (1, 10) and "driving_frames" not in info["timing"]
     for k in (0, 11):  # outside the range: the source's decoded bytes
         assert np.array_equal(merged.frames[k], src[k]), k
 
