@@ -292,26 +292,62 @@ def test_train_seg_command_writes_weights(tmp_path):
     load_predictor(out)
 
 
-def test_auto_rule_uses_geometric_without_weights_and_adapts_with_them(tmp_path):
-    from mf_backend.masks.predict import AUTO_TTA_STEPS
+def _moving_clip(n: int = 6):
+    """A stick person walking right 3 px per frame: frames (n,64,64,3), masks, PoseSequence."""
+    bodies, masks = zip(*(_stick_person(dx=3 * k - 8) for k in range(n)))
+    frames = np.zeros((n, 64, 64, 3), np.uint8)
+    frames[np.stack(masks) > 0] = 200
+    return frames, np.stack(masks), _seq(np.stack(bodies))
+
+
+def test_vote_warps_from_the_nearest_source_pose():
+    from mf_backend.masks.geometric import pose_distance, vote_probability
 
     body, mask = _stick_person()
-    frames = np.zeros((2, 64, 64, 3), np.uint8)
-    poses = _seq(np.stack([body, body]))
-    masks = np.stack([mask, mask])
+    raised = body.copy()
+    raised[3, :2], raised[4, :2] = (20, 12), (18, 4)  # right arm up
+    raised_mask = warp_mask(mask, body, raised)
+    target = raised.copy()
+    target[:, 0] += 6  # the raised pose, elsewhere
+    d = pose_distance(np.stack([body, raised]), target[None])
+    assert d[1, 0] < 1e-5 < d[0, 0]  # placement does not count, the arm does
+    vote = vote_probability(np.stack([mask, raised_mask]), np.stack([body, raised]), target[None], templates=1)
+    expected = warp_mask(raised_mask, raised, target)
+    assert _iou(vote[0], expected) > 0.95
+
+
+def test_self_check_holds_out_frames_and_keeps_the_vote_when_it_wins(tmp_path):
+    from mf_backend.masks.predict import self_check
+
+    frames, masks, poses = _moving_clip(6)
+    torch.manual_seed(0)
+    model = TargetMaskPredictor(get_seg_config("tiny"))  # untrained: fusing it can only hurt an exact warp
+    seen = []
+    import mf_backend.masks.train as train_mod
+
+    adapt = train_mod.adapt
+    train_mod.adapt = lambda m, f, *a, **k: seen.append(len(f)) or adapt(m, f, *a, **k)
+    try:
+        tuned, report = self_check(model, frames, masks, poses, steps=2)
+    finally:
+        train_mod.adapt = adapt
+    assert seen == [4]  # adapted on frames 0-3 only: 4-5 are the held-out check
+    scores = report["scores"]
+    assert set(scores) == {"vote", "fusion@2"} and scores["vote"] > 0.9
+    assert tuned is None and report["step"] == 0 and scores["vote"] >= scores["fusion@2"]
+
+
+def test_auto_rule_uses_geometric_without_weights_and_self_checks_with_them(tmp_path):
+    frames, masks, poses = _moving_clip(6)
     _, info = predict_masks(frames, masks, poses, poses, predictor="auto", weights=tmp_path / "none")
-    assert info["predictor"] == "geometric"
+    assert info["predictor"] == "geometric" and "self_check" not in info
     torch.manual_seed(0)
     save_predictor(TargetMaskPredictor(get_seg_config("tiny")), tmp_path / "seg")
-    import mf_backend.masks.predict as predict_mod
-
-    old = predict_mod.AUTO_TTA_STEPS
-    predict_mod.AUTO_TTA_STEPS = 2  # the rule, not the cost, is under test
-    try:
-        _, info = predict_masks(frames, masks, poses, poses, predictor="auto", weights=tmp_path / "seg")
-    finally:
-        predict_mod.AUTO_TTA_STEPS = old
-    assert info["predictor"] == "model" and info["tta_steps"] == 2 and AUTO_TTA_STEPS > 0
+    pred, info = predict_masks(frames, masks, poses, poses, predictor="auto", weights=tmp_path / "seg", tta_steps=2)
+    check = info["self_check"]
+    assert "vote" in check["scores"] and "fusion@2" in check["scores"]
+    assert info["predictor"] == ("fusion" if check["step"] else "geometric")
+    assert np.mean([_iou(a, b) for a, b in zip(pred, masks)]) > 0.8
 
 
 def test_real_video_folder_data_path_reads_example_case_folders(tmp_path):

@@ -27,15 +27,16 @@ def register(subparsers) -> None:
                    help="torch CPU threads (1 is fastest on a shared 2-core machine; 0 = torch's default)")
     p.set_defaults(func=cmd_train_seg)
 
-    p = subparsers.add_parser("eval-seg", help="IoU of the mask predictors (self-transfer on real cases, synthetic GT) and timing")
-    p.add_argument("--cases", help="folder of example cases (e.g. ../shared/real-cases); skipped when absent")
-    p.add_argument("--weights", help="mask-model folder (default: the shipped one)")
-    p.add_argument("--tta-steps", type=int, default=60, help="test-time adaptation steps for the TTA row")
-    p.add_argument("--synthetic", type=int, default=8, help="synthetic pairs for the synthetic-GT rows (0 = skip)")
+    p = subparsers.add_parser("eval-seg", help="mask IoU on real clips (self-transfer, leave-one-case-out), "
+                                               "synthetic held-out pairs, and prepare's seconds per stage")
+    p.add_argument("--cases", help="folder of 24-frame cases with source_images + SAM source_masks "
+                                   "(e.g. ../shared/real-cases); skipped when absent")
+    p.add_argument("--predictor", default="auto", choices=("auto", "model", "geometric"), help="M_e predictor")
+    p.add_argument("--synthetic", type=int, default=4, help="held-out synthetic pairs (0 = skip)")
     p.add_argument("--synthetic-seed", type=int, default=9000, help="first seed of the held-out synthetic pairs")
     p.add_argument("--timing", action=argparse.BooleanOptionalAction, default=True,
-                   help="time 24 frames at 512x512")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads for the timing (the brief: 2 cores)")
+                   help="time prepare's poses and masks for 24 frames at 512x512")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (the target: 2 cores)")
     p.add_argument("--json", help="also write the results to this JSON file")
     p.set_defaults(func=cmd_eval_seg)
 
@@ -84,10 +85,9 @@ def cmd_train_seg(args: argparse.Namespace) -> int:
 def cmd_eval_seg(args: argparse.Namespace) -> int:
     from mf_backend.masks.evaluate import evaluate
 
-    results = evaluate(args.cases, args.weights, args.tta_steps, args.synthetic, args.synthetic_seed,
-                       args.timing, args.threads)
+    results = evaluate(args.cases, args.predictor, args.synthetic, args.synthetic_seed, args.timing, args.threads)
     if args.json:
         from pathlib import Path
 
-        Path(args.json).write_text(json.dumps(results, indent=2))
+        Path(args.json).write_text(json.dumps(results, indent=2, default=str))
     return 0

@@ -1,148 +1,196 @@
-"""`python -m mf_backend eval-seg`: IoU of M_e predictors and timing.
+"""`python -m mf_backend eval-seg`: mask quality on real clips nobody tuned on, and the time of `prepare`.
 
-Self-transfer protocol on real cases (no ground truth for real edits exists): the mask of source frame j
-is predicted from another source frame i = j - F/2 and frame j's pose render; the ground truth is
-`source_masks/frame_j`. Targets j are the second half of the clip; test-time adaptation (TTA) may only
-use the first half (frames and M_r), so it never sees a target pose or mask.
-Synthetic ground truth: held-out pairs (seeds not used in training); source frame f + aligned target
-pose f → the ground-truth edit's mask f; TTA uses the whole source clip (which never shows those poses).
-Rows: geometric fallback, model (trained on synthetic only), model + TTA; "guarded" = after `guard`.
-Also: mediapipe source masks vs the cases' SAM masks, and timing for 24 frames at 512² on the CPU.
+Self-transfer protocol (issue 16), per 24-frame real clip, from raw frames only: frames 0–11 are the
+source, frames 12–23 of the same clip the driving clip, `prepare --align none` (the same stage functions:
+`compute_poses`, `source_masks`, `predict_masks`). Source mask i is compared with the clip's SAM mask of
+frame i, predicted mask i with the SAM mask of frame 12+i (IoU at 512², threshold 0.5 = 127 on 8 bits).
+
+Leave-one-case-out: every knob chosen by measuring on the dev cases (M_r: guided-filter radius/eps and
+hole size; M_e: templates of the geometric vote) is re-chosen for each case on the OTHER cases only, and
+that case's LOCO figure uses the re-chosen value, so it predicts footage the choice never saw.
+Synthetic ground truth: held-out pairs of the synthetic world (seeds ≥ 9000, never trained on): source
+frame f + aligned target pose f → the ground-truth edit's mask f.
+Timing: seconds per stage of prepare for 24 source + 24 driving frames at 512².
 """
 
 from __future__ import annotations
 
-import sys
+import itertools
+import os
 import time
 from pathlib import Path
 from typing import Optional
 
+import cv2
 import numpy as np
 
-from mf_backend.pose.keypoints import PoseSequence
+from mf_backend.masks.predict import iou
+
+# The candidates each LOCO fold chooses from (the shipped values are among them).
+MR_GRID = list(itertools.product((2, 4, 8), (1e-3, 1e-2, 3e-2), (None, 0.002, 0.01)))  # radius, eps, hole
+TEMPLATE_GRID = (1, 3, 5)
 
 
-def iou(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
-    """Per-frame IoU of (F,H,W) masks thresholded at 0.5 (1.0 where both are empty)."""
-    p, g = pred >= 0.5, gt >= 0.5
-    inter = (p & g).reshape(len(p), -1).sum(1)
-    union = (p | g).reshape(len(p), -1).sum(1)
-    return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+def _at_512(masks: np.ndarray) -> np.ndarray:
+    if masks.shape[1:] == (512, 512):
+        return masks
+    return np.stack([cv2.resize(m.astype(np.float32), (512, 512), interpolation=cv2.INTER_LINEAR) for m in masks])
 
 
-def _rows(model, frames_ref, renders_tgt, masks_ref, poses_ref: PoseSequence, poses_tgt: PoseSequence,
-          gt, tta_frames, tta_renders, tta_masks, tta_steps: int) -> dict[str, float]:
-    """IoU of every predictor for one set of (reference frame, target pose) → target mask problems."""
-    from mf_backend.masks.geometric import geometric_masks
-    from mf_backend.masks.predict import guard, model_masks
-    from mf_backend.masks.train import adapt
+def _score(pred: np.ndarray, gt: np.ndarray) -> float:
+    return float(iou(_at_512(pred), _at_512(gt)).mean())
 
-    out: dict[str, float] = {}
-    geo = geometric_masks(masks_ref, poses_ref, poses_tgt)
-    out["geometric"] = float(iou(geo, gt).mean())
-    if model is None:
-        return out
-    pred = model_masks(model, frames_ref, renders_tgt)
-    out["model"] = float(iou(pred, gt).mean())
-    out["model_guarded"] = float(iou(guard(pred, masks_ref, poses_ref, poses_tgt)[0], gt).mean())
-    if tta_steps > 0:
-        tuned = adapt(model, tta_frames, tta_renders, tta_masks, steps=tta_steps)
-        pred = model_masks(tuned, frames_ref, renders_tgt)
-        out["model_tta"] = float(iou(pred, gt).mean())
-        out["model_tta_guarded"] = float(iou(guard(pred, masks_ref, poses_ref, poses_tgt)[0], gt).mean())
+
+def run_case(case: Path, predictor: str, ctx=None) -> dict:
+    """The protocol on one case folder (source_images + SAM source_masks) → IoUs, LOCO inputs, seconds."""
+    from mf_backend.jobs import JobContext
+    from mf_backend.masks.predict import predict_masks
+    from mf_backend.masks.source import clean_masks, mediapipe_probabilities, person_probabilities, refine_edges, source_masks
+    from mf_backend.media import read_clip, read_masks
+    from mf_backend.params import JobParams
+    from mf_backend.prepare import compute_poses
+
+    frames = read_clip(case / "source_images").frames
+    sam = read_masks(case / "source_masks")
+    half = len(frames) // 2
+    src, drv, gt_src, gt_tgt = frames[:half], frames[half:2 * half], sam[:half], sam[half:2 * half]
+    ctx = ctx or JobContext()
+    out: dict = {"seconds": {}}
+    t = time.perf_counter()
+    prep = compute_poses(src, drv, JobParams(align="none"), ctx)
+    out["seconds"]["poses"] = time.perf_counter() - t
+    t = time.perf_counter()
+    M_r = source_masks(src, poses=prep.source, ctx=ctx)
+    out["seconds"]["M_r"] = time.perf_counter() - t
+    t = time.perf_counter()
+    M_e, info = predict_masks(src, M_r, prep.source, prep.aligned, predictor, ctx=ctx)
+    out["seconds"]["M_e"] = time.perf_counter() - t
+    out.update(M_r=_score(M_r, gt_src), M_e=_score(M_e, gt_tgt), M_e_info=info,
+               selfie=_score(clean_masks(mediapipe_probabilities(src) >= 0.5), gt_src))
+    # Grids for the leave-one-case-out choice.
+    prob = person_probabilities(src)
+    out["M_r_grid"] = {(r, eps, hole): _score(clean_masks(refine_edges(src, prob, r, eps) >= 0.5, bodies=prep.source.body,
+                                                          max_hole=hole, fill_holes=hole is not None), gt_src)
+                       for r, eps, hole in MR_GRID}
+    out["M_e_grid"] = {k: _score(predict_masks(src, M_r, prep.source, prep.aligned, "geometric", templates=k)[0], gt_tgt)
+                       for k in TEMPLATE_GRID}
+    out["_inputs"] = (src, M_r, prep, gt_tgt)
     return out
 
 
-def eval_case(case: Path, model, tta_steps: int) -> dict[str, float]:
-    from mf_backend.masks.source import source_masks
-    from mf_backend.media import read_clip, read_masks
-    from mf_backend.pose.decode import decode_poses
+def leave_one_case_out(results: dict[str, dict], predictor: str) -> dict[str, dict]:
+    """Per case: the knobs that score best on the other cases, and this case's IoU with them."""
+    from mf_backend.masks.geometric import TEMPLATES
+    from mf_backend.masks.predict import predict_masks
 
-    frames = read_clip(case / "source_images").frames
-    renders = read_clip(case / "source_poses").frames
-    masks = read_masks(case / "source_masks")
-    poses = decode_poses(renders).scaled(frames.shape[2], frames.shape[1])
-    n = len(frames)
-    j = np.arange(n // 2, n)
-    i = j - n // 2
-    half = np.arange(n // 2)
-    res = _rows(model, frames[i], renders[j], masks[i], poses.frames(i), poses.frames(j), masks[j],
-                frames[half], renders[half], masks[half], tta_steps)
-    res["source_mediapipe_vs_sam"] = float(iou(source_masks(frames), masks).mean())
-    return res
+    out = {}
+    for name, res in results.items():
+        others = [r for n, r in results.items() if n != name] or [res]
+        mr = max(MR_GRID, key=lambda v: np.mean([r["M_r_grid"][v] for r in others]))
+        k = max(TEMPLATE_GRID, key=lambda v: np.mean([r["M_e_grid"][v] for r in others]))
+        if k == TEMPLATES:  # the shipped choice: the shipped run is the LOCO run
+            me = res["M_e"]
+        else:
+            src, M_r, prep, gt_tgt = res["_inputs"]
+            me = _score(predict_masks(src, M_r, prep.source, prep.aligned, predictor, templates=k)[0], gt_tgt)
+        out[name] = {"M_r": res["M_r_grid"][mr], "M_e": me, "M_r_choice": mr, "templates": k}
+    return out
 
 
-def eval_synthetic(seed: int, model, tta_steps: int, size: int = 256) -> dict[str, float]:
-    from mf_backend.pose.render import render_poses
+def eval_synthetic(seed: int, predictor: str, size: int = 256) -> dict[str, float]:
+    """Held-out synthetic pair: the world's M_r and poses, M_e vs the ground-truth edit's masks."""
+    from mf_backend.masks.predict import predict_masks
     from mf_backend.synthetic.pair import make_pair
 
     p = make_pair(seed, frames=16, size=size)
-    # Pose renders drawn at 512 px like real inputs (and the training data), whatever the clip size.
-    src_renders = render_poses(p.source.poses, 512, 512)
-    tgt_renders = render_poses(p.target_aligned.poses, 512, 512)
-    return _rows(model, p.source.frames, tgt_renders, p.source.masks, p.source.poses,
-                 p.target_aligned.poses, p.gt_edited.masks, p.source.frames, src_renders, p.source.masks,
-                 tta_steps)
+    row = {}
+    for name in dict.fromkeys(("geometric", predictor)):
+        pred, _ = predict_masks(p.source.frames, p.source.masks, p.source.poses, p.target_aligned.poses, name)
+        row[name] = float(iou(pred, p.gt_edited.masks).mean())
+    return row
 
 
-def timing(model, threads: int) -> dict[str, float]:
-    """Seconds for 24 frames at 512x512: model inference (+ clean), geometric warp, one TTA step."""
+def bench_prepare(cases: Optional[Path], predictor: str) -> dict[str, float]:
+    """Seconds per stage of prepare's poses + masks for 24 source and 24 driving frames at 512²: a real
+    source and another person driving (dev cases 1 and 2) when the cases are here, else a synthetic pair."""
+    from mf_backend.jobs import JobContext
+    from mf_backend.masks.predict import predict_masks
+    from mf_backend.masks.source import source_masks
+    from mf_backend.params import JobParams
+    from mf_backend.prepare import compute_poses
+
+    if cases is not None and (cases / "case-1").is_dir() and (cases / "case-2").is_dir():
+        from mf_backend.media import read_clip
+
+        src, drv = (read_clip(cases / c / "source_images", max_frames=24).frames for c in ("case-1", "case-2"))
+    else:
+        from mf_backend.synthetic.pair import make_pair
+
+        p = make_pair(1234, frames=24, size=512)
+        src, drv = p.source.frames, p.target.frames
+    ctx = JobContext()
+    sec = {}
+    t0 = t = time.perf_counter()
+    prep = compute_poses(src, drv, JobParams(), ctx)
+    sec["poses"] = time.perf_counter() - t
+    t = time.perf_counter()
+    M_r = source_masks(src, poses=prep.source, ctx=ctx)
+    sec["M_r"] = time.perf_counter() - t
+    t = time.perf_counter()
+    predict_masks(src, M_r, prep.source, prep.aligned, predictor, ctx=ctx)
+    sec["M_e"] = time.perf_counter() - t
+    sec["total"] = time.perf_counter() - t0
+    return sec
+
+
+def _fmt(d: dict) -> str:
+    return "  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in d.items())
+
+
+def evaluate(cases: Optional[str], predictor: str = "auto", synthetic: int = 4, synthetic_seed: int = 9000,
+             do_timing: bool = True, threads: int = 2) -> dict:
+    """Run the protocol, LOCO, synthetic rows and the timing; print them; return the numbers."""
     import torch
-
-    from mf_backend.masks.geometric import geometric_masks
-    from mf_backend.masks.predict import model_masks
-    from mf_backend.pose.render import render_poses
-    from mf_backend.synthetic.pair import make_pair
 
     torch.set_num_threads(threads)
-    p = make_pair(1234, frames=24, size=512)
-    out = {}
-    t = time.perf_counter()
-    geometric_masks(p.source.masks, p.source.poses, p.target_aligned.poses)
-    out["geometric_s"] = time.perf_counter() - t
-    if model is not None:
-        model_masks(model, p.source.frames[:2], p.target_aligned.pose_renders[:2])  # warm-up
-        t = time.perf_counter()
-        model_masks(model, p.source.frames, p.target_aligned.pose_renders)
-        out["model_s"] = time.perf_counter() - t
-        from mf_backend.masks.train import adapt
-
-        t = time.perf_counter()
-        adapt(model, p.source.frames, render_poses(p.source.poses), p.source.masks, steps=10)
-        out["tta_10_steps_s"] = time.perf_counter() - t
-    return out
-
-
-def evaluate(cases: Optional[str], weights: Optional[str], tta_steps: int = 60, synthetic: int = 8,
-             synthetic_seed: int = 9000, do_timing: bool = True, threads: int = 2) -> dict:
-    """Run everything and print a table to stdout; returns the numbers."""
-    import torch
-
-    from mf_backend.masks.model import default_weights_dir, load_predictor
-    from mf_backend.masks.predict import model_available
-
     torch.manual_seed(0)
-    folder = Path(weights) if weights else default_weights_dir()
-    model = load_predictor(folder) if model_available(folder) else None
-    if model is None:
-        print(f"no mask model in '{folder}': only the geometric fallback is evaluated", file=sys.stderr)
-    results: dict = {"weights": str(folder), "tta_steps": tta_steps, "real": {}, "synthetic": {}}
-    if cases and Path(cases).expanduser().is_dir():
-        for case in sorted(p for p in Path(cases).expanduser().iterdir() if (p / "source_masks").is_dir()):
-            results["real"][case.name] = eval_case(case, model, tta_steps)
-            print(f"{case.name}: " + "  ".join(f"{k} {v:.3f}" for k, v in results["real"][case.name].items()), flush=True)
+    root = Path(cases).expanduser() if cases else None
+    results: dict = {"predictor": predictor, "real": {}, "synthetic": {}}
+    real: dict[str, dict] = {}
+    if root is not None and root.is_dir():
+        for case in sorted(p for p in root.iterdir() if (p / "source_images").is_dir() and (p / "source_masks").is_dir()):
+            real[case.name] = r = run_case(case, predictor)
+            print(f"{case.name}: M_r {r['M_r']:.3f} (selfie {r['selfie']:.3f})  M_e {r['M_e']:.3f} "
+                  f"[{r['M_e_info']['predictor']}, self-check step {r['M_e_info'].get('self_check', {}).get('step', '-')}]  "
+                  f"geometric k=" + " ".join(f"{k}:{v:.3f}" for k, v in r["M_e_grid"].items())
+                  + "  seconds " + _fmt(r["seconds"]), flush=True)
     elif cases:
-        print(f"cases folder '{cases}' not found: real-case rows skipped", file=sys.stderr)
+        print(f"cases folder '{cases}' not found: real-case rows skipped")
+    if real:
+        loco = leave_one_case_out(real, predictor)
+        for name, row in loco.items():
+            print(f"LOCO {name}: M_r {row['M_r']:.3f} (radius, eps, hole = {row['M_r_choice']})  "
+                  f"M_e {row['M_e']:.3f} (templates {row['templates']})")
+        keys = ("M_r", "M_e", "selfie")
+        mean = {k: float(np.mean([r[k] for r in real.values()])) for k in keys}
+        mean_loco = {k: float(np.mean([r[k] for r in loco.values()])) for k in ("M_r", "M_e")}
+        print(f"MEAN real ({len(real)}): " + _fmt(mean))
+        print(f"MEAN LOCO ({len(real)}): " + _fmt(mean_loco))
+        results["real"] = {n: {k: v for k, v in r.items() if not k.startswith("_") and not k.endswith("_grid")}
+                           for n, r in real.items()}
+        results["loco"] = {n: {**r, "M_r_choice": list(r["M_r_choice"])} for n, r in loco.items()}
+        results["real_mean"], results["loco_mean"] = mean, mean_loco
     for k in range(synthetic):
-        results["synthetic"][str(synthetic_seed + k)] = r = eval_synthetic(synthetic_seed + k, model, tta_steps)
-        print(f"synthetic {synthetic_seed + k}: " + "  ".join(f"{a} {b:.3f}" for a, b in r.items()), flush=True)
-    for name in ("real", "synthetic"):
-        rows = results[name]
-        if rows:
-            keys = list(next(iter(rows.values())))
-            results[name + "_mean"] = {k: float(np.mean([r[k] for r in rows.values()])) for k in keys}
-            print(f"MEAN IoU {name} ({len(rows)}): " + "  ".join(f"{k} {v:.3f}" for k, v in results[name + '_mean'].items()))
+        results["synthetic"][str(synthetic_seed + k)] = row = eval_synthetic(synthetic_seed + k, predictor)
+        print(f"synthetic {synthetic_seed + k}: M_e " + _fmt(row), flush=True)
+    if results["synthetic"]:
+        rows = list(results["synthetic"].values())
+        results["synthetic_mean"] = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+        print(f"MEAN synthetic ({len(rows)}): M_e " + _fmt(results["synthetic_mean"]))
     if do_timing:
-        results["timing_24x512"] = t = timing(model, threads)
-        print(f"timing, 24 frames at 512x512, {threads} CPU threads: " + "  ".join(f"{k} {v:.2f}" for k, v in t.items()))
+        results["timing_24x512"] = sec = bench_prepare(root, predictor)
+        load = os.getloadavg()[0]
+        print(f"timing prepare, 24+24 frames at 512x512, torch threads {threads}, load average {load:.1f} "
+              f"on {os.cpu_count()} CPUs: " + "  ".join(f"{k} {v:.1f}s" for k, v in sec.items()))
+        results["load_average"] = load
     return results

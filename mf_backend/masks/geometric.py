@@ -4,6 +4,9 @@ Each person pixel of the source mask belongs to its nearest bone (one of the 17 
 carries its pixels with an affine map taking the source bone to the target bone: the bone's direction
 and position follow the target, its length scales along the bone (foreshortening), its width stays the
 source's. The union of the warped parts is closed (to heal the seams between parts) and cleaned.
+
+A target pose is best reached from the source frames whose pose is nearest (less to bend, fewer
+occluded parts to invent): `vote_probability` warps the k nearest source frames and averages them.
 """
 
 from __future__ import annotations
@@ -12,18 +15,23 @@ import cv2
 import numpy as np
 
 from mf_backend.masks.source import clean_mask
-from mf_backend.pose.keypoints import LIMBS, PoseSequence
+from mf_backend.pose.keypoints import LIMBS, PoseSequence, body_size
 
 _LIMBS = np.array(LIMBS)  # (17,2)
 _NECK = 1
+WARP_SIZE = 256  # warps run at most at this size (px of the longer side), then are upsampled
+TEMPLATES = 3  # source frames of nearest pose warped and averaged per target (chosen leave-one-case-out)
 
 
 def _segment_distance(px: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Distance of points px (N,2) to segments a→b (K,2) → (N,K)."""
-    ab = b - a  # (K,2)
-    t = ((px[:, None] - a[None]) * ab[None]).sum(-1) / np.maximum((ab * ab).sum(-1), 1e-6)[None]
-    closest = a[None] + np.clip(t, 0, 1)[..., None] * ab[None]  # (N,K,2)
-    return np.linalg.norm(px[:, None] - closest, axis=-1)
+    """Squared distance of points px (N,2) to segments a→b (K,2) → (N,K) float32 (per coordinate: no
+    (N,K,2) temporaries, the hot spot of the warp)."""
+    px, a, b = px.astype(np.float32), a.astype(np.float32), b.astype(np.float32)
+    abx, aby = b[:, 0] - a[:, 0], b[:, 1] - a[:, 1]  # (K,)
+    dx, dy = px[:, :1] - a[None, :, 0], px[:, 1:] - a[None, :, 1]  # (N,K)
+    t = np.clip((dx * abx + dy * aby) / np.maximum(abx * abx + aby * aby, 1e-6), 0.0, 1.0)
+    ex, ey = dx - t * abx, dy - t * aby
+    return ex * ex + ey * ey
 
 
 def bone_affine(a: np.ndarray, b: np.ndarray, a2: np.ndarray, b2: np.ndarray,
@@ -76,15 +84,66 @@ def warp_mask(mask: np.ndarray, src_body: np.ndarray, dst_body: np.ndarray, clos
     return clean_mask(out).astype(np.float32)
 
 
-def geometric_masks(source_masks: np.ndarray, source_poses: PoseSequence, target_poses: PoseSequence) -> np.ndarray:
-    """M_e for a clip: source masks (F,H,W) + source/target keypoints (any pixel frame) → float32 (F,H,W) {0,1}.
+def pose_distance(source_body: np.ndarray, target_body: np.ndarray) -> np.ndarray:
+    """Body keypoints (S,18,3) and (T,18,3) → (S,T): mean distance of the joints visible in both, each
+    pose taken relative to its neck and divided by its body size (placement and scale do not count)."""
+    def normalise(b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        size = body_size(b)
+        size = np.where(np.isfinite(size) & (size > 0), size, np.nanmax(np.append(size, 1.0)))
+        return (b[:, :, :2] - b[:, _NECK:_NECK + 1, :2]) / size[:, None, None], b[:, :, 2] > 0
 
-    Frame f's source mask is warped from source pose f to target pose f.
+    a, va = normalise(source_body)
+    b, vb = normalise(target_body)
+    both = va[:, None] & vb[None]  # (S,T,18)
+    d = np.linalg.norm(a[:, None] - b[None], axis=-1)
+    return np.where(both.any(-1), (d * both).sum(-1) / np.maximum(both.sum(-1), 1), np.inf)
+
+
+def _warp_small(mask: np.ndarray, src_body: np.ndarray, dst_body: np.ndarray) -> np.ndarray:
+    """`warp_mask` at ≤ WARP_SIZE px (masks are smooth: same IoU, 3.5x faster at 512²) → (H,W) float32 in [0,1]."""
+    h, w = mask.shape
+    s = min(1.0, WARP_SIZE / max(h, w))
+    if s == 1.0:
+        return warp_mask(mask, src_body, dst_body)
+    size = (max(1, round(w * s)), max(1, round(h * s)))
+    small = cv2.resize(mask.astype(np.float32), size, interpolation=cv2.INTER_AREA)
+    scale = np.array([s, s, 1.0], np.float32)
+    out = warp_mask(small, src_body * scale, dst_body * scale)
+    return cv2.resize(out, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def vote_probability(source_masks: np.ndarray, source_body: np.ndarray, target_body: np.ndarray,
+                     templates: int = TEMPLATES) -> np.ndarray:
+    """Per target pose, the `templates` source frames with the nearest poses are warped onto it and
+    averaged: source masks (S,H,W) + bodies (S,18,3), (T,18,3) in the masks' pixels → (T,H,W) in [0,1].
+    Source frames without a person are never templates."""
+    d = pose_distance(source_body, target_body)
+    d[source_masks.reshape(len(source_masks), -1).max(1) < 0.5] = np.inf
+    order = np.argsort(d, axis=0, kind="stable")[:max(1, templates)]  # (k,T)
+    cache: dict[tuple[int, int], np.ndarray] = {}
+    out = np.zeros((len(target_body),) + source_masks.shape[1:], np.float32)
+    for t in range(len(target_body)):
+        picks = [int(k) for k in order[:, t] if np.isfinite(d[k, t])] or [int(order[0, t])]
+        for k in picks:
+            cache[k, t] = _warp_small(source_masks[k], source_body[k], target_body[t])
+        out[t] = np.mean([cache[k, t] for k in picks], axis=0)
+    return out
+
+
+def geometric_masks(source_masks: np.ndarray, source_poses: PoseSequence, target_poses: PoseSequence,
+                    templates: int = 0) -> np.ndarray:
+    """M_e by warping: source masks (S,H,W) + source/target keypoints (any pixel frame) → float32 (T,H,W) {0,1}.
+
+    templates = 0: target f is warped from source frame f (S = T); templates = k > 0: from the k source
+    frames of nearest pose, averaged (`vote_probability`), then thresholded at 0.5 and cleaned.
     """
     f, h, w = source_masks.shape
-    if len(source_poses) != f or len(target_poses) != f:
-        raise ValueError(f"need one source and one target pose per mask frame ({f}), got "
-                         f"{len(source_poses)} and {len(target_poses)}")
+    if len(source_poses) != f or (templates <= 0 and len(target_poses) != f):
+        raise ValueError(f"need one source pose per mask ({f}) and, without templates, one target pose per mask; "
+                         f"got {len(source_poses)} and {len(target_poses)}")
     src = source_poses.scaled(w, h).body
     dst = target_poses.scaled(w, h).body
+    if templates > 0:
+        prob = vote_probability(source_masks, src, dst, templates)
+        return np.stack([clean_mask(p >= 0.5) for p in prob]).astype(np.float32)
     return np.stack([warp_mask(source_masks[i], src[i], dst[i]) for i in range(f)])

@@ -1,19 +1,22 @@
 """M_e for an edit, and the rule for which predictor makes it.
 
-Rule (`mask_predictor` job parameter), from the measurements in docs/masks.md (real cases, self-transfer
-IoU: geometric 0.832, model trained on synthetic data only 0.803, model + 60 TTA steps 0.872):
-  * "auto":      the DiT predictor adapted to the source clip (`tta_steps`, or AUTO_TTA_STEPS when that
-                 is 0) when its weights are present; else the geometric warp.
-  * "model":     the DiT predictor with exactly `tta_steps` of adaptation (0 = as trained); missing
-                 weights are an error (shipped weights: mf_backend/assets/seg, or a folder `weights`).
-  * "geometric": the training-free part-by-part warp (geometric.py).
+Measured on real clips from raw frames (docs/masks.md, self-transfer, leave-one-case-out): the geometric
+warp from the k source frames of nearest pose beats the DiT model trained on synthetic data, and the model
+adapted to the clip (TTA) helps only fused with that warp. So (`mask_predictor` job parameter):
+  * "auto":      the geometric vote (geometric.vote_probability, TEMPLATES nearest source poses); when the
+                 model's weights are present, a *self-check* on the source clip decides whether the model,
+                 adapted to it, joins: the last third of the source frames is held out, the model is
+                 adapted on the rest (`tta_steps`, or AUTO_TTA_STEPS when that is 0) and, at each
+                 CHECKPOINTS step, the held-out frames are predicted (vote from the kept frames, alone and
+                 averaged with the model's probability) and compared with their M_r; the best of "vote
+                 alone" and "fusion at step s" is used for the edit (early stopping on held-out frames).
+  * "model":     the DiT predictor alone with exactly `tta_steps` of adaptation on the whole source clip
+                 (0 = as trained); missing weights are an error.
+  * "geometric": the vote alone (training-free).
 Whatever made it, every frame then goes through `guard`: a predicted mask that is empty, or far smaller
 or larger than the source person (below 1/4 or above 4x M_r's area), is replaced by the geometric warp of
 that frame; if that is empty too, by M_r itself, and if the source had no person either, by the target
 skeleton dilated to a body. M_e is therefore never empty.
-
-The model sees (source frame f, target pose render f); with `tta_steps` > 0 it is first fine-tuned on
-the source clip (train.adapt).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import numpy as np
 import torch
 
 from mf_backend.errors import InvalidParams
-from mf_backend.masks.geometric import geometric_masks
+from mf_backend.masks.geometric import TEMPLATES, geometric_masks, pose_distance, vote_probability
 from mf_backend.masks.model import TargetMaskPredictor, default_weights_dir, load_predictor
 from mf_backend.masks.source import clean_mask
 from mf_backend.pose.keypoints import PoseSequence
@@ -36,7 +39,8 @@ from mf_backend.pose.render import render_poses
 log = logging.getLogger(__name__)
 
 AREA_RATIO_LIMITS = (0.25, 4.0)  # plausible M_e area / M_r area
-AUTO_TTA_STEPS = 60  # the synthetic-only model loses to the geometric warp on real footage; adapted, it wins
+AUTO_TTA_STEPS = 20  # adaptation steps of "auto" (60 gained +0.002 IoU fused, for 3x the time)
+CHECKPOINTS = (10, 20)  # self-check after these adaptation steps (and the last one)
 
 
 def render_for_model(poses: PoseSequence) -> np.ndarray:
@@ -115,36 +119,105 @@ def guard(pred: np.ndarray, source_masks: np.ndarray, source_poses: PoseSequence
     return out, report
 
 
+def iou(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """Per-frame IoU of (F,H,W) masks thresholded at 0.5 (1.0 where both are empty)."""
+    p, g = pred >= 0.5, gt >= 0.5
+    inter = (p & g).reshape(len(p), -1).sum(1)
+    union = (p | g).reshape(len(p), -1).sum(1)
+    return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+
+
+def self_check(model: TargetMaskPredictor, frames: np.ndarray, source_masks: np.ndarray, source_poses: PoseSequence,
+               steps: int, templates: int = TEMPLATES, ctx=None) -> tuple[Optional[TargetMaskPredictor], dict]:
+    """Does the model, adapted to this clip, improve the geometric vote? Decided on the clip's own frames.
+
+    The last third of the source frames is held out; the model is adapted on the others and, at each
+    CHECKPOINTS step, predicts each held-out frame from its nearest-pose kept frame. Returns (the adapted
+    model at its best step, or None when the vote alone wins; {"scores": {"vote": iou, "fusion@s": iou,
+    ...}, "step": the chosen adaptation step, 0 = vote alone}).
+    """
+    from mf_backend.masks.train import adapt
+
+    n, h, w = source_masks.shape
+    source_body = source_poses.scaled(w, h).body
+    keep = np.arange(n - max(1, n // 3))
+    held = np.arange(len(keep), n)
+    person = source_masks.reshape(n, -1).max(1) >= 0.5
+    if person[keep].sum() < 2 or not person[held].any():
+        return None, {"scores": {}, "step": 0, "skipped": "too few source frames with a person"}
+    held = held[person[held]]
+    vote = vote_probability(source_masks[keep], source_body[keep], source_body[held], templates)  # (C,H,W)
+    d = pose_distance(source_body[keep], source_body[held])
+    d[~person[keep]] = np.inf
+    nearest = keep[np.argmin(d, axis=0)]
+    renders = render_for_model(source_poses)
+    scores = {"vote": float(iou(clean_stack(vote), source_masks[held]).mean())}
+    best: dict = {"score": scores["vote"], "state": None, "step": 0}
+
+    def check(tuned: TargetMaskPredictor, step: int) -> None:
+        if step not in CHECKPOINTS and step != steps:
+            return
+        prob = run_model(tuned, frames[nearest], renders[held])
+        scores[f"fusion@{step}"] = score = float(iou(clean_stack((prob + vote) / 2), source_masks[held]).mean())
+        if score > best["score"]:
+            best.update(score=score, step=step, state={k: v.clone() for k, v in tuned.state_dict().items()})
+
+    tuned = adapt(model, frames[keep], renders[keep], source_masks[keep], steps=steps, ctx=ctx, callback=check)
+    report = {"scores": scores, "step": best["step"]}
+    if best["state"] is None:
+        return None, report
+    tuned.load_state_dict(best["state"])
+    return tuned, report
+
+
+def clean_stack(prob: np.ndarray) -> np.ndarray:
+    """(F,H,W) probabilities → cleaned binary masks float32 (threshold 0.5, protagonist, holes filled)."""
+    return np.stack([clean_mask(p >= 0.5) for p in prob]).astype(np.float32)
+
+
 def predict_masks(frames: np.ndarray, source_masks: np.ndarray, source_poses: PoseSequence,
                   target_poses: PoseSequence, predictor: str = "auto", weights: Optional[str | Path] = None,
-                  tta_steps: int = 0, target_renders: Optional[np.ndarray] = None, ctx=None) -> tuple[np.ndarray, dict]:
+                  tta_steps: int = 0, target_renders: Optional[np.ndarray] = None, templates: int = TEMPLATES,
+                  ctx=None) -> tuple[np.ndarray, dict]:
     """M_e (F,H,W) float32 {0,1} for source frames (F,H,W,3) uint8, M_r (F,H,W) and keypoints.
 
     target_renders: the target pose renders (F,H',W',3) if they exist already (else drawn from target_poses).
-    Returns (masks, info) with info = {"predictor": "model"|"geometric", "guard": {...}, "tta_steps": n}.
+    Returns (masks, info) with info = {"predictor": "fusion"|"model"|"geometric", "guard": {...},
+    "tta_steps": n, "self_check": {...}}.
     """
     f, h, w = source_masks.shape
     if predictor not in ("auto", "model", "geometric"):
         raise InvalidParams(f"unknown mask_predictor {predictor!r}", "use auto, model or geometric")
-    use_model = predictor == "model" or (predictor == "auto" and model_available(weights))
-    if predictor == "auto" and tta_steps <= 0:
-        tta_steps = AUTO_TTA_STEPS
-    info: dict = {"predictor": "model" if use_model else "geometric", "tta_steps": 0}
-    if ctx is not None:
-        ctx.progress("masks", 0, 2, f"predicted masks ({info['predictor']})")
-    if use_model:
+    if predictor == "model" or (predictor == "auto" and model_available(weights)):
         model = load_predictor(weights or default_weights_dir())
+    else:
+        model = None
+    info: dict = {"predictor": "geometric", "tta_steps": 0}
+    if ctx is not None:
+        ctx.progress("masks", 0, 2, "predicted masks")
+    src_body = source_poses.scaled(w, h).body
+    dst_body = target_poses.scaled(w, h).body
+    renders = target_renders if target_renders is not None else None
+    if predictor == "model":
         if tta_steps > 0:
             from mf_backend.masks.train import adapt
 
             model = adapt(model, frames, render_for_model(source_poses), source_masks, steps=tta_steps, ctx=ctx)
             info["tta_steps"] = tta_steps
-        renders = target_renders if target_renders is not None else render_for_model(target_poses)
-        pred = model_masks(model, frames, renders)
-        pred, info["guard"] = guard(pred, source_masks, source_poses, target_poses)
+        pred = model_masks(model, frames, renders if renders is not None else render_for_model(target_poses))
+        info["predictor"] = "model"
     else:
-        geo = geometric_masks(source_masks, source_poses, target_poses)
-        pred, info["guard"] = guard(geo, source_masks, source_poses, target_poses, pred_is_geometric=True)
+        prob = vote_probability(source_masks, src_body, dst_body, templates)
+        if model is not None:
+            steps = tta_steps if tta_steps > 0 else AUTO_TTA_STEPS
+            tuned, info["self_check"] = self_check(model, frames, source_masks, source_poses, steps, templates, ctx)
+            if tuned is not None:
+                renders = renders if renders is not None else render_for_model(target_poses)
+                prob = (prob + run_model(tuned, frames, renders)) / 2
+                info.update(predictor="fusion", tta_steps=info["self_check"]["step"])
+        pred = clean_stack(prob)
+    pred, info["guard"] = guard(pred, source_masks, source_poses, target_poses,
+                                pred_is_geometric=info["predictor"] == "geometric")
     if ctx is not None:
         ctx.progress("masks", 2, 2)
     return pred, info

@@ -62,10 +62,11 @@ def person_probabilities(frames: np.ndarray, ctx=None) -> np.ndarray:
     return prob
 
 
-def refine_edges(frames: np.ndarray, prob: np.ndarray) -> np.ndarray:
+def refine_edges(frames: np.ndarray, prob: np.ndarray, radius_512: float = GUIDED_RADIUS_512,
+                 eps: float = GUIDED_EPS) -> np.ndarray:
     """Guided filter of (F,H,W) probabilities by the uint8 RGB frames (F,H,W,3) → float32 (F,H,W)."""
-    r = max(1, round(GUIDED_RADIUS_512 * max(prob.shape[1:]) / 512))
-    return np.stack([cv2.ximgproc.guidedFilter(f.astype(np.float32) / 255.0, p.astype(np.float32), r, GUIDED_EPS)
+    r = max(1, round(radius_512 * max(prob.shape[1:]) / 512))
+    return np.stack([cv2.ximgproc.guidedFilter(f.astype(np.float32) / 255.0, p.astype(np.float32), r, eps)
                      for f, p in zip(frames, prob)])
 
 

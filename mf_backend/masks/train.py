@@ -25,7 +25,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 import cv2
 import numpy as np
@@ -163,8 +163,10 @@ def sample_batch(groups: list[Group], batch: int, rng: np.random.Generator, jitt
 
 def train_steps(model: TargetMaskPredictor, groups: list[Group], steps: Optional[int] = None,
                 minutes: Optional[float] = None, batch: int = 16, lr: float = 2e-3, seed: int = 0,
-                jitter: bool = True, ctx=None, log_every: int = 25, stage: str = "train") -> list[float]:
+                jitter: bool = True, ctx=None, log_every: int = 25, stage: str = "train",
+                callback: Optional[Callable[[int], None]] = None) -> list[float]:
     """AdamW on the MSE between the predicted probability and the mask; stops at `steps` or `minutes`.
+    callback(step) runs after every step (e.g. a held-out check for early stopping).
 
     Returns the loss per step. The learning rate follows a cosine decay over the planned steps (by time
     when only `minutes` is given: the schedule is re-estimated from the measured step time).
@@ -205,24 +207,31 @@ def train_steps(model: TargetMaskPredictor, groups: list[Group], steps: Optional
             ctx.progress(stage, step, steps or step + 1, f"loss {np.mean(losses[-log_every:]):.4f}")
         if step % log_every == 0:
             log.info("step %d  loss %.4f  %.1fs", step, np.mean(losses[-log_every:]), time.perf_counter() - start)
+        if callback is not None:
+            callback(step)
+            model.train()
     model.eval()
     return losses
 
 
 def adapt(model: TargetMaskPredictor, frames: np.ndarray, pose_renders: np.ndarray, masks: np.ndarray,
-          steps: int = 40, lr: float = 5e-4, batch: int = 8, seed: int = 0, ctx=None) -> TargetMaskPredictor:
+          steps: int = 40, lr: float = 5e-4, batch: int = 8, seed: int = 0, ctx=None,
+          callback: Optional[Callable[[TargetMaskPredictor, int], None]] = None) -> TargetMaskPredictor:
     """Test-time adaptation: a copy of `model` fine-tuned on the source clip itself.
 
     frames uint8 (F,H,W,3), pose_renders uint8 (F,H,W,3) of the SOURCE poses, masks (F,H,W) = M_r.
     The protagonist's body and clothes are known from the source, so (frame i, pose j) → mask j pairs of
     the clip teach the model this person. Frames whose mask is empty are left out.
+    callback(tuned model, step) runs after every step.
     """
     keep = masks.reshape(len(masks), -1).max(1) > 0
     if keep.sum() < 2 or steps <= 0:
         return model
     group = make_group(frames[keep], pose_renders[keep], masks[keep], model.config.resolution)
     tuned = copy.deepcopy(model)
-    train_steps(tuned, [group], steps=steps, batch=batch, lr=lr, seed=seed, jitter=True, ctx=ctx, stage="masks")
+    hook = None if callback is None else (lambda step: callback(tuned, step))
+    train_steps(tuned, [group], steps=steps, batch=batch, lr=lr, seed=seed, jitter=True, ctx=ctx, stage="masks",
+                callback=hook)
     return tuned
 
 
