@@ -6,7 +6,7 @@ source, frames 12–23 of the same clip the driving clip, `prepare --align none`
 frame i, predicted mask i with the SAM mask of frame 12+i (IoU at 512², threshold 0.5 = 127 on 8 bits).
 
 Leave-one-case-out: every knob chosen by measuring on the dev cases (M_r: guided-filter radius/eps and
-hole size; M_e: templates of the geometric vote) is re-chosen for each case on the OTHER cases only, and
+hole size; M_e: templates of the geometric vote, the model's fusion weight) is re-chosen for each case on the OTHER cases only, and
 that case's LOCO figure uses the re-chosen value, so it predicts footage the choice never saw.
 Synthetic ground truth: held-out pairs of the synthetic world (seeds ≥ 9000, never trained on): source
 frame f + aligned target pose f → the ground-truth edit's mask f.
@@ -28,7 +28,7 @@ from mf_backend.masks.predict import iou
 
 # The candidates each LOCO fold chooses from (the shipped values are among them).
 MR_GRID = list(itertools.product((2, 4, 8), (1e-3, 1e-2, 3e-2), (None, 0.002, 0.01)))  # radius, eps, hole
-TEMPLATE_GRID = (1, 3, 5)
+ME_GRID = list(itertools.product((1, 3, 5), (0.3, 0.5)))  # templates, fusion weight
 
 
 def _at_512(masks: np.ndarray) -> np.ndarray:
@@ -72,28 +72,20 @@ def run_case(case: Path, predictor: str, ctx=None) -> dict:
     out["M_r_grid"] = {(r, eps, hole): _score(clean_masks(refine_edges(src, prob, r, eps) >= 0.5, bodies=prep.source.body,
                                                           max_hole=hole, fill_holes=hole is not None), gt_src)
                        for r, eps, hole in MR_GRID}
-    out["M_e_grid"] = {k: _score(predict_masks(src, M_r, prep.source, prep.aligned, "geometric", templates=k)[0], gt_tgt)
-                       for k in TEMPLATE_GRID}
-    out["_inputs"] = (src, M_r, prep, gt_tgt)
+    out["M_e_grid"] = {(k, wt): _score(predict_masks(src, M_r, prep.source, prep.aligned, predictor, templates=k,
+                                                      fusion_weight=wt)[0], gt_tgt) for k, wt in ME_GRID}
     return out
 
 
-def leave_one_case_out(results: dict[str, dict], predictor: str) -> dict[str, dict]:
+def leave_one_case_out(results: dict[str, dict]) -> dict[str, dict]:
     """Per case: the knobs that score best on the other cases, and this case's IoU with them."""
-    from mf_backend.masks.geometric import TEMPLATES
-    from mf_backend.masks.predict import predict_masks
-
     out = {}
     for name, res in results.items():
         others = [r for n, r in results.items() if n != name] or [res]
         mr = max(MR_GRID, key=lambda v: np.mean([r["M_r_grid"][v] for r in others]))
-        k = max(TEMPLATE_GRID, key=lambda v: np.mean([r["M_e_grid"][v] for r in others]))
-        if k == TEMPLATES:  # the shipped choice: the shipped run is the LOCO run
-            me = res["M_e"]
-        else:
-            src, M_r, prep, gt_tgt = res["_inputs"]
-            me = _score(predict_masks(src, M_r, prep.source, prep.aligned, predictor, templates=k)[0], gt_tgt)
-        out[name] = {"M_r": res["M_r_grid"][mr], "M_e": me, "M_r_choice": mr, "templates": k}
+        me = max(ME_GRID, key=lambda v: np.mean([r["M_e_grid"][v] for r in others]))
+        out[name] = {"M_r": res["M_r_grid"][mr], "M_e": res["M_e_grid"][me], "M_r_choice": list(mr),
+                     "M_e_choice": list(me)}
     return out
 
 
@@ -162,15 +154,15 @@ def evaluate(cases: Optional[str], predictor: str = "auto", synthetic: int = 4, 
             real[case.name] = r = run_case(case, predictor)
             print(f"{case.name}: M_r {r['M_r']:.3f} (selfie {r['selfie']:.3f})  M_e {r['M_e']:.3f} "
                   f"[{r['M_e_info']['predictor']}, self-check step {r['M_e_info'].get('self_check', {}).get('step', '-')}]  "
-                  f"geometric k=" + " ".join(f"{k}:{v:.3f}" for k, v in r["M_e_grid"].items())
+                  f"(templates, weight): " + " ".join(f"{k}:{v:.3f}" for k, v in r["M_e_grid"].items())
                   + "  seconds " + _fmt(r["seconds"]), flush=True)
     elif cases:
         print(f"cases folder '{cases}' not found: real-case rows skipped")
     if real:
-        loco = leave_one_case_out(real, predictor)
+        loco = leave_one_case_out(real)
         for name, row in loco.items():
             print(f"LOCO {name}: M_r {row['M_r']:.3f} (radius, eps, hole = {row['M_r_choice']})  "
-                  f"M_e {row['M_e']:.3f} (templates {row['templates']})")
+                  f"M_e {row['M_e']:.3f} (templates, fusion weight = {row['M_e_choice']})")
         keys = ("M_r", "M_e", "selfie")
         mean = {k: float(np.mean([r[k] for r in real.values()])) for k in keys}
         mean_loco = {k: float(np.mean([r[k] for r in loco.values()])) for k in ("M_r", "M_e")}
@@ -178,7 +170,7 @@ def evaluate(cases: Optional[str], predictor: str = "auto", synthetic: int = 4, 
         print(f"MEAN LOCO ({len(real)}): " + _fmt(mean_loco))
         results["real"] = {n: {k: v for k, v in r.items() if not k.startswith("_") and not k.endswith("_grid")}
                            for n, r in real.items()}
-        results["loco"] = {n: {**r, "M_r_choice": list(r["M_r_choice"])} for n, r in loco.items()}
+        results["loco"] = loco
         results["real_mean"], results["loco_mean"] = mean, mean_loco
     for k in range(synthetic):
         results["synthetic"][str(synthetic_seed + k)] = row = eval_synthetic(synthetic_seed + k, predictor)

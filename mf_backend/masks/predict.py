@@ -1,15 +1,15 @@
 """M_e for an edit, and the rule for which predictor makes it.
 
-Measured on real clips from raw frames (docs/masks.md, self-transfer, leave-one-case-out): the geometric
-warp from the k source frames of nearest pose beats the DiT model trained on synthetic data, and the model
-adapted to the clip (TTA) helps only fused with that warp. So (`mask_predictor` job parameter):
-  * "auto":      the geometric vote (geometric.vote_probability, TEMPLATES nearest source poses); when the
-                 model's weights are present, a *self-check* on the source clip decides whether the model,
-                 adapted to it, joins: the last third of the source frames is held out, the model is
-                 adapted on the rest (`tta_steps`, or AUTO_TTA_STEPS when that is 0) and, at each
-                 CHECKPOINTS step, the held-out frames are predicted (vote from the kept frames, alone and
-                 averaged with the model's probability) and compared with their M_r; the best of "vote
-                 alone" and "fusion at step s" is used for the edit (early stopping on held-out frames).
+Measured on real clips from raw frames (docs/masks.md, self-transfer, leave-one-case-out): warping the
+source masks of the k source frames of nearest pose (the geometric *vote*) beats the DiT model trained on
+synthetic data alone; the model helps a little averaged with the vote, on some clips only; adapting it to
+the clip (TTA) adds little for 10x the time. So (`mask_predictor` job parameter):
+  * "auto":      the vote (geometric.vote_probability, TEMPLATES nearest source poses); when the model's
+                 weights are present, a per-clip *self-check* decides whether the model joins it
+                 (probability (1 - FUSION_WEIGHT)·vote + FUSION_WEIGHT·model): the last third of the
+                 source frames is held out, predicted from the other source frames both ways, and compared
+                 with its M_r. With `tta_steps` > 0 the model is also adapted on the kept frames and checked
+                 after CHECKPOINTS steps (early stopping on held-out frames).
   * "model":     the DiT predictor alone with exactly `tta_steps` of adaptation on the whole source clip
                  (0 = as trained); missing weights are an error.
   * "geometric": the vote alone (training-free).
@@ -21,6 +21,7 @@ skeleton dilated to a body. M_e is therefore never empty.
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 from typing import Optional
@@ -39,8 +40,8 @@ from mf_backend.pose.render import render_poses
 log = logging.getLogger(__name__)
 
 AREA_RATIO_LIMITS = (0.25, 4.0)  # plausible M_e area / M_r area
-AUTO_TTA_STEPS = 20  # adaptation steps of "auto" (60 gained +0.002 IoU fused, for 3x the time)
-CHECKPOINTS = (10, 20)  # self-check after these adaptation steps (and the last one)
+FUSION_WEIGHT = 0.3  # the model's share when the self-check fuses it with the vote (chosen leave-one-case-out)
+CHECKPOINTS = (10, 20)  # with tta_steps > 0, the self-check also runs after these steps (and the last one)
 
 
 def render_for_model(poses: PoseSequence) -> np.ndarray:
@@ -128,13 +129,15 @@ def iou(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
 
 
 def self_check(model: TargetMaskPredictor, frames: np.ndarray, source_masks: np.ndarray, source_poses: PoseSequence,
-               steps: int, templates: int = TEMPLATES, ctx=None) -> tuple[Optional[TargetMaskPredictor], dict]:
-    """Does the model, adapted to this clip, improve the geometric vote? Decided on the clip's own frames.
+               steps: int = 0, templates: int = TEMPLATES, weight: float = FUSION_WEIGHT,
+               ctx=None) -> tuple[Optional[TargetMaskPredictor], dict]:
+    """Does the model improve the geometric vote on this clip? Decided on the clip's own frames.
 
-    The last third of the source frames is held out; the model is adapted on the others and, at each
-    CHECKPOINTS step, predicts each held-out frame from its nearest-pose kept frame. Returns (the adapted
-    model at its best step, or None when the vote alone wins; {"scores": {"vote": iou, "fusion@s": iou,
-    ...}, "step": the chosen adaptation step, 0 = vote alone}).
+    The last third of the source frames is held out: each is predicted by the vote from the other source
+    frames, alone and fused with the model (source frame = the kept frame of nearest pose), and scored
+    against its M_r. With steps > 0 the model is adapted on the kept frames and checked again at each
+    CHECKPOINTS step. Returns (the model to fuse, at its best step, or None when the vote alone wins;
+    {"scores": {"vote": iou, "fusion@s": iou, ...}, "step": adaptation steps of the chosen model}).
     """
     from mf_backend.masks.train import adapt
 
@@ -143,7 +146,7 @@ def self_check(model: TargetMaskPredictor, frames: np.ndarray, source_masks: np.
     keep = np.arange(n - max(1, n // 3))
     held = np.arange(len(keep), n)
     person = source_masks.reshape(n, -1).max(1) >= 0.5
-    if person[keep].sum() < 2 or not person[held].any():
+    if person[keep].sum() < 1 or not person[held].any():
         return None, {"scores": {}, "step": 0, "skipped": "too few source frames with a person"}
     held = held[person[held]]
     vote = vote_probability(source_masks[keep], source_body[keep], source_body[held], templates)  # (C,H,W)
@@ -152,22 +155,20 @@ def self_check(model: TargetMaskPredictor, frames: np.ndarray, source_masks: np.
     nearest = keep[np.argmin(d, axis=0)]
     renders = render_for_model(source_poses)
     scores = {"vote": float(iou(clean_stack(vote), source_masks[held]).mean())}
-    best: dict = {"score": scores["vote"], "state": None, "step": 0}
+    best: dict = {"score": scores["vote"], "model": None, "step": 0}
 
-    def check(tuned: TargetMaskPredictor, step: int) -> None:
-        if step not in CHECKPOINTS and step != steps:
+    def check(candidate: TargetMaskPredictor, step: int) -> None:
+        if step and step not in CHECKPOINTS and step != steps:
             return
-        prob = run_model(tuned, frames[nearest], renders[held])
-        scores[f"fusion@{step}"] = score = float(iou(clean_stack((prob + vote) / 2), source_masks[held]).mean())
+        prob = (1 - weight) * vote + weight * run_model(candidate, frames[nearest], renders[held])
+        scores[f"fusion@{step}"] = score = float(iou(clean_stack(prob), source_masks[held]).mean())
         if score > best["score"]:
-            best.update(score=score, step=step, state={k: v.clone() for k, v in tuned.state_dict().items()})
+            best.update(score=score, step=step, model=candidate if step == 0 else copy.deepcopy(candidate))
 
-    tuned = adapt(model, frames[keep], renders[keep], source_masks[keep], steps=steps, ctx=ctx, callback=check)
-    report = {"scores": scores, "step": best["step"]}
-    if best["state"] is None:
-        return None, report
-    tuned.load_state_dict(best["state"])
-    return tuned, report
+    check(model, 0)
+    if steps > 0:
+        adapt(model, frames[keep], renders[keep], source_masks[keep], steps=steps, ctx=ctx, callback=check)
+    return best["model"], {"scores": scores, "step": best["step"]}
 
 
 def clean_stack(prob: np.ndarray) -> np.ndarray:
@@ -178,7 +179,7 @@ def clean_stack(prob: np.ndarray) -> np.ndarray:
 def predict_masks(frames: np.ndarray, source_masks: np.ndarray, source_poses: PoseSequence,
                   target_poses: PoseSequence, predictor: str = "auto", weights: Optional[str | Path] = None,
                   tta_steps: int = 0, target_renders: Optional[np.ndarray] = None, templates: int = TEMPLATES,
-                  ctx=None) -> tuple[np.ndarray, dict]:
+                  fusion_weight: float = FUSION_WEIGHT, ctx=None) -> tuple[np.ndarray, dict]:
     """M_e (F,H,W) float32 {0,1} for source frames (F,H,W,3) uint8, M_r (F,H,W) and keypoints.
 
     target_renders: the target pose renders (F,H',W',3) if they exist already (else drawn from target_poses).
@@ -209,11 +210,11 @@ def predict_masks(frames: np.ndarray, source_masks: np.ndarray, source_poses: Po
     else:
         prob = vote_probability(source_masks, src_body, dst_body, templates)
         if model is not None:
-            steps = tta_steps if tta_steps > 0 else AUTO_TTA_STEPS
-            tuned, info["self_check"] = self_check(model, frames, source_masks, source_poses, steps, templates, ctx)
-            if tuned is not None:
+            chosen, info["self_check"] = self_check(model, frames, source_masks, source_poses, tta_steps, templates,
+                                                    fusion_weight, ctx)
+            if chosen is not None:
                 renders = renders if renders is not None else render_for_model(target_poses)
-                prob = (prob + run_model(tuned, frames, renders)) / 2
+                prob = (1 - fusion_weight) * prob + fusion_weight * run_model(chosen, frames, renders)
                 info.update(predictor="fusion", tta_steps=info["self_check"]["step"])
         pred = clean_stack(prob)
     pred, info["guard"] = guard(pred, source_masks, source_poses, target_poses,
