@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mf_backend.errors import WeightsMissing
-from mf_backend.models.config import diffusers_unet_config, get_config
+from mf_backend.models.config import get_config
 from mf_backend.models.controllers import PoseController
 from mf_backend.models.estimator import build_estimator
 from mf_backend.models.loading import build_models, load_models, save_models
@@ -20,6 +20,22 @@ from mf_backend.models.unet3d import UNet3DConditionModel
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "official_state_dict_manifest.json"
 SIZE = 64  # pixels; latent 8x8
+
+
+def diffusers_unet_config(cfg) -> dict:
+    """The diffusers `unet/config.json` of the 2D UNet `cfg` inflates (for fake release folders; the inverse of
+    config.config_from_diffusers_unet)."""
+    n = cfg.num_blocks
+    return {
+        "_class_name": "UNet2DConditionModel", "act_fn": "silu", "attention_head_dim": cfg.num_attention_heads,
+        "block_out_channels": list(cfg.block_out_channels), "center_input_sample": False,
+        "cross_attention_dim": cfg.cross_attention_dim,
+        "down_block_types": ["CrossAttnDownBlock2D"] * (n - 1) + ["DownBlock2D"], "downsample_padding": 1,
+        "flip_sin_to_cos": cfg.flip_sin_to_cos, "freq_shift": cfg.freq_shift, "in_channels": cfg.in_channels,
+        "layers_per_block": cfg.layers_per_block, "mid_block_scale_factor": 1, "norm_eps": cfg.norm_eps,
+        "norm_num_groups": cfg.norm_num_groups, "out_channels": cfg.out_channels, "sample_size": 64,
+        "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * (n - 1),
+    }
 
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")

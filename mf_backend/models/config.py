@@ -160,19 +160,3 @@ def config_from_diffusers_unet(unet2d: dict[str, Any], pose_channels: Optional[t
         pose_channels=tuple(pose_channels or OFFICIAL.pose_channels), latent_scale=scale,
     )
     return cfg
-
-
-def diffusers_unet_config(cfg: ModelConfig) -> dict[str, Any]:
-    """The diffusers `unet/config.json` of the 2D UNet our config inflates (used to write fake release folders)."""
-    n = cfg.num_blocks
-    return {
-        "_class_name": "UNet2DConditionModel", "act_fn": "silu", "attention_head_dim": cfg.num_attention_heads,
-        "block_out_channels": list(cfg.block_out_channels), "center_input_sample": False,
-        "cross_attention_dim": cfg.cross_attention_dim,
-        "down_block_types": ["CrossAttnDownBlock2D"] * (n - 1) + ["DownBlock2D"], "downsample_padding": 1,
-        "flip_sin_to_cos": cfg.flip_sin_to_cos, "freq_shift": cfg.freq_shift, "in_channels": cfg.in_channels,
-        "layers_per_block": cfg.layers_per_block, "mid_block_scale_factor": 1, "norm_eps": cfg.norm_eps,
-        "norm_num_groups": cfg.norm_num_groups, "out_channels": cfg.out_channels, "sample_size": 64,
-        "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * (n - 1),
-    }
-
