@@ -55,7 +55,7 @@ def _sample(models, monkeypatch, **kw):
     step.orig = orig
     monkeypatch.setattr(mod.MotionEditSampler, "_step", staticmethod(step))
     settings = mod.SamplerSettings(steps=3, seed=1, **kw)
-    res = mod.sample(models, random_inputs(3, 64, 0), ConsistencyGuidance(), settings)
+    res = mod.MotionEditSampler(models, ConsistencyGuidance(), settings)(random_inputs(3, 64, 0))
     return res, Gs
 
 

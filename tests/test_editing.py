@@ -208,10 +208,10 @@ def _inputs(frames: int, size: int = 64, seed: int = 0):
 
 
 def _run(tiny, frames=4, **kw):
-    from mf_backend.editing.sampler import SamplerSettings, sample
+    from mf_backend.editing.sampler import MotionEditSampler, SamplerSettings
 
     settings = SamplerSettings(**{"steps": 5, "seed": 3, **kw})
-    return sample(tiny, _inputs(frames), ConsistencyGuidance(), settings)
+    return MotionEditSampler(tiny, ConsistencyGuidance(), settings)(_inputs(frames))
 
 
 def test_sampler_is_deterministic_and_seeded(tiny):

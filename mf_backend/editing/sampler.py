@@ -430,10 +430,3 @@ class MotionEditSampler:
 def sde_noise(p: StepPlan, frame_noise: FrameNoise) -> Optional[torch.Tensor]:
     """Step p's SDE noise (1,C,F,h,w) (float32, CPU), or None (and no draw) when the step adds none."""
     return frame_noise.draw() if p.sde_in > 0 or p.sde_out > 0 else None
-
-
-def sample(models, inputs: EditInputs, guidance: ConsistencyGuidance, settings: SamplerSettings,
-           estimator: Optional[torch.nn.Module] = None, progress: Optional[ProgressFn] = None,
-           timer: Optional[StageTimer] = None) -> SampleResult:
-    """Functional entry point: both branches over the whole clip (windows as needed)."""
-    return MotionEditSampler(models, guidance, settings, estimator, progress, timer)(inputs)
