@@ -154,9 +154,9 @@ class BackendClient:
 
     def __init__(self, python: str, repo: Optional[str] = None, models_dir: Optional[str] = None,
                  device: str = "auto", precision: str = "auto", log_path: Optional[str] = None,
-                 env: Optional[dict[str, str]] = None):
+                 env: Optional[dict[str, str]] = None, threads: int = 0):
         self.python, self.repo, self.models_dir = python, repo, models_dir
-        self.device, self.precision = device, precision
+        self.device, self.precision, self.threads = device, precision, threads
         self.log_path, self.extra_env = log_path, dict(env or {})
         self.proc: Optional[subprocess.Popen] = None
         self.returncode: Optional[int] = None
@@ -274,8 +274,9 @@ class BackendClient:
 
     def send_initialize(self) -> Request:
         """The handshake, sent without waiting: the UI polls `Request.wait(0)` between timer ticks."""
-        return self._new_request("initialize", {"protocolVersion": PROTOCOL_MAJOR + ".0", "models_dir": self.models_dir,
-                                                "device": self.device, "precision": self.precision})[1]
+        params = {"protocolVersion": PROTOCOL_MAJOR + ".0", "models_dir": self.models_dir, "device": self.device,
+                  "precision": self.precision, **({"threads": self.threads} if self.threads else {})}
+        return self._new_request("initialize", params)[1]
 
     def check_initialize(self, answered: Request) -> dict:
         """The backend's info from an answered `initialize`; raises on an error or another protocol major."""

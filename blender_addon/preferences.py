@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 import bpy
-from bpy.props import EnumProperty, StringProperty
+from bpy.props import EnumProperty, IntProperty, StringProperty
 
 from . import config
 
@@ -40,6 +40,10 @@ class MotionFollowerPreferences(bpy.types.AddonPreferences):
     flamenco_manager: StringProperty(name="Flamenco Manager", description="URL of the render farm's Flamenco "
                                      "Manager, e.g. http://flamenco.local:8080 (Submit to Flamenco; docs/flamenco.md)")
 
+    threads: IntProperty(name="CPU threads", default=0, min=0, max=256,
+                         description="CPU threads the backend may use; 0: half the cores (at most 8), which keeps "
+                                     "Blender responsive while a CPU job runs")
+
     def draw(self, context):  # noqa: ARG002
         layout = self.layout
         cfg = config.load_config()
@@ -53,6 +57,7 @@ class MotionFollowerPreferences(bpy.types.AddonPreferences):
         row = col.row()
         row.prop(self, "device")
         row.prop(self, "precision")
+        col.prop(self, "threads")
         col.prop(self, "flamenco_manager")
         layout.operator("motionfollower.check_backend", icon="CHECKMARK")
         if CHECK_REPORT:
@@ -68,6 +73,7 @@ class Settings:
     models_dir: Optional[str]
     device: str
     precision: str
+    threads: int
     jobs_dir: str  # "": results.scratch_root's default
 
 
@@ -86,6 +92,7 @@ def get_settings(context: Any = None) -> Settings:
     jobs_dir = bpy.path.abspath(prefs.jobs_dir) if prefs and prefs.jobs_dir else ""
     return Settings(python=python, repo=cfg.repo, models_dir=models_dir or None,
                     device=prefs.device if prefs else "auto", precision=prefs.precision if prefs else "auto",
+                    threads=prefs.threads if prefs else 0,
                     jobs_dir=jobs_dir)
 
 

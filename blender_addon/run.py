@@ -98,7 +98,7 @@ def ensure_client(context: Any, initialize: bool = True) -> mfclient.BackendClie
     """The running backend, (re)started when it died or the preferences changed. With initialize=False
     it only spawns the process (it imports torch meanwhile); a later call does the handshake."""
     s = preferences.get_settings(context)
-    key = (s.python, s.repo, s.models_dir, s.device, s.precision)
+    key = (s.python, s.repo, s.models_dir, s.device, s.precision, s.threads)
     if STATE.client is not None and (not STATE.client.alive or STATE.client_key != key):
         STATE.client.close(timeout=5)
         STATE.client = None
@@ -108,7 +108,7 @@ def ensure_client(context: Any, initialize: bool = True) -> mfclient.BackendClie
                                         hint="run install.py, or set the backend Python in the add-on preferences")
         log = str(results.scratch_root(s.jobs_dir) / "backend.log")
         STATE.client = mfclient.BackendClient(s.python, repo=s.repo, models_dir=s.models_dir, device=s.device,
-                                              precision=s.precision, log_path=log).start()
+                                              precision=s.precision, log_path=log, threads=s.threads).start()
         STATE.client_key, STATE.backend_info = key, None
     if initialize and STATE.backend_info is None:
         try:

@@ -55,6 +55,10 @@ def bar_position(png: Path) -> float:
 
 @pytest.fixture(scope="module")
 def addon(tmp_path_factory):
+    cfg = tmp_path_factory.mktemp("cfg") / "backend_config.json"  # the backend runs this checkout's code
+    cfg.write_text(json.dumps({"python": sys.executable, "repo": str(REPO)}))
+    saved = os.environ.get("MF_BACKEND_CONFIG")
+    os.environ["MF_BACKEND_CONFIG"] = str(cfg)
     mod = addon_utils.enable("blender_addon", default_set=True)
     assert mod is not None, "the add-on did not register"
     prefs = bpy.context.preferences.addons["blender_addon"].preferences
@@ -62,6 +66,10 @@ def addon(tmp_path_factory):
     prefs.jobs_dir = str(tmp_path_factory.mktemp("jobs"))
     yield mod
     mod.run.stop_backend()
+    if saved is None:
+        os.environ.pop("MF_BACKEND_CONFIG", None)
+    else:
+        os.environ["MF_BACKEND_CONFIG"] = saved
 
 
 @pytest.fixture
@@ -312,8 +320,13 @@ def test_panel_draws_idle_running_and_failed(scene, addon):
 def test_check_backend_and_preferences_panel(addon, tmp_path):
     from blender_addon import preferences
 
+    from blender_addon import run as mfrun
+
     prefs = bpy.context.preferences.addons["blender_addon"].preferences
+    prefs.threads = 1
     assert bpy.ops.motionfollower.check_backend() == {"FINISHED"}
+    assert mfrun.STATE.backend_info["settings"]["threads"] == 1  # the preference reached the backend
+    prefs.threads = 0
     report = list(preferences.CHECK_REPORT)
     assert report[0].startswith("Backend ") and "torch" in report[0]
     assert any(line.startswith("Models folder") for line in report)
@@ -385,32 +398,49 @@ class FakeEvent:
         self.type, self.value = type_, value
 
 
-def test_modal_path_esc_cancels_through_the_backend(scene, addon, tmp_path):
-    """The UI path: invoke's start, timer ticks updating progress, Esc → cancel request → clean stop."""
-    from blender_addon import operators
+def test_modal_path_esc_cancels_through_the_backend(scene, addon, tmp_path, small_model, monkeypatch):
+    """The UI path: invoke's start, timer ticks updating progress, Esc mid-sampling → cancel → clean stop."""
+    from blender_addon import operators, properties
     from blender_addon import run as mfrun
 
+    job_params = properties.job_params
+    monkeypatch.setattr(properties, "job_params", lambda mf: {**job_params(mf), "mask_predictor": "geometric"})
     person_clips(scene, tmp_path)
-    scene.motionfollower.steps = 50
+    scene.motionfollower.steps = 200
+    scene.motionfollower.model, scene.motionfollower.model_folder = "folder", small_model
     before = snapshot(scene)
     reports = []
     op_cls = bpy.types.MOTIONFOLLOWER_OT_edit
     fake_op = type("Op", (), {"_timer": None, "_end": op_cls._end, "_step_done": op_cls._step_done, "_fail": op_cls._fail,
                               "report": lambda self, kind, msg: reports.append((kind, msg))})()
     ctx = type("Ctx", (), {"screen": None, "window_manager": bpy.context.window_manager})()
+    ticks = []  # seconds each modal() call held Blender's UI thread
+
+    def modal(event):
+        t0 = time.perf_counter()
+        r = op_cls.modal(fake_op, ctx, FakeEvent(event))
+        ticks.append(time.perf_counter() - t0)
+        return r
+
     mfrun.STATE.run = run = mfrun.begin_edit(bpy.context)
-    deadline = time.monotonic() + 60
-    while (run.job is None or run.job.snapshot()["stage"] == "starting") and time.monotonic() < deadline:
-        assert op_cls.modal(fake_op, ctx, FakeEvent("TIMER")) == {"PASS_THROUGH"}
+    deadline = time.monotonic() + 120
+    while (run.job is None or run.job.snapshot()["stage"] != "editing") and time.monotonic() < deadline:
+        assert modal("TIMER") == {"PASS_THROUGH"}
         time.sleep(0.02)
     assert any(e[0] == "progress" for e in draw_panel())  # the panel shows the running job
-    op_cls.modal(fake_op, ctx, FakeEvent("ESC"))
+    stage = run.job.snapshot()["stage"]
+    t_esc = time.monotonic()
+    modal("ESC")
     assert mfrun.STATE.progress()["stage"] == "cancelling"
+    assert "stopping after the current step" in mfrun.STATE.progress()["message"]
     result = None
     while result is None and time.monotonic() < deadline:
-        r = op_cls.modal(fake_op, ctx, FakeEvent("TIMER"))
+        r = modal("TIMER")
         result = None if r == {"PASS_THROUGH"} else r
         time.sleep(0.02)
+    print(f"cancel latency (Esc during '{stage}' → run ended, CPU, tiny model, longest step {run.job.step_s:.2f} s): {time.monotonic() - t_esc:.2f} s; "
+          f"UI thread: longest modal tick {max(ticks) * 1000:.0f} ms over {len(ticks)} ticks "
+          f"(export slice {operators.EXPORT_SLICE_S * 1000:.0f} ms)")
     assert result == {"CANCELLED"} and reports == [({"WARNING"}, "MotionFollower: cancelled")]
     assert run.job.error is not None and run.job.error.cancelled  # the backend honoured the cancel
     assert mfrun.STATE.client.alive  # … so it was not killed and is ready for the next run
@@ -719,3 +749,20 @@ def test_queue_and_variations_add_one_strip_per_source_and_seed(scene, addon, sm
     assert made == {"source (MotionFollower seed 7)": (3, 10, N, 7), "source (MotionFollower seed 8)": (4, 10, N, 8),
                     "second (MotionFollower seed 7)": (4, 30, N, 7), "second (MotionFollower seed 8)": (5, 30, N, 8)}
     assert mfrun.STATE.run is None and mfrun.STATE.queue == []
+
+
+def test_an_unwritable_job_folder_is_named_before_any_work(scene, addon, tmp_path):
+    from blender_addon import run as mfrun
+
+    prefs = bpy.context.preferences.addons["blender_addon"].preferences
+    good, blocker = prefs.jobs_dir, tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    prefs.jobs_dir = str(blocker / "jobs")  # a folder under a file cannot be made (root ignores chmod)
+    before = snapshot(scene)
+    try:
+        with pytest.raises(RuntimeError, match="cannot create the job folder '.*a-file/jobs/source_"):
+            bpy.ops.motionfollower.edit()
+        assert "writable job folder" in mfrun.STATE.last_error[1] and "see the system console" not in mfrun.STATE.last_error[1]
+    finally:
+        prefs.jobs_dir = good
+    assert snapshot(scene) == before

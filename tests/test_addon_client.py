@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -124,3 +125,16 @@ def test_missing_python_is_an_actionable_error(tmp_path):
     with pytest.raises(mfclient.BackendError) as e:
         mfclient.BackendClient(str(tmp_path / "no-python")).start()
     assert "no-python" in e.value.message and "install.py" in e.value.hint
+
+
+def test_a_python_without_the_backend_packages_says_so(tmp_path):
+    """Not the out-of-memory hint: which interpreter lacks the packages and what to do."""
+    bare = Path(sys.base_prefix) / "bin" / "python3"
+    probe = subprocess.run([str(bare), "-c", "import torch"], capture_output=True)
+    if probe.returncode == 0:
+        pytest.skip(f"{bare} has torch: no bare interpreter to try")
+    c = mfclient.BackendClient(str(bare), repo=str(REPO)).start()
+    with pytest.raises(mfclient.BackendDied) as e:
+        c.initialize(timeout=60)
+    assert "No module named" in e.value.message and "install.py" in e.value.hint and "memory" not in e.value.hint
+    assert str(bare) in e.value.hint
