@@ -20,7 +20,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Callable
 
 import cv2
 import numpy as np
@@ -83,12 +83,12 @@ def _read_renders(folder: str, n_src: int, edited: np.ndarray, hw: tuple[int, in
 def prepare_clip(params: JobParams, ctx: JobContext) -> PreparedClip:
     """Read the clips; poses and masks from the user's folders or the prepare stages; the timing map;
     the crop plan; everything the model sees cropped to size×size."""
-    from mf_backend.media import probe_clip, read_clip
     from mf_backend.chunks import shot_crop
-    from mf_backend.prepare import compute_masks, compute_poses, timing_positions
+    from mf_backend.media import probe_clip
+    from mf_backend.prepare import compute_masks, compute_poses, read_whole_clip, timing_positions
 
     ctx.progress("read", 0, 1, "reading the source clip")
-    source = read_clip(params.source, fps=params.source_fps)
+    source = read_whole_clip(params.source, params.source_fps)
     frames = source.frames
     n, h, w = frames.shape[:3]
     user_poses = bool(params.source_poses and params.target_aligned_poses)
@@ -96,7 +96,7 @@ def prepare_clip(params: JobParams, ctx: JobContext) -> PreparedClip:
     prep = None
     if not (user_poses and user_masks):  # keypoints are needed for the poses and/or the masks
         ctx.progress("read", 0, 1, "reading the driving clip")
-        driving = read_clip(params.driving, fps=params.driving_fps)
+        driving = read_whole_clip(params.driving, params.driving_fps)
         prep = compute_poses(frames, driving.frames, params, ctx, source.fps, driving.fps)
         pos, n_drv, drv_fps = prep.driving_index, len(driving.frames), driving.fps
     else:  # the user's aligned poses hold one pose per source frame: the driving clip's length and
@@ -194,6 +194,21 @@ def edit(params: JobParams, ctx: JobContext) -> dict[str, Any]:
     return result
 
 
+GUIDANCE_COST = 3.0  # a guidance evaluation (forward with grad + backward) in UNet forward passes
+
+
+def editing_progress(ctx: JobContext, params: JobParams) -> Callable[[int, int, str], None]:
+    """The sampler reports steps, but guidance and replay steps run several passes and the last steps one
+    or two: progress counts UNet passes instead, so the bar moves evenly and its ETA holds."""
+    from mf_backend.editing.guidance import guidance_from_params
+    from mf_backend.editing.schedule import build_schedule
+
+    plan = build_schedule(params.steps, guidance=guidance_from_params(params).enabled, camera=params.camera)
+    cost = [1.0 + p.repeats * (1.0 + GUIDANCE_COST * p.guidance) for p in plan]  # reconstruction + editing
+    done = np.concatenate([[0.0], np.cumsum(cost)])
+    return lambda d, t, m: ctx.progress("editing", int(round(10 * done[d])), int(round(10 * done[-1])), m)
+
+
 def _sample_and_decode(inputs: EditInputs, params: JobParams, ctx: JobContext
                        ) -> tuple[np.ndarray, StageTimer, dict[str, Any]]:
     """Load the models here, sample and decode: uint8 (F,S,S,3) crops, the stage timer, run_info."""
@@ -206,7 +221,7 @@ def _sample_and_decode(inputs: EditInputs, params: JobParams, ctx: JobContext
     models = load_models(params.model, params.models_dir, device, dtype)
     ctx.progress("load", 1, 1)
     timer = StageTimer(device, sync=False, should_stop=ctx.check_cancelled)
-    result = run_sampling(models, inputs, params, lambda d, t, m: ctx.progress("editing", d, t, m), timer)
+    result = run_sampling(models, inputs, params, editing_progress(ctx, params), timer)
     with timer.section("decode"):
         work = decode_latents(models, result.latents, result.info["memory"]["decode_batch"],
                               lambda d, t: ctx.progress("decode", d, t))

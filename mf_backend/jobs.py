@@ -37,7 +37,7 @@ class JobContext:
     _fraction: float = 0.0
     _last_emit: float = 0.0
     _part: tuple[float, float] = (0.0, 1.0)  # the share of the current stage a sub-step reports into
-    _segment: Optional[tuple[str, float, float]] = None  # (stage, t0, overall fraction at t0) for the ETA
+    _segment: Optional[tuple[str, list]] = None  # (stage, [(t, overall fraction)] since it began) for the ETA
 
     def cancel(self) -> None:
         self.cancel_event.set()
@@ -83,13 +83,20 @@ class JobContext:
                    "elapsed_s": round(now - self.started, 1)})
 
     def _eta(self, stage: str, now: float) -> Optional[float]:
-        """Remaining seconds: the current stage's own rate (overall fraction per second since it began),
-        extrapolated over the rest, once it has run MIN_RATE_SECONDS; before that the whole job's mean rate."""
+        """Remaining seconds: the current stage's own recent rate (overall fraction per second over the
+        later half of its run so far, so a slow start does not linger) extrapolated over the rest, once
+        it has run MIN_RATE_SECONDS; before that the whole job's mean rate."""
         if self._segment is None or self._segment[0] != stage:
-            self._segment = (stage, now, self._fraction)
-        _, t0, f0 = self._segment
-        if now - t0 >= MIN_RATE_SECONDS and self._fraction > f0:
-            return round((now - t0) / (self._fraction - f0) * (1.0 - self._fraction), 1)
+            self._segment = (stage, [])
+        samples = self._segment[1]
+        samples.append((now, self._fraction))
+        if len(samples) > 512:
+            del samples[1:-1:2]  # thin out, keeping the first and the last
+        t0 = samples[0][0]
+        if now - t0 >= MIN_RATE_SECONDS:
+            t_mid, f_mid = next(s for s in samples if s[0] >= (t0 + now) / 2)
+            if self._fraction > f_mid and now > t_mid:
+                return round((now - t_mid) / (self._fraction - f_mid) * (1.0 - self._fraction), 1)
         if self._fraction > 0.01:
             return round((now - self.started) / self._fraction * (1.0 - self._fraction), 1)
         return None

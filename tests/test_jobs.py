@@ -286,3 +286,45 @@ def test_cli_edit_terminal_shows_progress_not_third_party_noise(tmp_path, case, 
     noisy = [line for line in lines if not line.startswith("[") and " mf_backend" not in line]
     assert noisy == [], noisy
     assert "mf_backend" in log.read_text()
+
+
+def test_a_truncated_video_is_refused_not_edited_with_what_decodes(tmp_path, case):
+    """An AVI cut in half still claims 24 frames; only 12 decode: the job names the file and stops."""
+    import cv2
+
+    from mf_backend.errors import BadInputMedia
+    from mf_backend.jobs import JobContext
+    from mf_backend.params import JobParams
+    from mf_backend.prepare import prepare
+
+    whole = tmp_path / "whole.avi"
+    w = cv2.VideoWriter(str(whole), cv2.VideoWriter_fourcc(*"MJPG"), 24, (64, 64))
+    rng = np.random.default_rng(0)
+    for _ in range(24):
+        w.write(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    w.release()
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    params = JobParams.from_dict(_params(case, tmp_path / "out", source=str(cut), predicted_masks=None))
+    with pytest.raises(BadInputMedia, match=r"cut.avi' says it has 24 frames but only 1\d decode"):
+        prepare(params, JobContext())
+    assert not (tmp_path / "out").exists()
+
+
+def test_eta_is_within_2x_of_the_truth_after_the_first_tenth(tmp_path, case, tiny_folder):
+    """Every ETA sent after 10 % of the job's time is within 2x of the time that really remained (the last
+    two seconds aside, where the decode/write share of a tiny model is noise)."""
+    from mf_backend.dispatch import run_job
+    from mf_backend.jobs import JobContext
+    from mf_backend.params import JobParams
+
+    events = []
+    t0 = time.monotonic()
+    run_job("edit", JobParams.from_dict(_params(case, tmp_path / "out", model=str(tiny_folder), steps=12, threads=1)),
+            JobContext(sink=lambda e: events.append((time.monotonic(), e))))
+    t1 = time.monotonic()
+    ratios = [(e["eta_s"] / (t1 - t), e["stage"]) for t, e in events
+              if t - t0 > 0.1 * (t1 - t0) and t1 - t > 2.0 and e["eta_s"] is not None]
+    print(f"job {t1 - t0:.1f} s; ETA/true over {len(ratios)} events: "
+          f"{min(r for r, _ in ratios):.2f}..{max(r for r, _ in ratios):.2f}")
+    assert ratios and all(0.5 <= r <= 2.0 for r, _ in ratios), ratios
