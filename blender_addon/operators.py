@@ -10,16 +10,17 @@ Thin: the run's lifecycle is in run.py. `motionfollower.edit` has two paths over
 
 from __future__ import annotations
 
+import json
 import sys
 from typing import Optional
 
 import bpy
 
 from . import client as mfclient
-from . import preferences, strips
+from . import preferences, properties, strips
 from .inputs import UserError
-from .run import (STATE, EditRun, abort_edit, advance, begin_edit, ensure_client, finish_edit, plan, request_cancel,
-                  stop_backend, tick)
+from .run import (SETTINGS_KEY, STATE, EditRun, abort_edit, advance, begin_edit, ensure_client, finish_edit, plan,
+                  request_cancel, stop_backend, tick)
 
 TIMER_S = 0.2
 EXPORT_SLICE_S = 0.15  # Blender-side work per timer tick while the strips render (the UI gets the rest)
@@ -199,6 +200,27 @@ class MOTIONFOLLOWER_OT_cancel(bpy.types.Operator):
         return {"FINISHED"}
 
 
+class MOTIONFOLLOWER_OT_rerun(bpy.types.Operator):
+    """Put the settings stored on the active result strip back into the panel and run them again"""
+
+    bl_idname = "motionfollower.rerun"
+    bl_label = "Re-run with these settings"
+    bl_options = {"REGISTER", "UNDO"}
+
+    @classmethod
+    def poll(cls, context):
+        ed = strips.vse_scene(context).sequence_editor
+        return not STATE.running and ed is not None and ed.active_strip is not None and SETTINGS_KEY in ed.active_strip
+
+    def execute(self, context):
+        scene = strips.vse_scene(context)
+        settings = json.loads(scene.sequence_editor.active_strip[SETTINGS_KEY])
+        skipped = properties.apply_settings(scene.motionfollower, settings)
+        if skipped:
+            self.report({"WARNING"}, f"settings not restored: {', '.join(skipped)}")
+        return bpy.ops.motionfollower.edit("INVOKE_DEFAULT" if context.window else "EXEC_DEFAULT")
+
+
 class MOTIONFOLLOWER_OT_check_backend(bpy.types.Operator):
     """Start the backend and show its device, versions and which weights are missing"""
 
@@ -269,7 +291,7 @@ class MOTIONFOLLOWER_OT_copy_error(bpy.types.Operator):
         return {"FINISHED"}
 
 
-CLASSES = (MOTIONFOLLOWER_OT_edit, MOTIONFOLLOWER_OT_cancel, MOTIONFOLLOWER_OT_check_backend,
+CLASSES = (MOTIONFOLLOWER_OT_edit, MOTIONFOLLOWER_OT_cancel, MOTIONFOLLOWER_OT_rerun, MOTIONFOLLOWER_OT_check_backend,
            MOTIONFOLLOWER_OT_stop_backend, MOTIONFOLLOWER_OT_copy_error)
 
 

@@ -88,6 +88,22 @@ def job_params(mf: MotionFollowerSettings) -> dict[str, Any]:
     return p
 
 
+def settings_of(mf: MotionFollowerSettings) -> dict[str, Any]:
+    """Every panel setting, JSON-able: stored on each result strip for "Re-run with these settings"."""
+    return {k: getattr(mf, k) for k in mf.bl_rna.properties.keys() if k not in ("rna_type", "name")}
+
+
+def apply_settings(mf: MotionFollowerSettings, values: dict[str, Any]) -> list[str]:
+    """Set the panel from settings_of's dict; returns the keys it could not use (renamed, out of range)."""
+    skipped = []
+    for k, v in values.items():
+        try:
+            setattr(mf, k, v)
+        except (AttributeError, TypeError, ValueError):
+            skipped.append(k)
+    return skipped
+
+
 def register() -> None:
     bpy.utils.register_class(MotionFollowerSettings)
     bpy.types.Scene.motionfollower = bpy.props.PointerProperty(type=MotionFollowerSettings)

@@ -11,6 +11,7 @@ Only the main thread touches bpy; the client's reader threads only fill in the J
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import time
@@ -24,6 +25,8 @@ from bpy.app.handlers import persistent
 from . import client as mfclient
 from . import inputs, preferences, properties, results, strips
 from .inputs import UserError
+
+SETTINGS_KEY = "motionfollower_settings"  # JSON of every panel setting, on each result strip
 
 
 @dataclass
@@ -42,6 +45,7 @@ class EditRun:
     job: Optional[mfclient.Job] = None
     cancel_requested_at: Optional[float] = None
     seeds: list[int] = field(default_factory=list)  # variations still to run on the same exported frames
+    settings: dict[str, Any] = field(default_factory=dict)  # the panel's settings at Run (stored on the strip)
     warnings: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
 
@@ -181,7 +185,8 @@ def begin_edit(context: Any, source: Optional[str] = None) -> EditRun:
     seeds = [mf.seed + k for k in range(mf.variations)]
     run = EditRun(scene.name, source, mf.driving_strip, job_dir, 0, 0,
                   {**properties.job_params(mf), "source": str(job_dir / "source"), "driving": str(job_dir / "driving"),
-                   "seed": seeds[0], "out": str(job_dir / f"edited_s{seeds[0]}")}, seeds=seeds[1:])
+                   "seed": seeds[0], "out": str(job_dir / f"edited_s{seeds[0]}")}, seeds=seeds[1:],
+                  settings=properties.settings_of(mf))
     try:
         ensure_client(context, initialize=False)
         run.exports.append(strips.StripExport(scene, source, job_dir / "source", frame_range))
@@ -292,6 +297,8 @@ def finish_edit(run: EditRun) -> tuple[Optional[bool], str]:
         strip = strips.import_frames(scene, out, f"{run.source} (MotionFollower seed {seed})", run.source,
                                      run.first_frame, meta)
         results.point_strip(strip, out)
+        strip[SETTINGS_KEY] = json.dumps({**run.settings, "source_strip": run.source, "seed": seed,
+                                          "variations": 1, "queue_selected": False})
         n = len(strip.elements)
         message = (f"MotionFollower: added '{strip.name}' on channel {strip.channel}, {n} frames"
                    + ("" if n == run.count else f" (the source range has {run.count})"))

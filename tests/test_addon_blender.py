@@ -749,6 +749,13 @@ def test_queue_and_variations_add_one_strip_per_source_and_seed(scene, addon, sm
     assert made == {"source (MotionFollower seed 7)": (3, 10, N, 7), "source (MotionFollower seed 8)": (4, 10, N, 8),
                     "second (MotionFollower seed 7)": (4, 30, N, 7), "second (MotionFollower seed 8)": (5, 30, N, 8)}
     assert mfrun.STATE.run is None and mfrun.STATE.queue == []
+    # every setting is on the strip: "Re-run with these settings" puts them back and runs that one edit
+    ed.active_strip = ed.strips["second (MotionFollower seed 8)"]
+    assert ("operator", "motionfollower.rerun") in draw_panel()
+    mf.seed, mf.guidance_scale, mf.source_strip = 99, 9.0, "source"
+    assert bpy.ops.motionfollower.rerun() == {"FINISHED"}
+    assert (mf.seed, mf.guidance_scale, mf.source_strip, mf.variations, mf.queue_selected) == (8, 3.5, "second", 1, False)
+    assert len(edited_strips(scene)) == 5
 
 
 def test_an_unwritable_job_folder_is_named_before_any_work(scene, addon, tmp_path):
