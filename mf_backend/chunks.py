@@ -1,14 +1,15 @@
 """Chunked edits of one shot (a render farm, docs/flamenco.md): `merge-chunks` puts the shot together.
 
-A long shot is edited as overlapping chunks, each an ordinary `edit` with `--frame-start/--frame-end`
-that reuses one `prepare` folder (poses and masks computed once for the whole shot). Every chunk's
-output holds all source frames: its own range edited, the rest the source's bytes. The merge:
+A long shot is edited as overlapping chunks, each an ordinary `edit --chunk` with `--frame-start/
+--frame-end` that reuses one `prepare` folder (poses and masks computed once for the whole shot) and
+writes only its own frames. The merge:
 
-* frames edited by one chunk are copied from it byte for byte (so are frames no chunk edited);
+* frames edited by one chunk are copied from it byte for byte; frames no chunk edited are the source's
+  (from a chunk written without `--chunk`, which holds them, else decoded from the source clip);
 * frames edited by two chunks (the overlap) are cross-faded LINEARLY IN PIXELS: in an overlap of m
   frames the later chunk's weight rises (j+1)/(m+1), j = 0..m-1, so each side fades in from its
   neighbour. Pixels both chunks left untouched are equal in both and stay bit-exact. (Pixels, not
-  latents: chunks are composited into the full frame with their own crop, so only pixels are shared.)
+  latents: each chunk is already composited into the full frame.)
 * the seam error of each overlap, the mean absolute difference of the two chunks' frames before
   blending (0..255), is reported over all pixels and over the edited region (pixels either chunk
   changed from the source), so a farm run says how well its chunks agree.
@@ -32,7 +33,7 @@ import numpy as np
 
 from mf_backend.crop import CropPlan, plan_crop
 from mf_backend.errors import BadInputMedia, InvalidParams
-from mf_backend.files import atomic_output_dir
+from mf_backend.files import atomic_output_dir, frame_pattern
 from mf_backend.jobs import JobContext
 from mf_backend.media import list_frame_files, read_clip, write_frames
 
@@ -66,11 +67,12 @@ def shot_crop(masks_folder: str, frame_hw: tuple[int, int], edited: np.ndarray, 
 
 @dataclass
 class Chunk:
-    """One chunk's `edit` output folder."""
+    """One chunk's `edit` output folder: its edited frames (`--chunk`), or every source frame."""
 
     folder: Path
     info: dict  # its edit.json
-    files: list[Path]  # one file per source frame, in frame order
+    files: list[Path]  # frame files in frame order, the first one frame `offset`
+    offset: int  # 0 when the folder holds every source frame, else the first edited frame
 
     @property
     def first(self) -> int:
@@ -79,6 +81,13 @@ class Chunk:
     @property
     def last(self) -> int:
         return int(self.info["edited_frames"][1])
+
+    def file(self, k: int) -> Path:
+        return self.files[k - self.offset]
+
+    def read(self, a: int, b: int) -> np.ndarray:
+        """float32 (m,H,W,3): its frames a..b."""
+        return read_clip(self.folder, frame_range=(a - self.offset, b - self.offset)).frames.astype(np.float32)
 
 
 def read_chunk(folder: str | Path) -> Chunk:
@@ -89,10 +98,11 @@ def read_chunk(folder: str | Path) -> Chunk:
                             "run this chunk's `edit` task first; the merge needs every chunk")
     info = json.loads(meta.read_text())
     files = list_frame_files(folder)
-    if len(files) != info["frames"]:
-        raise BadInputMedia(f"chunk '{folder}' has {len(files)} frames; its edit.json says {info['frames']}",
-                            "re-run this chunk's `edit` task")
-    return Chunk(folder, info, files)
+    first, last = info["edited_frames"]
+    if len(files) not in (info["frames"], last - first + 1):
+        raise BadInputMedia(f"chunk '{folder}' has {len(files)} frames; its edit.json says {info['frames']} "
+                            f"(frames {first}..{last} edited)", "re-run this chunk's `edit` task")
+    return Chunk(folder, info, files, 0 if len(files) == info["frames"] else int(first))
 
 
 def coverage(chunks: Sequence[Chunk], n_frames: int) -> list[list[int]]:
@@ -106,10 +116,6 @@ def coverage(chunks: Sequence[Chunk], n_frames: int) -> list[list[int]]:
             raise InvalidParams(f"frame {k} is edited by {len(cs)} chunks ({', '.join(chunks[i].folder.name for i in cs)})",
                                 "overlaps must be at most half a chunk long, so each frame is in at most two chunks")
     return cover
-
-
-def _read_range(folder: Path, a: int, b: int) -> np.ndarray:
-    return read_clip(folder, frame_range=(a, b)).frames.astype(np.float32)  # (m,H,W,3)
 
 
 def cross_fade(earlier: np.ndarray, later: np.ndarray) -> np.ndarray:
@@ -130,13 +136,36 @@ def seam_error(earlier: np.ndarray, later: np.ndarray, source: Optional[np.ndarr
     return out
 
 
-def _source_range(chunk: Chunk, a: int, b: int) -> Optional[np.ndarray]:
-    """The source frames a..b (for the seam error inside the edited region), None when unreadable here."""
-    src = chunk.info.get("params", {}).get("source")
+def _source_frames(chunks: Sequence[Chunk], a: int, b: int) -> np.ndarray:
+    """float32 (m,H,W,3): frames a..b as the edit wrote them outside its range (the source's bytes)."""
+    full = next((c for c in chunks if c.offset == 0), None)  # a chunk written with every frame
+    if full is not None:
+        return full.read(a, b)
+    source = chunks[0].info.get("params", {}).get("source")
+    if not source:
+        raise BadInputMedia(f"'{chunks[0].folder / 'edit.json'}' does not name the source clip",
+                            "re-run this chunk's `edit` task")
+    return read_clip(source, frame_range=(a, b)).frames.astype(np.float32)
+
+
+def _source_range(chunks: Sequence[Chunk], a: int, b: int) -> Optional[np.ndarray]:
+    """The source clip's frames a..b (for the seam error inside the edited region); None when unreadable here."""
+    source = chunks[0].info.get("params", {}).get("source")
     try:
-        return read_clip(src, frame_range=(a, b)).frames.astype(np.float32) if src else None
+        return read_clip(source, frame_range=(a, b)).frames.astype(np.float32) if source else None
     except Exception:  # noqa: BLE001 - only a report figure depends on it
         return None
+
+
+def _spans(frames: list[int]) -> list[tuple[int, int]]:
+    """Sorted frame numbers → contiguous (first, last) runs."""
+    spans: list[tuple[int, int]] = []
+    for k in frames:
+        if spans and spans[-1][1] == k - 1:
+            spans[-1] = (spans[-1][0], k)
+        else:
+            spans.append((k, k))
+    return spans
 
 
 def merge_chunks(chunk_folders: Sequence[str | Path], out: str | Path, ctx: Optional[JobContext] = None) -> dict[str, Any]:
@@ -152,22 +181,22 @@ def merge_chunks(chunk_folders: Sequence[str | Path], out: str | Path, ctx: Opti
                                 f"frames; '{chunks[0].folder}' is {w}x{h} with {n}", "merge chunks of the same shot only")
     cover = coverage(chunks, n)
     overlaps = []
+    pattern = frame_pattern(n)  # edit's file names
     with atomic_output_dir(Path(out)) as tmp:
-        for k, cs in enumerate(cover):  # single-chunk and untouched frames: the chunk's file as it is
+        for k, cs in enumerate(cover):  # frames one chunk edited: its file as it is
             ctx.progress("write", k, n, "copying frames")
-            if len(cs) < 2:
-                src = chunks[cs[0] if cs else 0].files[k]
-                shutil.copyfile(src, tmp / src.name)
+            if len(cs) == 1:
+                shutil.copyfile(chunks[cs[0]].file(k), tmp / pattern.format(k=k))
+        for a, b in _spans([k for k, cs in enumerate(cover) if not cs]):  # frames no chunk edited: the source's
+            write_frames(_source_frames(chunks, a, b).astype(np.uint8), tmp, pattern, start=a)
         for i in range(len(chunks) - 1):
             a, b = chunks[i + 1].first, min(chunks[i].last, chunks[i + 1].last)
             if a > b:
                 continue  # the two chunks only touch (or leave a gap): nothing to blend
-            earlier, later = _read_range(chunks[i].folder, a, b), _read_range(chunks[i + 1].folder, a, b)
-            blended = cross_fade(earlier, later)
-            for j in range(b - a + 1):  # the chunk's own file names, whatever pattern edit wrote
-                write_frames(blended[j:j + 1], tmp, pattern=chunks[i].files[a + j].name)
+            earlier, later = chunks[i].read(a, b), chunks[i + 1].read(a, b)
+            write_frames(cross_fade(earlier, later), tmp, pattern, start=a)
             overlaps.append({"frames": [a, b], "chunks": [chunks[i].folder.name, chunks[i + 1].folder.name],
-                             "seam_error": seam_error(earlier, later, _source_range(chunks[i], a, b))})
+                             "seam_error": seam_error(earlier, later, _source_range(chunks, a, b))})
         edited = [min(c.first for c in chunks), max(c.last for c in chunks)]
         merge = {"blend": "linear in pixels", "overlaps": overlaps, "seam_error_mean": _mean_seam(overlaps),
                  "chunks": [{"folder": str(c.folder), "edited_frames": [c.first, c.last],

@@ -4,6 +4,7 @@ VAE decode → composite back into the full-resolution source frames, written at
 Output folder: `frame_{k:04d}.png` for every source frame k at the source's resolution, and `edit.json`
 (settings, the crop plan, the timing map, timings). Frames outside the frame range, or not reached by
 the driving clip under the timing policy (mf_backend/timing.py), are the source's bytes unchanged.
+With `chunk` only the edited frames are written (one chunk of a farm job; mf_backend/chunks.py).
 
 Working geometry (mf_backend/crop.py, composite.py, docs/footage.md): the model sees square `size`×`size` frames.
 `crop="person"` plans ONE square per clip around the source person and where the person will be
@@ -169,7 +170,8 @@ def edit(params: JobParams, ctx: JobContext) -> dict[str, Any]:
                                             source_crops=clip.inputs.frames.numpy())
         t_comp = time.perf_counter() - t0
         ctx.progress("write", 1, 2)
-        write_frames(out_frames, tmp, frame_pattern(len(out_frames)))
+        written = clip.edited if params.chunk else np.arange(len(out_frames))  # a chunk: its own frames only
+        write_frames(out_frames[written], tmp, frame_pattern(len(out_frames)), start=int(written[0]))
         if params.preview:
             write_video(out_frames, tmp / "edit.mp4", fps=clip.timing["source_fps"] or 24.0)
         per_frame_ms = 1000.0 * (clip.seconds["crop"] + t_comp) / len(clip.edited)

@@ -108,6 +108,8 @@ class JobParams:
                                      "adaptation when 'auto') or the geometric warp", "footage", ALL_JOBS,
                              MASK_PREDICTORS)
     preview: bool = _f(False, "also write edit.mp4, a preview video of the result", "footage", ("edit",))
+    chunk: bool = _f(False, "write only the edited frames: one chunk of a longer shot, put together by "
+                            "merge-chunks (docs/flamenco.md)", "footage", ("edit",))
     # speed and memory (docs/performance.md)
     low_memory: bool = _f(False, "checkpoint every block, decode 2 frames at a time, keep CLIP and the VAE on "
                                  "the host while the UNet runs (about 9.5 GiB at 512²); overrides checkpoint",

@@ -43,7 +43,7 @@ def case(tmp_path_factory):
 
 @pytest.mark.skipif(NODE is None, reason="node is not installed (Debian: apt-get install nodejs)")
 def test_compiled_job_runs_and_merges_the_shot(tmp_path, case, tiny_folder):
-    from mf_backend.media import read_clip, read_masks
+    from mf_backend.media import list_frame_files, read_clip, read_masks
 
     out = tmp_path / "farm" / "edited"
     submitted = run_local.synthetic_job(case, out, FRAMES, frame_start=1, frame_end=10, chunk_length=6, chunk_overlap=2,
@@ -66,6 +66,7 @@ def test_compiled_job_runs_and_merges_the_shot(tmp_path, case, tiny_folder):
     # inside: only the person region changes (M_r ∪ M_e of the prepare step, plus the composite's reach)
     work = out.parent / [p.name for p in out.parent.iterdir() if "__intermediate-" in p.name][0]
     M_r, M_e = read_masks(work / "prepared" / "source_masks"), read_masks(work / "prepared" / "predicted_masks")
+    assert [len(list_frame_files(d)) for d in sorted(work.glob("chunk-*"))] == [6, 6]  # --chunk: its frames only
     crops = [json.loads((d / "edit.json").read_text())["crop"] for d in sorted(work.glob("chunk-*"))]
     shot = json.loads((work / "prepared" / "crop.json").read_text())
     assert shot["edited_frames"] == [1, 10] and all(c == {**crops[0], "size": SIZE} for c in crops)
@@ -100,7 +101,7 @@ def _chunk(folder: Path, frames: np.ndarray, first: int, last: int, fps=24.0, so
 
 def test_merge_cross_fades_overlaps_and_copies_the_rest(tmp_path):
     from mf_backend.chunks import merge_chunks
-    from mf_backend.media import read_clip, write_frames
+    from mf_backend.media import list_frame_files, read_clip, write_frames
 
     rng = np.random.default_rng(0)
     src = rng.integers(0, 256, (10, 8, 8, 3), dtype=np.uint8)
@@ -121,9 +122,36 @@ def test_merge_cross_fades_overlaps_and_copies_the_rest(tmp_path):
     seam = res["overlaps"][0]["seam_error"]
     assert res["overlaps"][0]["frames"] == [4, 6] and res["fps"] == 24.0 and res["edited_frames"] == [1, 9]
     assert seam["all_pixels"] == pytest.approx(150 * 16 / 64) and seam["edited_region"] == pytest.approx(150)
-    # frames copied byte for byte from the chunk that edited them
-    assert (tmp_path / "out" / "frame_0.png").read_bytes() == (ca / "frame_0.png").read_bytes()
-    assert (tmp_path / "out" / "frame_9.png").read_bytes() == (cb / "frame_9.png").read_bytes()
+    # frames one chunk edited are copied byte for byte, named as edit names them
+    files = list_frame_files(tmp_path / "out")
+    assert [f.name for f in files] == [f"frame_{k:04d}.png" for k in range(10)]
+    assert files[2].read_bytes() == (ca / "frame_2.png").read_bytes()
+    assert files[9].read_bytes() == (cb / "frame_9.png").read_bytes()
+
+
+def test_merge_of_chunks_holding_only_their_frames(tmp_path):
+    """`edit --chunk` writes only the edited frames; the merge takes the others from the source clip."""
+    from mf_backend.chunks import merge_chunks
+    from mf_backend.media import read_clip, write_frames
+
+    rng = np.random.default_rng(1)
+    src = rng.integers(0, 256, (12, 8, 8, 3), dtype=np.uint8)
+    write_frames(src, tmp_path / "src")
+    a, b = src.copy(), src.copy()
+    a[2:8, :4] = 10  # chunk A: frames 2..7, chunk B: 6..9 (frames 0, 1, 10, 11 edited by none)
+    b[6:10, :4] = 90
+    for name, frames, first, last in (("a", a, 2, 7), ("b", b, 6, 9)):
+        _chunk(tmp_path / name, frames[first:last + 1], first, last, source=str(tmp_path / "src"))
+        info = json.loads((tmp_path / name / "edit.json").read_text())
+        (tmp_path / name / "edit.json").write_text(json.dumps({**info, "frames": 12}))  # the source's count
+    res = merge_chunks([tmp_path / "a", tmp_path / "b"], tmp_path / "out")
+    out = read_clip(tmp_path / "out").frames
+    assert out.shape == src.shape and res["frames"] == 12
+    for k in (0, 1, 10, 11):
+        assert np.array_equal(out[k], src[k]), k
+    assert np.array_equal(out[2:6], a[2:6]) and np.array_equal(out[8:10], b[8:10])
+    assert out[6, 0, 0, 0] == round(10 + 80 / 3) and out[7, 0, 0, 0] == round(10 + 160 / 3)
+    assert res["overlaps"][0]["seam_error"]["edited_region"] == pytest.approx(80)
 
 
 def test_merge_refuses_missing_chunks_triple_overlaps_and_used_outputs(tmp_path):

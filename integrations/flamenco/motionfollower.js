@@ -63,7 +63,7 @@ function compileJob(job) {
         const dir = path.join(workDir, `chunk-${pad(a)}-${pad(b)}`);
         const task = author.Task(`edit-${a}-${b}`, TASK_TYPE);
         task.addCommand(exec(backend, [
-            "edit", ...shot.slice(0, 4), "--out", dir,
+            "edit", ...shot.slice(0, 4), "--out", dir, "--chunk",
             ...preparedArgs(prepared),
             "--frame-start", String(a), "--frame-end", String(b), "--timing", s.timing,
             "--model", s.model, "--seed", String(s.seed), ...positive("--steps", s.steps), ...positive("--size", s.size),

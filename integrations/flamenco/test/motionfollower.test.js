@@ -103,7 +103,7 @@ test("a 600-frame shot compiles to prepare, 15 chunks of 48 with 8 shared, merge
     const first = byName(job)["edit-0-47"];
     assert.deepEqual(args(first), [
         "-m", "mf_backend", "edit", "--source", "/farm/shots/sh010/plate.mov", "--driving", "/farm/refs/dance.mp4",
-        "--out", `${WORK}/chunk-000000-000047`,
+        "--out", `${WORK}/chunk-000000-000047`, "--chunk",
         "--source-poses", `${PREPARED}/source_poses`, "--target-aligned-poses", `${PREPARED}/target_aligned_poses`,
         "--source-masks", `${PREPARED}/source_masks`, "--predicted-masks", `${PREPARED}/predicted_masks`,
         "--frame-start", "0", "--frame-end", "47", "--timing", "hold-last",
