@@ -35,6 +35,9 @@ class MOTIONFOLLOWER_OT_edit(bpy.types.Operator):
     bl_label = "Run MotionFollower"
     bl_options = {"REGISTER", "UNDO"}
 
+    preview: bpy.props.BoolProperty(name="Preview", default=False, options={"SKIP_SAVE"},
+                                    description="A quick look first: the first 8 frames, 10 steps, at most 256 px")
+
     _timer = None
 
     @classmethod
@@ -90,7 +93,9 @@ class MOTIONFOLLOWER_OT_edit(bpy.types.Operator):
         STATE.last_error = None
         try:
             first, *STATE.queue = plan(context)
-            STATE.run = begin_edit(context, first)  # the frames are rendered later: advance()
+            if self.preview:
+                STATE.queue = []
+            STATE.run = begin_edit(context, first, preview=self.preview)  # frames are rendered later: advance()
         except BaseException as exc:  # noqa: BLE001
             STATE.queue = []
             return self._fail(exc)

@@ -27,6 +27,7 @@ from . import inputs, preferences, properties, results, strips
 from .inputs import UserError
 
 SETTINGS_KEY = "motionfollower_settings"  # JSON of every panel setting, on each result strip
+PREVIEW_FRAMES, PREVIEW_STEPS, PREVIEW_SIZE = 8, 10, 256  # a quick look before the full run
 
 
 @dataclass
@@ -46,6 +47,7 @@ class EditRun:
     cancel_requested_at: Optional[float] = None
     seeds: list[int] = field(default_factory=list)  # variations still to run on the same exported frames
     settings: dict[str, Any] = field(default_factory=dict)  # the panel's settings at Run (stored on the strip)
+    preview: bool = False
     warnings: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
 
@@ -162,14 +164,18 @@ def plan(context: Any) -> list[str]:
     return names
 
 
-def begin_edit(context: Any, source: Optional[str] = None) -> EditRun:
+def begin_edit(context: Any, source: Optional[str] = None, preview: bool = False) -> EditRun:
     """Check the strips and folders, create the job folder, spawn the backend (it imports torch while
-    the strips export) and set up both exports. Nothing is rendered yet: `advance` does the work."""
+    the strips export) and set up both exports. Nothing is rendered yet: `advance` does the work.
+    preview: the first PREVIEW_FRAMES frames, PREVIEW_STEPS steps, at most PREVIEW_SIZE px, one seed."""
     scene = strips.vse_scene(context)
     mf = scene.motionfollower
     source = sources(context)[0] if source is None else source
     inputs.check_pair(scene, source, mf.driving_strip)
     frame_range = (mf.frame_start, mf.frame_end + 1) if mf.use_frame_range else None
+    if preview:
+        first = max(strips.content_range(strips.find_strip(scene, source))[0], frame_range[0] if frame_range else -10**9)
+        frame_range = (first, first + PREVIEW_FRAMES)
 
     settings = preferences.get_settings(context)
     root = results.scratch_root(settings.jobs_dir)
@@ -182,11 +188,16 @@ def begin_edit(context: Any, source: Optional[str] = None) -> EditRun:
         raise UserError(str(exc), "save the .blend in a folder you can write to, or set a writable job folder "
                                   "in the add-on preferences") from exc
     STATE.last_job_dir = job_dir
-    seeds = [mf.seed + k for k in range(mf.variations)]
+    seeds = [mf.seed + k for k in range(1 if preview else mf.variations)]
     run = EditRun(scene.name, source, mf.driving_strip, job_dir, 0, 0,
                   {**properties.job_params(mf), "source": str(job_dir / "source"), "driving": str(job_dir / "driving"),
                    "seed": seeds[0], "out": str(job_dir / f"edited_s{seeds[0]}")}, seeds=seeds[1:],
-                  settings=properties.settings_of(mf))
+                  settings=properties.settings_of(mf), preview=preview)
+    if preview:
+        official = (STATE.backend_info or {}).get("weights", {}).get("official_model")
+        run.params["steps"] = min(run.params.get("steps") or PREVIEW_STEPS, PREVIEW_STEPS)
+        if run.params.get("size") or official:
+            run.params["size"] = min(run.params.get("size") or PREVIEW_SIZE, PREVIEW_SIZE)
     try:
         ensure_client(context, initialize=False)
         run.exports.append(strips.StripExport(scene, source, job_dir / "source", frame_range))
@@ -294,7 +305,8 @@ def finish_edit(run: EditRun) -> tuple[Optional[bool], str]:
         meta.update(source=run.source, driving=run.driving, model=str(result.get("model", run.params.get("model"))))
         if result.get("notice") and str(result["notice"]) not in run.warnings:
             run.warnings.append(str(result["notice"]))
-        strip = strips.import_frames(scene, out, f"{run.source} (MotionFollower seed {seed})", run.source,
+        label = "MotionFollower preview" if run.preview else "MotionFollower"
+        strip = strips.import_frames(scene, out, f"{run.source} ({label} seed {seed})", run.source,
                                      run.first_frame, meta)
         results.point_strip(strip, out)
         strip[SETTINGS_KEY] = json.dumps({**run.settings, "source_strip": run.source, "seed": seed,

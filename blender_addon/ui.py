@@ -43,6 +43,7 @@ class SEQUENCER_PT_motionfollower(bpy.types.Panel):
             row = layout.row()
             row.scale_y = 1.5
             row.operator("motionfollower.edit", icon="PLAY")
+            row.operator("motionfollower.edit", text="Preview", icon="HIDE_OFF").preview = True
             ed = scene.sequence_editor
             if ed is not None and ed.active_strip is not None and run.SETTINGS_KEY in ed.active_strip:
                 layout.operator("motionfollower.rerun", icon="FILE_REFRESH")

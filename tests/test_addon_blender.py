@@ -773,3 +773,21 @@ def test_an_unwritable_job_folder_is_named_before_any_work(scene, addon, tmp_pat
     finally:
         prefs.jobs_dir = good
     assert snapshot(scene) == before
+
+
+def test_preview_is_a_short_low_step_pass(scene, addon, small_model, tmp_path, monkeypatch):
+    from blender_addon import properties
+    from blender_addon import run as mfrun
+
+    job_params = properties.job_params
+    monkeypatch.setattr(properties, "job_params", lambda mf: {**job_params(mf), "mask_predictor": "geometric"})
+    monkeypatch.setattr(mfrun, "PREVIEW_FRAMES", 3)
+    person_clips(scene, tmp_path)
+    mf = scene.motionfollower
+    mf.model, mf.model_folder, mf.steps, mf.variations = "folder", small_model, 40, 3
+    assert ("operator", "motionfollower.edit") in draw_panel()
+    assert bpy.ops.motionfollower.edit(preview=True) == {"FINISHED"}
+    (strip,) = edited_strips(scene)  # one seed only
+    assert strip.name == "source (MotionFollower preview seed 1)"
+    assert (strip.frame_final_start, strip.frame_final_duration, strip["motionfollower_steps"]) == (10, 3, 10)
+    assert mf.steps == 40  # the panel keeps the full run's settings
