@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -22,60 +23,110 @@ def tiny64():
     return m
 
 
-def test_return_features_gives_output_and_estimator_features(tiny64):
+def test_forward_with_features_gives_output_and_estimator_features(tiny64):
     unet = tiny64.unet
     g = torch.Generator().manual_seed(0)
     z = torch.randn(1, 4, 3, 8, 8, generator=g, dtype=torch.float64)
     ctx = torch.randn(1, 3, unet.config.cross_attention_dim, generator=g, dtype=torch.float64)
     with torch.no_grad():
-        v, feats = unet(z, 400, ctx, return_features=LEVELS)
+        v, feats = unet.forward_with_features(z, 400, ctx, levels=LEVELS)
         assert torch.equal(v, unet(z, 400, ctx))
-        ref = unet(z, 400, ctx, up_ft_indices=LEVELS)
+        ref = unet.features(z, 400, ctx, levels=LEVELS)
     assert set(feats) == set(LEVELS) and all(torch.equal(feats[k], ref[k]) for k in LEVELS)
     zz = z.clone().requires_grad_(True)
-    v, feats = unet(zz, 400, ctx, return_features=LEVELS, grad_through_sample=False)
+    v, feats = unet.forward_with_features(zz, 400, ctx, levels=LEVELS, grad_through_sample=False)
     assert feats[2].requires_grad and not v.requires_grad  # the tail stores no graph
-    with pytest.raises(ValueError):
-        unet(z, 400, ctx, up_ft_indices=LEVELS, return_features=LEVELS)
+    with pytest.raises(ValueError, match="levels"):
+        unet.features(z, 400, ctx, levels=(9,))
 
 
-def _sample(models, monkeypatch, **kw):
+# the path before the speed work: every pass separate, the reconstruction to the last step
+SEPARATE = dict(reuse_features=False, fuse_guidance=False, batch_passes=False, stop_reconstruction=False)
+
+
+def _sample(models, monkeypatch, frames=3, **kw):
+    """The sampler's result and every guidance G it applied (captured at the DDIM step)."""
     from mf_backend.editing import sampler as mod
     from mf_backend.bench.inputs import random_inputs
+    from mf_backend.editing.schedule import ddim_step
 
     Gs = []
-    orig = mod.MotionEditSampler.__dict__["_step"].__func__
-    while hasattr(orig, "orig"):  # not a wrapper of an earlier call's wrapper
-        orig = orig.orig
 
     def step(z, v, p, G=None, *a):
         if G is not None:
             Gs.append(G)
-        return orig(z, v, p, G, *a)
-    step.orig = orig
-    monkeypatch.setattr(mod.MotionEditSampler, "_step", staticmethod(step))
-    settings = mod.SamplerSettings(steps=3, seed=1, **kw)
-    res = mod.MotionEditSampler(models, ConsistencyGuidance(), settings)(random_inputs(3, 64, 0))
+        return ddim_step(z, v, p, G, *a)
+    monkeypatch.setattr(mod, "ddim_step", step)
+    settings = mod.SamplerSettings(**{"steps": 3, "seed": 1, **kw})
+    res = mod.MotionEditSampler(models, ConsistencyGuidance(), settings)(random_inputs(frames, 64, 0))
     return res, Gs
 
 
-def test_reuse_and_fused_guidance_equal_the_separate_passes(tiny64, monkeypatch):
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal to float32 rounding: the UNet runs in float64 here, the DDIM arithmetic in float32, and a
+    batched call may round the last float32 bit differently (a real difference is O(0.1), see below)."""
+    return torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_reuse_fused_batched_and_stopped_equal_the_separate_passes(tiny64, monkeypatch):
     from mf_backend.editing import sampler as mod
 
     fused = []
     orig = mod.MotionEditSampler._fused_guidance
     monkeypatch.setattr(mod.MotionEditSampler, "_fused_guidance", lambda self, *a: fused.append(1) or orig(self, *a))
-    ref, G_ref = _sample(tiny64, monkeypatch, reuse_features=False, fuse_guidance=False)
+    ref, G_ref = _sample(tiny64, monkeypatch, **SEPARATE)
     assert not fused and G_ref and G_ref[0].abs().max() > 0  # guidance is really acting
-    for kw in ({}, {"checkpoint": "all"}, {"checkpoint": "down0,up2"}):
+    other, _ = _sample(tiny64, monkeypatch, **SEPARATE, guidance_scale=3.0)
+    assert not _same(other.latents, ref.latents)  # the tolerance sees a small change of the edit
+    for kw in ({}, {"checkpoint": "all"}, {"checkpoint": "down0,up2"}, {"batch_passes": False},
+               {**SEPARATE, "batch_passes": True}, {**SEPARATE, "stop_reconstruction": True}):
         fused.clear()
         res, G = _sample(tiny64, monkeypatch, **kw)
-        assert len(fused) == len(G_ref)  # every guidance evaluation went through the fused pass
-        assert len(G) == len(G_ref) and all(torch.allclose(a, b, rtol=1e-9, atol=1e-12) for a, b in zip(G, G_ref))
-        assert torch.allclose(res.latents, ref.latents, rtol=1e-9, atol=1e-12)
-        assert torch.allclose(res.reconstruction, ref.reconstruction, rtol=1e-9, atol=1e-12)
+        assert len(fused) == (len(G_ref) if kw.get("fuse_guidance", True) else 0)
+        assert len(G) == len(G_ref) and all(_same(a, b) for a, b in zip(G, G_ref))
+        assert _same(res.latents, ref.latents)
+        if kw.get("stop_reconstruction", True):
+            assert res.reconstruction is None  # 3 steps: guidance at step 0 only, then it stops
+        else:
+            assert _same(res.reconstruction, ref.reconstruction)
     # checkpointing is switched off again afterwards
     assert not any(b.gradient_checkpointing for b in (*tiny64.unet.down_blocks, *tiny64.unet.up_blocks))
+
+
+@pytest.mark.parametrize("kw", [dict(steps=25, guidance_scale=1.0), dict(steps=4, camera=True, window=2, overlap=1)],
+                         ids=["replay, no CFG", "camera, windows"])
+def test_batched_and_stopped_equal_the_separate_passes_in_replay_and_camera_mode(tiny64, monkeypatch, kw):
+    ref, G_ref = _sample(tiny64, monkeypatch, frames=3, **kw, **SEPARATE)
+    res, G = _sample(tiny64, monkeypatch, frames=3, **kw)
+    assert len(G) == len(G_ref) and all(_same(a, b) for a, b in zip(G, G_ref))
+    assert _same(res.latents, ref.latents)
+    if kw.get("camera"):  # the K/V are read to the last step
+        assert _same(res.reconstruction, ref.reconstruction)
+
+
+def test_the_reconstruction_stops_after_the_last_guidance_step(tiny64):
+    from mf_backend.bench.inputs import random_inputs
+    from mf_backend.editing.sampler import MotionEditSampler, SamplerSettings
+    from mf_backend.editing.schedule import build_schedule, last_reconstruction_step
+
+    assert last_reconstruction_step(build_schedule(50)) == 28  # 29 of 50 reconstruction passes
+    assert last_reconstruction_step(build_schedule(50, camera=True)) == 49
+    assert last_reconstruction_step(build_schedule(50, guidance=False)) == -1
+    assert last_reconstruction_step(build_schedule(50), stop=False) == 49
+    calls = []
+    unet = tiny64.unet
+    handle = unet.conv_in.register_forward_hook(lambda m, i, o: calls.append(o.shape[0]))
+    try:
+        s = MotionEditSampler(tiny64, ConsistencyGuidance(), SamplerSettings(steps=6, guidance_scale=1.0))
+        s(random_inputs(2, 64, 0))
+    finally:
+        handle.remove()
+    # UNet rows (x 2 frames at conv_in): per step one editing row (CFG scale 1: conditional only), plus
+    # the reconstruction row up to its last read step, never after
+    plan = s.plan
+    last = last_reconstruction_step(plan)
+    assert 0 <= last < len(plan) - 1
+    assert sum(calls) == 2 * (len(plan) + last + 1)  # per step: edit (batch 1) + reconstruction while read
 
 
 def test_fusion_is_off_where_it_is_not_exact(tiny64):
@@ -87,18 +138,65 @@ def test_fusion_is_off_where_it_is_not_exact(tiny64):
         MotionEditSampler(tiny64, ConsistencyGuidance(), SamplerSettings(checkpoint="up9"))
 
 
-def test_pass_counts_of_the_reference_schedule():
-    from mf_backend.bench.flops import count_passes
-    from mf_backend.editing.schedule import build_schedule
+def _reference_rows(steps_flags, default: bool) -> tuple[int, int]:
+    """(no-grad, grad) UNet rows of one window over the 50-step reference schedule at CFG 3.5, from
+    the schedule table alone (method.md §A.5), independently of the sampler's code."""
+    no_grad = grad = 0
+    last_guidance = max(i for i, (g, _) in enumerate(steps_flags) if g)
+    for i, (guidance, repeats) in enumerate(steps_flags):
+        grad += repeats if guidance else 0  # one grad-enabled pass per guidance evaluation
+        no_grad += repeats - 1  # replay re-noise (the last one is never run)
+        if default:  # rec + CFG halves batched; the conditional half is the grad pass at guidance steps
+            rec = i <= last_guidance
+            no_grad += (rec + 1 + (repeats - 1)) if guidance else (rec + 2)
+        else:  # reconstruction every step, estimator on z_rec at guidance steps, both CFG halves always
+            no_grad += 1 + int(guidance) + 2 * repeats
+    return no_grad, grad
 
-    plan = build_schedule(50, guidance=True, camera=False)
-    base = count_passes(plan, reuse=False, fuse=False, guidance_scale=3.5, n_losses=2)
-    # 50 reconstruction + 8 replay re-noise; 58 CFG; 28 estimator passes on z_edit + 20 on z_rec
-    assert base == {"fwd1": 58, "fwd2": 58, "partial": 48, "backward": 56}
-    fast = count_passes(plan, reuse=True, fuse=True, guidance_scale=3.5, n_losses=2)
-    assert fast == {"fwd1": 58 + 2 * 28, "fwd2": 30, "partial": 0, "backward": 56}
-    cam = count_passes(build_schedule(50, camera=True), reuse=True, fuse=True, guidance_scale=3.5, n_losses=2)
-    assert cam["partial"] == 13  # steps 20..28 (1 + 4 x 3 evaluations) inject K/V: not fused
+
+def test_bench_flops_counts_the_passes_of_the_reference_schedule():
+    from mf_backend.bench.flops import BEFORE, count_edit_flops
+    from mf_backend.editing.schedule import build_schedule
+    from mf_backend.params import JobParams
+
+    assert _reference_rows([(p.guidance, p.repeats) for p in build_schedule(50)], True) == (125, 28)
+    assert _reference_rows([(p.guidance, p.repeats) for p in build_schedule(50)], False) == (194, 28)
+    # the 25-step schedule has the same shape (guidance, replay, SDE) and half the steps: faster here
+    flags = [(p.guidance, p.repeats) for p in build_schedule(25)]
+    params = JobParams(steps=25, size=64)
+    new = count_edit_flops("tiny", 2, 64, params, device="cpu")  # cpu: computed, fast at tiny size
+    old = count_edit_flops("tiny", 2, 64, params, BEFORE, device="cpu")
+    for r, default in ((new, True), (old, False)):
+        no_grad, grad = _reference_rows(flags, default)
+        assert r["unet_frames"] == {"no_grad": 2 * no_grad, "grad": 2 * grad}  # 2 frames per row
+        assert r["guidance_evaluations"] == sum(rep for g, rep in flags if g)
+    assert new["reconstruction_steps"] == 15 and old["reconstruction_steps"] == 25
+    assert 0 < new["flop"] < 0.9 * old["flop"]
+    assert {"conditions", "reconstruction", "editing", "guidance", "decode"} <= set(new["stages_tflop"])
+
+
+def test_bench_flops_counting_each_kind_of_step_once_is_exact():
+    from mf_backend.bench.flops import count_edit_flops
+    from mf_backend.params import JobParams
+
+    # 8 steps: guidance, SDE, replay (step 4), camera K/V injection (from step 4); two windows
+    params = JobParams(steps=8, size=64, camera=True, window=2, overlap=1)
+    once = count_edit_flops("tiny", 3, 64, params, device="cpu")
+    every = count_edit_flops("tiny", 3, 64, params, device="cpu", once_per_kind=False)
+    assert once["flop"] == every["flop"] > 0 and once["unet_frames"] == every["unet_frames"]
+    assert once["stages_tflop"] == every["stages_tflop"]
+    assert once["guidance_evaluations"] == every["guidance_evaluations"] == 2 * 6  # per window
+
+
+def test_bench_flops_command_on_the_meta_device(capsys):
+    from mf_backend.cli import build_parser
+
+    args = build_parser().parse_args(["bench", "flops", "--config", "tiny", "--frames", "2", "--size", "64",
+                                      "--steps", "2"])
+    assert args.func(args) == 0
+    (r,) = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+    assert r["tflop_per_clip"] >= 0 and r["flop"] > 0 and r["reconstruction_steps"] == 1
+    assert r["unet_frames"] == {"no_grad": 2 * (2 + 2), "grad": 2 * 1}
 
 
 def test_bench_speed_runs_on_cpu_and_counts_flops(capsys):
@@ -108,10 +206,9 @@ def test_bench_speed_runs_on_cpu_and_counts_flops(capsys):
         ["bench", "speed", "--config", "tiny", "--frames", "2", "--size", "64", "--steps", "2", "--device", "cpu",
          "--precision", "fp32", "--warmup-steps", "0", "--json"])
     assert args.func(args) == 0
-    import json
-
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
     (r,) = lines
     assert {"prepare", "conditions", "reconstruction", "editing", "guidance", "decode"} <= set(r["stages_s"])
     assert r["stages_s"]["prepare"] == 0.0 and r["frames_per_min"] > 0
-    assert r["passes"] == {"fwd1": 4, "fwd2": 1, "partial": 0, "backward": 2} and r["tflop"] > 0
+    # step 0: guidance (reconstruction + unconditional half, then the grad pass); step 1: both CFG halves
+    assert r["unet_frames"] == {"no_grad": 2 * (2 + 2), "grad": 2 * 1} and r["tflop"] > 0

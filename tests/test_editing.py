@@ -118,7 +118,7 @@ def test_guidance_sign_on_tiny_unet(tiny):
     pose = tiny.pose_controller(torch.rand(1, 3, f, size, size))
 
     def feats(z):
-        return unet(z, 500, tokens, pose, app, up_ft_indices=(1, 2))
+        return unet.features(z, 500, tokens, pose, app, (1, 2))
     masks = RegionMasks(*_masks(f, size), latent_hw=(8, 8))
     _sign_check(feats, torch.randn(1, 4, f, 8, 8), torch.randn(1, 4, f, 8, 8), masks, "code")
 
@@ -131,7 +131,7 @@ def test_guidance_finite_with_empty_and_full_masks(tiny, fill):
     app = unet.appearance_adapter(torch.rand(1, f, 3, size, size) * 2 - 1)
 
     def feats(z):
-        return unet(z, 999, tokens, None, app, up_ft_indices=(1, 2))
+        return unet.features(z, 999, tokens, None, app, (1, 2))
     full = torch.full((f, size, size), fill)
     for M_r, M_e in ((full, full), (full, 1 - full)):
         masks = RegionMasks(M_r, M_e, latent_hw=(8, 8))
@@ -217,7 +217,9 @@ def _run(tiny, frames=4, **kw):
 def test_sampler_is_deterministic_and_seeded(tiny):
     a, b = _run(tiny), _run(tiny)
     assert torch.equal(a.latents, b.latents) and torch.isfinite(a.latents).all()
-    assert not torch.equal(a.latents, a.reconstruction)  # the editing branch differs from the reconstruction
+    assert a.reconstruction is None  # stopped after the last guidance step: nothing reads it
+    r = _run(tiny, stop_reconstruction=False)
+    assert torch.equal(r.latents, a.latents) and not torch.equal(a.latents, r.reconstruction)
     c = _run(tiny, seed=4)
     assert not torch.allclose(a.latents, c.latents)
     assert a.guidance_log and {"fg", "over", "body", "com"} <= set(a.guidance_log[0])
@@ -232,6 +234,7 @@ def test_sampler_windows_and_camera_mode(tiny):
 
 
 def test_camera_hook_concatenates_background_keys(tiny):
+    from mf_backend.editing.camera import inject_hook
     from mf_backend.editing.sampler import MotionEditSampler, SamplerSettings
 
     s = MotionEditSampler(tiny, ConsistencyGuidance(), SamplerSettings(steps=2, camera=True))
@@ -242,7 +245,7 @@ def test_camera_hook_concatenates_background_keys(tiny):
     store = {}
     k_rec = torch.randn(2, 16, 8)
     store["x"] = (k_rec, k_rec)
-    hook = s._inject_hook(store, c, (8, 8))
+    hook = inject_hook(store, c.masks, (8, 8))
     key = torch.ones(4, 16, 8)  # CFG batch of 2 x 2 frames, 4x4 tokens
     k, v = hook("x", None, key, key)
     assert k.shape == (4, 32, 8)

@@ -64,10 +64,14 @@ def inputs(models, frames: int, batch: int = 1, seed: int = 0):
     return z, ctx, pose_img, frames_img
 
 
-def run(models, z, ctx, pose_img, frames_img, **kw):
+def run(models, z, ctx, pose_img, frames_img, levels=None, **kw):
+    """The v-prediction, or with `levels` the early-exit features (UNet3DConditionModel.features)."""
     pose = models.pose_controller(pose_img)
     app = models.unet.appearance_adapter(frames_img)
-    return models.unet(z, torch.tensor([999] * z.shape[0]), ctx, pose, app, **kw)
+    t = torch.tensor([999] * z.shape[0])
+    if levels is not None:
+        return models.unet.features(z, t, ctx, pose, app, levels, **kw)
+    return models.unet(z, t, ctx, pose, app, **kw)
 
 
 # ---------------------------------------------------------------- contract with released checkpoints
@@ -191,10 +195,10 @@ def test_early_exit_features(tiny):
     handle = tiny.unet.up_blocks[3].register_forward_hook(lambda *a: calls.append(1))
     try:
         with torch.no_grad():
-            feats = run(tiny, z, ctx, pose_img, frames_img, up_ft_indices=[1, 2])
+            feats = run(tiny, z, ctx, pose_img, frames_img, levels=[1, 2])
         assert calls == []  # stopped after up_blocks[2]
         with torch.no_grad():
-            full = run(tiny, z, ctx, pose_img, frames_img, up_ft_indices=[0, 1, 2, 3])
+            full = run(tiny, z, ctx, pose_img, frames_img, levels=[0, 1, 2, 3])
         assert calls == [1]
     finally:
         handle.remove()
@@ -206,7 +210,7 @@ def test_early_exit_features(tiny):
         assert torch.equal(feats[i], full[i])
     # gradient w.r.t. the latent through the feature path (what guidance needs)
     zz = z[:1].clone().requires_grad_(True)
-    f = run(tiny, zz, ctx[:1], pose_img, frames_img, up_ft_indices=[1, 2])
+    f = run(tiny, zz, ctx[:1], pose_img, frames_img, levels=[1, 2])
     (f[1].mean() + f[2].mean()).backward()
     assert zz.grad.abs().sum() > 0
 

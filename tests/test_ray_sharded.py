@@ -97,11 +97,11 @@ def test_three_workers_equal_one_process(cluster, tiny_folder):
                          decode=False)
     t2 = time.perf_counter()
     diff = (many.latents - one.latents).abs().max().item()
-    rdiff = (many.reconstruction - one.reconstruction).abs().max().item()
-    print(f"\n1 process {t1 - t0:.1f} s, 3 workers {t2 - t1:.1f} s; max |diff| edit {diff:.2e}, rec {rdiff:.2e}; "
+    print(f"\n1 process {t1 - t0:.1f} s, 3 workers {t2 - t1:.1f} s; max |diff| edit {diff:.2e}; "
           f"sync {many.info['sync_ms_per_step']} ms, {many.info['sync_bytes_per_step']} bytes per step")
     assert sorted(many.info["windows_per_worker"]) == [1, 1, 2]
-    assert diff <= 1e-5 and rdiff <= 1e-5
+    assert diff <= 1e-5
+    assert many.reconstruction is None and one.reconstruction is None  # stopped after the last guidance step
     assert len(many.guidance_log) == len(one.guidance_log)
     assert [e["done"] for e in events if e["stage"] == "editing"][-1] == 4
 

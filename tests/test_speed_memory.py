@@ -77,7 +77,7 @@ def tiny_unet():
 
 def _grad(unet, z, ctx):
     zz = z.clone().requires_grad_(True)
-    feats = unet(zz, 500, ctx, up_ft_indices=LEVELS)
+    feats = unet.features(zz, 500, ctx, levels=LEVELS)
     (g,) = torch.autograd.grad(sum(f.float().pow(2).mean() for f in feats.values()), zz)
     return g
 

@@ -1,113 +1,166 @@
-"""Model FLOPs of the edit for `bench speed`'s MFU: torch.utils.flop_counter on a meta-device copy of the
-UNet at the exact config, frames and size (no compute), times the passes the chosen switches run.
-Activation-checkpoint recompute is not counted (MFU counts model FLOPs, not hardware FLOPs).
+"""`bench flops`: the FLOPs of one edit as it actually runs, counted without computing anything.
+
+    python -m mf_backend bench flops --config official --frames 24 --size 512 --steps 50 [--camera]
+
+The real sampler (`MotionEditSampler`) runs on the `meta` device (tensors with shapes, no data) under
+`torch.utils.flop_counter`, so every pass the edit runs is counted at the exact config, clip length
+and size: CLIP tokens, PoCtr/ReCtr, the reconstruction, CFG, the guidance forward and backward
+passes, replay re-noising, the DDIM arithmetic, and the VAE decode. No GPU and no weights are needed
+(a minute or two on a CPU at the official config). 1 FLOP = one multiply or one add.
+Activation-checkpoint recompute is not counted (model FLOPs: the plan is counted with checkpoint
+"none"), so MFU = these FLOPs / time / peak.
+
+`--before` counts the path before the speed work (every pass separate, reconstruction to the last
+step, estimator features recomputed), for comparison.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import json
-from typing import Any, Callable
+import sys
+import time
+from dataclasses import replace
+from typing import Any, Iterator, Optional
+
+# the speed switches of the sampler, all off = the path before the speed work
+BEFORE = dict(reuse_features=False, fuse_guidance=False, batch_passes=False, stop_reconstruction=False)
 
 
-def _count(fn: Callable[[], Any]) -> float:
+class _Tally:
+    """A StageTimer stand-in: FLOPs counted inside each sampler section, and frames through the UNet."""
+
+    def __init__(self, counter):
+        self.counter = counter
+        self.seconds: dict[str, float] = {}  # the sampler copies this into its result
+        self.flops: dict[str, float] = {}
+        self.unet_frames = {"no_grad": 0, "grad": 0}  # batch rows x window frames, per grad mode
+
+    @contextlib.contextmanager
+    def section(self, name: str) -> Iterator[None]:
+        before = self.counter.get_total_flops()
+        try:
+            yield
+        finally:
+            self.flops[name] = self.flops.get(name, 0.0) + self.counter.get_total_flops() - before
+
+    def snapshot(self) -> dict[str, float]:
+        return {**self.flops, **{f"unet_{k}": v for k, v in self.unet_frames.items()}}
+
+
+def _count_each_step_kind_once(sampler, tally: _Tally, repeated: dict[str, float]) -> None:
+    """Run `sampler._window_step` for real the first time each kind of step comes (guidance, replay,
+    SDE, camera, reconstruction running, window length) and add its tally again for each later step
+    of the same kind (into `repeated`): FLOPs do not depend on the timestep or on the values, and a
+    meta-device step of the official UNet takes seconds on a CPU."""
+    first = sampler._window_step
+    memo: dict[tuple, tuple[dict[str, float], list[dict]]] = {}
+
+    def window_step(p, c, z, z_rec, noise, latent_hw, log_rows):
+        key = (p.guidance, p.repeats, p.camera, p.sde_in, p.sde_out, z_rec is None, noise is None, tuple(z.shape))
+        if key not in memo:
+            before, n_rows = tally.snapshot(), len(log_rows)
+            out = first(p, c, z, z_rec, noise, latent_hw, log_rows)
+            memo[key] = ({k: v - before.get(k, 0) for k, v in tally.snapshot().items()}, log_rows[n_rows:])
+            return out
+        delta, rows = memo[key]
+        for k, v in delta.items():
+            repeated[k] = repeated.get(k, 0) + v
+        log_rows += [dict(r, step=p.index) for r in rows]
+        return z, z_rec
+
+    sampler._window_step = window_step
+
+
+def count_edit_flops(config: str = "official", frames: int = 24, size: int = 512, params=None,
+                     settings_overrides: Optional[dict[str, Any]] = None, decode_batch: int = 8,
+                     device: str = "meta", once_per_kind: bool = True) -> dict[str, Any]:
+    """FLOPs of one edit of `frames` frames at `size`² with the job `params` (JobParams; default
+    settings when None). On the meta device nothing is computed; `device="cpu"` computes for real
+    (the same count; fast at the tiny config, used by tests). Returns the total, FLOPs per sampler
+    stage and the frames through the UNet."""
+    import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    return float(counter.get_total_flops())
-
-
-_FLOP_CACHE: dict[tuple, dict[str, float]] = {}
-
-
-def unet_call_flops(config, frames: int, size: int) -> dict[str, float]:
-    """FLOPs of one call of each kind at (frames, size), counted on the meta device (no compute):
-    fwd1 / fwd2 = forward at batch 1 / 2 (CFG), partial = forward up to the guidance features,
-    backward = one backward of that partial forward to the latent, conditions = PoCtr (2F) + ReCtr."""
-    import torch
-
-    from mf_backend.models.controllers import PoseController
-    from mf_backend.models.unet3d import UNet3DConditionModel
-
-    key = (json.dumps(config.to_dict(), sort_keys=True, default=str), frames, size)
-    if key in _FLOP_CACHE:
-        return _FLOP_CACHE[key]
-    s, lv = config.latent_scale, (1, 2)
-    with torch.device("meta"):
-        unet = UNet3DConditionModel(config).requires_grad_(False)
-        pose = PoseController(config).requires_grad_(False)
-        h = size // s
-        ctx = torch.zeros(1, frames, config.cross_attention_dim)
-        z = torch.zeros(1, config.in_channels, frames, h, h)
-        out = {"fwd1": _count(lambda: unet(z, 500, ctx)),
-               "fwd2": _count(lambda: unet(torch.cat([z, z]), 500, torch.cat([ctx, ctx])))}
-        zz = z.clone().requires_grad_(True)
-        feats: dict = {}
-        out["partial"] = _count(lambda: feats.update(unet(zz, 500, ctx, up_ft_indices=lv)))
-        loss = sum(f.float().sum() for f in feats.values())
-        out["backward"] = _count(lambda: torch.autograd.grad(loss, zz))
-        out["conditions"] = (_count(lambda: pose(torch.zeros(1, 3, 2 * frames, size, size)))
-                             + _count(lambda: unet.appearance_adapter(torch.zeros(1, frames, 3, size, size))))
-    _FLOP_CACHE[key] = out
-    return out
-
-
-def count_passes(plan, reuse: bool, fuse: bool, guidance_scale: float, n_losses: int) -> dict[str, int]:
-    """How many UNet calls of each kind the sampler runs over `plan` for one window (mirrors
-    MotionEditSampler._window_step)."""
-    n = dict(fwd1=0, fwd2=0, partial=0, backward=0)
-    cfg = "fwd1" if guidance_scale == 1.0 else "fwd2"
-    for p in plan:
-        n["fwd1"] += 1  # reconstruction (returns the features too when reused)
-        if p.guidance and not reuse:
-            n["partial"] += 1  # estimator on z_rec
-        fused = p.guidance and fuse and not p.camera
-        for rep in range(p.repeats):
-            if fused:  # conditional half with grad (full forward), unconditional half without
-                n["fwd1"] += 1 if guidance_scale == 1.0 else 2
-                n["backward"] += n_losses
-            else:
-                n[cfg] += 1
-                if p.guidance:
-                    n["partial"] += 1
-                    n["backward"] += n_losses
-            if rep + 1 < p.repeats:
-                n["fwd1"] += 1  # replay re-noise
-    return n
-
-
-def flop_model(models, frames: int, size: int, params, variant: Any) -> dict[str, Any]:
-    """Model FLOPs of the whole edit as run with `variant` (a bench.speed.Variant: its reuse and fuse
-    switches), summed over UNet passes per window, conditions (PoCtr, ReCtr, CLIP) and the VAE."""
-    import torch
-
+    from mf_backend.bench.inputs import random_inputs
+    from mf_backend.editing.pipeline import sampler_settings
     from mf_backend.editing.guidance import guidance_from_params
-    from mf_backend.editing.schedule import build_schedule
-    from mf_backend.editing.windows import plan_windows
+    from mf_backend.editing.sampler import MotionEditSampler
+    from mf_backend.models.loading import build_models
 
-    guid = guidance_from_params(params)
-    w = guid.weights
-    n_losses = int(w.active("fg")) + int(any(w.active(t) for t in ("com", "body", "over")))
-    plan = build_schedule(params.steps, guidance=guid.enabled, camera=params.camera)
-    shared = params.estimator_weights == "shared"
-    n = count_passes(plan, variant.reuse and shared, variant.fuse and shared, params.guidance_scale, n_losses)
-    per_len: dict[int, dict[str, float]] = {}
-    unet_f = cond_f = 0.0
-    for win in plan_windows(frames, params.window, params.overlap):
-        L = len(win)
-        if L not in per_len:
-            per_len[L] = unet_call_flops(models.config, L, size)
-        c = per_len[L]
-        unet_f += sum(n[k] * c[k] for k in n)
-        cond_f += c["conditions"]
-    dev = models.device
-    with torch.no_grad():
-        lat = torch.zeros(1, models.config.in_channels, size // models.config.latent_scale,
-                          size // models.config.latent_scale, device=dev, dtype=models.dtype)
-        vae_f = _count(lambda: models.vae.decode(lat)) * frames
-        img = torch.zeros(1, size, size, 3, dtype=torch.uint8)
-        clip_f = _count(lambda: models.clip_embed(img)) * frames
-    total = unet_f + cond_f + vae_f + clip_f
-    return {"passes": n, "n_losses": n_losses, "unet_tflop": unet_f / 1e12, "decode_tflop": vae_f / 1e12,
-            "conditions_tflop": (cond_f + clip_f) / 1e12, "total_tflop": total / 1e12,
-            "per_call_tflop": {L: {k: round(v / 1e12, 3) for k, v in c.items()} for L, c in per_len.items()}}
+    params = params or _default_params(size)
+    with torch.device(device):
+        models = build_models(config).eval()
+    models.requires_grad_(False)
+    estimator = None if params.estimator_weights == "shared" else copy.deepcopy(models.unet)
+    settings = replace(sampler_settings(params, "none"), **(settings_overrides or {}))
+    t0 = time.perf_counter()
+    repeated: dict[str, float] = {}
+    with FlopCounterMode(display=False) as counter:
+        tally = _Tally(counter)
+
+        def on_conv_in(module, args) -> None:  # every pass kind starts here
+            tally.unet_frames["grad" if torch.is_grad_enabled() else "no_grad"] += int(args[0].shape[0])
+
+        hooks = [u.conv_in.register_forward_pre_hook(on_conv_in) for u in {models.unet, estimator} - {None}]
+        try:
+            sampler = MotionEditSampler(models, guidance_from_params(params), settings, estimator, timer=tally)
+            if once_per_kind:
+                _count_each_step_kind_once(sampler, tally, repeated)
+            result = sampler(random_inputs(frames, size, params.seed))
+            with tally.section("decode"):
+                z = result.latents[0].transpose(0, 1) / models.vae_scaling_factor  # (F,4,h,w)
+                for i in range(0, frames, decode_batch):
+                    models.vae.decode(z[i:i + decode_batch].to(models.dtype))
+        finally:
+            for h in hooks:
+                h.remove()
+    totals = {k: v + repeated.get(k, 0) for k, v in tally.snapshot().items()}
+    stages = {k: v for k, v in totals.items() if not k.startswith("unet_")}
+    total = counter.get_total_flops() + sum(v for k, v in repeated.items() if k in stages)
+    return {"config": config, "frames": frames, "size": size, "steps": settings.steps, "camera": settings.camera,
+            "tflop_per_clip": round(total / 1e12, 1),
+            "stages_tflop": {k: round(v / 1e12, 1) for k, v in stages.items()},
+            "unet_frames": {k: int(totals[f"unet_{k}"]) for k in ("no_grad", "grad")},
+            "guidance_evaluations": len(result.guidance_log),
+            "reconstruction_steps": sampler.last_reconstruction + 1,
+            "switches": {k: getattr(settings, k) for k in BEFORE}, "count_s": round(time.perf_counter() - t0, 1),
+            "flop": total}
+
+
+_CACHE: dict[tuple, dict[str, Any]] = {}
+
+
+def cached_edit_flops(config: str, frames: int, params, switches: dict[str, bool]) -> dict[str, Any]:
+    """count_edit_flops, once per (config, clip, schedule, switches) in this process (bench speed's MFU)."""
+    key = (config, frames, params.size, params.steps, params.camera, tuple(sorted(switches.items())))
+    if key not in _CACHE:
+        _CACHE[key] = count_edit_flops(config, frames, params.size, params, switches)
+    return _CACHE[key]
+
+
+def _default_params(size: int):
+    from mf_backend.params import JobParams
+
+    return JobParams(size=size)
+
+
+def add_arguments(p) -> None:
+    """Arguments of `bench flops` (wired by mf_backend/bench/cli.py)."""
+    p.add_argument("--config", default="official", help="model config: official, demo, tiny")
+    p.add_argument("--frames", type=int, default=24)
+    p.add_argument("--size", type=int, default=512)
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--camera", action="store_true", help="camera mode (K/V injection from step 20)")
+    p.add_argument("--before", action="store_true", help="the path before the speed work (every pass separate)")
+
+
+def run(a) -> int:
+    from mf_backend.params import JobParams
+
+    params = JobParams(steps=a.steps, size=a.size, camera=a.camera)
+    params.validate()
+    out = count_edit_flops(a.config, a.frames, a.size, params, BEFORE if a.before else None)
+    print(json.dumps(out), file=sys.stdout, flush=True)
+    return 0

@@ -7,7 +7,7 @@
 Builds the UNet (+ PoCtr, ReCtr features) on the device, runs `--warmup` untimed forwards then
 `--repeats` timed ones (batch --batch, e.g. 2 for a CFG pass), and prints one JSON line with the mean
 time and the peak CUDA memory (or the process' peak RSS on CPU). `--features` times the guidance
-early-exit path (up_ft_indices 1,2) with a backward to the latent instead, as the estimator does.
+early-exit path (`features`, levels 1,2) with a backward to the latent instead, as the estimator does.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def run(a: argparse.Namespace) -> int:
     def step() -> None:
         if a.features:
             zz = z.detach().requires_grad_(True)
-            feats = unet(zz, 500, ctx, pose, app, up_ft_indices=[1, 2])
+            feats = unet.features(zz, 500, ctx, pose, app, (1, 2))
             (feats[1].float().mean() + feats[2].float().mean()).backward()
         else:
             with torch.no_grad():

@@ -6,10 +6,14 @@ speed switches of the sampler and the model, timed per stage, with peak GPU memo
     python -m mf_backend bench speed --config tiny --frames 2 --size 64 --steps 3 --device cpu   # CI
 
 Stages: prepare (0 here: random inputs, no pose/mask extraction), conditions (CLIP tokens, PoCtr,
-ReCtr), reconstruction, editing (CFG passes, replay re-noise, DDIM), guidance (estimator passes,
-energies, backward), decode (VAE). With `fuse` the conditional CFG half runs inside "guidance".
+ReCtr), reconstruction (with `batch`: the one no-grad pass of the step's input latents, i.e. the
+reconstruction and the CFG halves batched with it), editing (the other CFG passes, replay re-noise,
+DDIM), guidance (estimator passes, energies, backward), decode (VAE). With `fuse` the conditional CFG
+half runs inside "guidance".
 
-MFU divides the model FLOPs of the passes the chosen switches actually run (`bench/flops.py`) by the time.
+FLOPs are those of `bench flops` (mf_backend/bench/flops.py: the same edit run on the meta device,
+counted by torch.utils.flop_counter) with the variant's switches. Activation-checkpoint recompute is
+not counted (MFU counts model FLOPs, not hardware FLOPs).
 """
 
 from __future__ import annotations
@@ -35,25 +39,38 @@ class Variant:
     name: str = "fast"
     reuse: bool = True  # reconstruction pass's up-block features reused for guidance
     fuse: bool = True  # guidance pass fused with the conditional CFG half
+    batch: bool = True  # a step's no-grad passes as one UNet call
+    stop: bool = True  # no reconstruction after the last guidance step (outside camera mode)
     checkpoint: str = "none"  # checkpointing in the grad pass (sampler.CHECKPOINT_PRESETS, a list, or "auto")
     compile: str = "none"  # torch.compile of the UNet: "blocks" (layer by layer) or "full" (models/compile.py)
     compile_mode: str = "default"
     channels_last: bool = False
+    sdpa: str = "auto"  # attention kernel: auto (PyTorch's choice), cudnn, flash, efficient, math
     decode_batch: int = 8
     offload: bool = False  # CLIP and the VAE wait on the host while the UNet runs (low memory)
 
 
-MATRIX = (
-    Variant("baseline", reuse=False, fuse=False),
-    Variant("+reuse", fuse=False),
-    Variant("+reuse+fuse"),
-    Variant("+fuse ckpt=hires", checkpoint="hires"),
+MATRIX = (  # most wanted first: the time budget skips from the end
+    Variant("default (+stop+batch)"),
+    Variant("before #21 (reuse+fuse)", batch=False, stop=False),
+    Variant("ckpt=hires", checkpoint="hires"),
+    Variant("compile blocks", compile="blocks"),
+    Variant("compile blocks ckpt=hires", compile="blocks", checkpoint="hires"),
+    Variant("sdpa cudnn", sdpa="cudnn"),
+    Variant("sdpa flash", sdpa="flash"),
+    Variant("compile blocks cudagraphs", compile="blocks", compile_mode="reduce-overhead"),
+    Variant("channels_last", channels_last=True),
     Variant("low-memory (ckpt=all)", checkpoint="all", decode_batch=2, offload=True),
-    Variant("+channels_last", channels_last=True),
-    Variant("+compile blocks", compile="blocks"),
-    Variant("+compile blocks ckpt=hires", compile="blocks", checkpoint="hires"),
-    Variant("+compile full", compile="full"),
+    Variant("+stop, no batch", batch=False),
+    Variant("baseline (all off)", reuse=False, fuse=False, batch=False, stop=False),
+    Variant("compile full", compile="full"),
 )
+
+
+def variant_switches(variant: Variant) -> dict[str, bool]:
+    """The sampler settings a variant switches (names of SamplerSettings)."""
+    return dict(reuse_features=variant.reuse, fuse_guidance=variant.fuse, batch_passes=variant.batch,
+                stop_reconstruction=variant.stop)
 
 
 # ---------------------------------------------------------------------------------------------- running
@@ -76,6 +93,21 @@ def _apply_model_switches(models, variant: Variant, original_unet: torch.nn.Modu
     unet = original_unet
     unet.to(memory_format=torch.channels_last if variant.channels_last else torch.contiguous_format)
     models.unet = compile_unet(unet, variant.compile, variant.compile_mode)
+
+
+def sdpa_backend(name: str):
+    """Context restricting F.scaled_dot_product_attention to one kernel ("auto": no restriction)."""
+    import contextlib
+
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    kernels = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
+               "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
+    if name == "auto":
+        return contextlib.nullcontext()
+    if name not in kernels:
+        raise ValueError(f"sdpa must be auto or one of {sorted(kernels)}, got {name!r}")
+    return sdpa_kernel(kernels[name])
 
 
 def _release(device: str) -> None:
@@ -104,8 +136,7 @@ def run_variant(models, inputs_fn: Callable[[], Any], params, variant: Variant, 
         frames = inputs_fn().num_frames
         mem = memory_plan(models, replace(params, checkpoint=variant.checkpoint), frames)
         decode_batch = mem.decode_batch if variant.checkpoint == "auto" else variant.decode_batch
-        settings = replace(sampler_settings(params, mem.checkpoint), reuse_features=variant.reuse,
-                           fuse_guidance=variant.fuse)
+        settings = replace(sampler_settings(params, mem.checkpoint), **variant_switches(variant))
         guidance = guidance_from_params(params)
 
         def edit(steps: int, timer: StageTimer) -> None:
@@ -113,7 +144,8 @@ def run_variant(models, inputs_fn: Callable[[], Any], params, variant: Variant, 
             inputs = inputs_fn()
             if variant.offload or mem.offload:
                 offload_idle_models(models, s, inputs)
-            result = s(inputs)
+            with sdpa_backend(variant.sdpa):
+                result = s(inputs)
             with timer.section("decode"):
                 decode_latents(models, result.latents, decode_batch)
 
@@ -141,12 +173,12 @@ def run_variant(models, inputs_fn: Callable[[], Any], params, variant: Variant, 
             out["peak_gpu_gib"] = round(torch.cuda.max_memory_allocated() / 2 ** 30, 2)
             out["peak_gpu_reserved_gib"] = round(torch.cuda.max_memory_reserved() / 2 ** 30, 2)
         if count_flops:
-            fl = flops.flop_model(models, frames, params.size, params, variant)
-            out["tflop"] = float(f"{fl['total_tflop']:.4g}")
-            out["passes"] = fl["passes"]
-            out["achieved_tflops"] = float(f"{fl['total_tflop'] / total:.4g}")
+            fl = flops.cached_edit_flops(models.config.name, frames, params, variant_switches(variant))
+            out["tflop"] = float(f"{fl['flop'] / 1e12:.4g}")
+            out["unet_frames"] = fl["unet_frames"]
+            out["achieved_tflops"] = float(f"{fl['flop'] / 1e12 / total:.4g}")
             if peak_tflops:
-                out["mfu"] = round(fl["total_tflop"] / total / peak_tflops, 3)
+                out["mfu"] = round(fl["flop"] / 1e12 / total / peak_tflops, 3)
         return out
     finally:
         from mf_backend.models.compile import uncompile_unet
@@ -249,13 +281,16 @@ def _fresh(inputs):
 def variant_from_args(a) -> Variant:
     ckpt = a.checkpoint or ("all" if a.low_memory else "none")
     batch = a.decode_batch or (2 if a.low_memory else 8)
-    name = "+".join(n for n, on in (("no-reuse", a.no_reuse), ("no-fuse", a.no_fuse),
+    name = "+".join(n for n, on in (("no-reuse", a.no_reuse), ("no-fuse", a.no_fuse), ("no-batch", a.no_batch),
+                                    ("no-stop", a.no_stop),
                                     (f"compile {a.compile}", a.compile != "none"),
-                                    ("channels_last", a.channels_last), ("low-memory", a.low_memory)) if on)
+                                    ("channels_last", a.channels_last), ("low-memory", a.low_memory),
+                                    (f"sdpa {a.sdpa}", a.sdpa != "auto")) if on)
     if ckpt != "none":
         name += f" ckpt={ckpt}"
-    return Variant(name.strip() or "fast", reuse=not a.no_reuse, fuse=not a.no_fuse, checkpoint=ckpt,
-                   compile=a.compile, compile_mode=a.compile_mode, channels_last=a.channels_last, decode_batch=batch,
+    return Variant(name.strip() or "fast", reuse=not a.no_reuse, fuse=not a.no_fuse, batch=not a.no_batch,
+                   stop=not a.no_stop, checkpoint=ckpt,
+                   compile=a.compile, compile_mode=a.compile_mode, channels_last=a.channels_last, decode_batch=batch, sdpa=a.sdpa,
                    offload=a.low_memory)
 
 
@@ -270,6 +305,8 @@ def add_arguments(p) -> None:
     p.add_argument("--camera", action="store_true", help="camera mode (K/V injection from step 20)")
     p.add_argument("--no-reuse", action="store_true", help="recompute the estimator features on z_rec")
     p.add_argument("--no-fuse", action="store_true", help="separate guidance pass and batched CFG pass")
+    p.add_argument("--no-batch", action="store_true", help="a separate UNet call per no-grad pass")
+    p.add_argument("--no-stop", action="store_true", help="run the reconstruction to the last step")
     p.add_argument("--checkpoint", default=None,
                    help="activation checkpointing in the grad pass: none, all, hires, down, or a list "
                         "like down0,down1,up2, or auto (the fastest that fits the GPU's free memory); "
@@ -280,11 +317,13 @@ def add_arguments(p) -> None:
                    help="torch.compile the UNet layer by layer (blocks, the default with no value) or whole (full)")
     p.add_argument("--compile-mode", default="default", help="default, max-autotune, max-autotune-no-cudagraphs")
     p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--sdpa", default="auto", choices=("auto", "cudnn", "flash", "efficient", "math"),
+                   help="attention kernel (auto = PyTorch's choice)")
     p.add_argument("--decode-batch", type=int, default=None, help="frames per VAE decode call (default 8)")
     p.add_argument("--no-tf32", action="store_true")
     p.add_argument("--warmup-steps", type=int, default=2, help="untimed short edit first (0 = none)")
     p.add_argument("--matrix", action="store_true",
-                   help="baseline, +reuse, +fuse, checkpointing, channels-last, compile (compile skipped on CPU)")
+                   help="the variants of MATRIX, most wanted first (compile skipped on CPU)")
     p.add_argument("--time-budget", type=float, default=540.0, help="seconds for the whole matrix")
     p.add_argument("--peak-tflops", type=float, default=None,
                    help=f"for MFU (default {H100_BF16_TFLOPS} = H100 dense bf16, on CUDA bf16/fp16)")

@@ -36,7 +36,7 @@ POLL_S = 0.1  # how often the driver looks at cancel and at dead workers while w
 @dataclass
 class ShardedResult:
     latents: torch.Tensor  # (1,4,F,h,w) float32 edited latent
-    reconstruction: torch.Tensor  # (1,4,F,h,w)
+    reconstruction: Optional[torch.Tensor]  # (1,4,F,h,w); None when it stopped after the last guidance step
     frames: Optional[np.ndarray]  # uint8 (F,S,S,3) decoded crops (decode=True)
     guidance_log: list[dict] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)  # workers, run_info, sync figures
@@ -124,20 +124,21 @@ def sample_on_ray(inputs: EditInputs, params: JobParams, ctx: JobContext, decode
         for p in plan:
             t0 = time.perf_counter()
             noise = sde_noise(p, frame_noise)
-            msgs = [(z_edit[:, :, t.start:t.stop], z_rec[:, :, t.start:t.stop],
+            msgs = [(z_edit[:, :, t.start:t.stop], None if z_rec is None else z_rec[:, :, t.start:t.stop],
                      None if noise is None else noise[:, :, t.start:t.stop]) for t in touched]
             refs = [a.step.remote(p.index, *m) for a, m in zip(actors, msgs)]
             parts = _gather(refs, ctx, f"step {p.index + 1}")
-            next_edit, next_rec = WindowBlender(z_edit, windows, weights), WindowBlender(z_rec, windows, weights)
+            next_edit, next_rec = WindowBlender(z_edit, windows, weights), WindowBlender(z_edit, windows, weights)
             for t, (e, r, norm, rows, _) in zip(touched, parts):
                 next_edit.add_sums(t, e, norm)
-                next_rec.add_sums(t, r, norm)
+                if r is not None:  # None once the reconstruction has stopped (after the last guidance step)
+                    next_rec.add_sums(t, r, norm)
                 log_rows += rows
-            z_edit, z_rec = next_edit.result(), next_rec.result()
+            z_edit, z_rec = next_edit.result(), next_rec.result() if parts[0][1] is not None else None
             wall = time.perf_counter() - t0
             sync_ms.append(1000 * (wall - max(part[4] for part in parts)))
             sync_bytes.append(sum(x.nbytes for m in msgs for x in m if x is not None)
-                              + sum(x.nbytes for part in parts for x in part[:3]))
+                              + sum(x.nbytes for part in parts for x in part[:3] if x is not None))
             ctx.progress("editing", p.index + 1, len(plan), f"step {p.index + 1}/{len(plan)} on {n} workers")
 
         frames = None

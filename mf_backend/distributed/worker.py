@@ -72,7 +72,7 @@ class WindowWorker:
         out[:, :, self.touched.start:self.touched.stop] = z
         return out.to(self.models.device)
 
-    def step(self, index: int, z_edit: torch.Tensor, z_rec: torch.Tensor, noise: Optional[torch.Tensor]
+    def step(self, index: int, z_edit: torch.Tensor, z_rec: Optional[torch.Tensor], noise: Optional[torch.Tensor]
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[dict], float]:
         """Step `index` on this worker's windows: (edit sums, reconstruction sums, weights, guidance log,
         compute seconds) over the touched frames, on the host."""
@@ -84,7 +84,7 @@ class WindowWorker:
                                 self._local(z_rec), self._local(noise), self.latent_hw, self.cached, rows,
                                 self.weights)
         t = slice(self.touched.start, self.touched.stop)
-        out = e.sum[:, :, t].cpu(), r.sum[:, :, t].cpu(), e.norm[t].cpu()
+        out = e.sum[:, :, t].cpu(), None if r is None else r.sum[:, :, t].cpu(), e.norm[t].cpu()  # r: None once stopped
         return (*out, rows, time.perf_counter() - t0)
 
     def decode(self, latents: torch.Tensor) -> np.ndarray:

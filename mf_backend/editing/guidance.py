@@ -144,6 +144,11 @@ def _cos_vec(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a * b).sum(1) * _rnorm(a, 1) * _rnorm(b, 1)
 
 
+def _value(x: torch.Tensor) -> float:
+    """A scalar for the log; NaN on the meta device (FLOP counting runs the sampler without data)."""
+    return float("nan") if x.device.type == "meta" else float(x.detach())
+
+
 def _frame_mean(s: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """Average of per-frame similarities s (F,) over the valid frames (0 when none is valid)."""
     v = valid.float()
@@ -210,7 +215,7 @@ class ConsistencyGuidance:
                 key = term if term in PULL[self.semantics] else f"{term}_push"
                 S[term] = _frame_mean(*sims[key][li])
             for term, s in S.items():
-                report.setdefault(term, []).append(float(s.detach()))
+                report.setdefault(term, []).append(_value(s))
             if wt.active("fg"):
                 L_fg = L_fg + lw * wt.fg / (1 + 4 * S["fg"])
             if wt.active("com"):
@@ -251,11 +256,11 @@ class ConsistencyGuidance:
         if "bg" in grads:
             G = G + grads["bg"] * (1 - m)
         G = (G * GRAD_SCALE).detach()
-        if not bool(torch.isfinite(G).all()):  # e.g. fp16 overflow: skip this guidance rather than ruin z
+        if G.device.type != "meta" and not bool(torch.isfinite(G).all()):  # e.g. fp16 overflow: skip it, keep z
             log.warning("consistency guidance produced a non-finite gradient; skipped at this step")
             G = torch.zeros_like(G)
-        report["L_fg"] = [float(L_fg.detach())]
-        report["L_bg"] = [float(L_bg.detach())]
+        report["L_fg"] = [_value(L_fg)]
+        report["L_bg"] = [_value(L_bg)]
         return G, report
 
 

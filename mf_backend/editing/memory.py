@@ -19,13 +19,54 @@ are rougher; on CPU there is nothing to plan (checkpointing only costs time ther
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import asdict, dataclass
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 
 log = logging.getLogger(__name__)
+
+# blocks whose layers are checkpointed in grad-enabled passes; names: down0.., mid, up0..
+CHECKPOINT_PRESETS = {
+    "none": (),
+    "all": ("down*", "mid", "up*"),
+    "hires": ("down0", "down1", "up2"),  # the 64² and 32² levels hold most of the stored activations
+    "down": ("down*", "mid"),
+}
+
+
+def checkpoint_blocks(unet: torch.nn.Module, spec: str) -> list[torch.nn.Module]:
+    """The UNet blocks named by `spec` (a CHECKPOINT_PRESETS key or a comma list like "down0,up2")."""
+    names = CHECKPOINT_PRESETS.get(spec, tuple(n.strip() for n in spec.split(",") if n.strip()))
+    blocks = {f"down{i}": b for i, b in enumerate(unet.down_blocks)}
+    blocks.update({f"up{i}": b for i, b in enumerate(unet.up_blocks)}, mid=unet.mid_block)
+    out = []
+    for n in names:
+        if n.endswith("*"):
+            out += [b for k, b in blocks.items() if k.startswith(n[:-1])]
+        elif n in blocks:
+            out.append(blocks[n])
+        else:
+            raise ValueError(f"unknown checkpoint block {n!r}: use {sorted(CHECKPOINT_PRESETS)} "
+                             f"or a comma list of {sorted(blocks)}")
+    return out
+
+
+@contextlib.contextmanager
+def checkpointing(unet: torch.nn.Module, spec: str) -> Iterator[None]:
+    """Per-layer activation checkpointing of the named blocks while inside (grad-enabled passes only)."""
+    blocks = checkpoint_blocks(unet, spec)
+    before = [b.gradient_checkpointing for b in blocks]
+    for b in blocks:
+        b.gradient_checkpointing = True
+    try:
+        yield
+    finally:
+        for b, was in zip(blocks, before):
+            b.gradient_checkpointing = was
+
 
 GIB = 2 ** 30
 REFERENCE_FRAMES, REFERENCE_LATENT_PIXELS, REFERENCE_WIDTH, REFERENCE_BYTES = 24, 64 * 64, 320, 2

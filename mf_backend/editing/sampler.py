@@ -22,68 +22,40 @@ Passes saved when the estimator shares the denoising UNet's weights (`estimator_
   the conditional half of the CFG pass (outside camera K/V injection), so at guidance steps that half
   runs once with grad and gives both v_c and the features; the unconditional half runs without grad.
 * `checkpoint`: activation checkpointing of the UNet layers inside the grad-enabled pass (which
-  blocks: `CHECKPOINT_PRESETS` or a comma list such as "down0,up2"); less memory, extra recompute.
+  blocks: `memory.CHECKPOINT_PRESETS` or a comma list such as "down0,up2"); less memory, extra recompute.
+
+Work saved for any estimator (each equal to the separate passes to fp32 rounding, tests/test_bench_speed.py):
+
+* `stop_reconstruction`: outside camera mode nothing reads the reconstruction branch after the last
+  guidance step, so it stops there (21 of 50 reconstruction passes saved at 50 steps); in camera mode
+  it runs to the end (its K/V are injected at every step from ref 20 on).
+* `batch_passes`: the no-grad passes of a step that need only the step's inputs run as one UNet call
+  (batch 3: reconstruction + both CFG halves; batch 2 at fused guidance steps: reconstruction + the
+  unconditional half), instead of separate calls. Not in camera-injection steps (the CFG pass needs the
+  reconstruction's K/V first) nor in the later repeats of a replay step (their latent is re-noised).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 
+from mf_backend.editing.camera import capture_hook, inject_hook
 from mf_backend.editing.guidance import LEVELS, ConsistencyGuidance, RegionMasks
+from mf_backend.editing.memory import checkpoint_blocks, checkpointing
 from mf_backend.editing.noise import FrameNoise
-from mf_backend.editing.schedule import StepPlan, build_schedule
+from mf_backend.editing.schedule import (StepPlan, build_schedule, cfg, ddim_invert, ddim_step,
+                                         last_reconstruction_step)
 from mf_backend.editing.windows import WindowBlender, plan_windows
 
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[int, int, str], None]  # (done steps, total steps, message); may raise Cancelled
-
-# blocks whose layers are checkpointed in grad-enabled passes; names: down0.., mid, up0..
-CHECKPOINT_PRESETS = {
-    "none": (),
-    "all": ("down*", "mid", "up*"),
-    "hires": ("down0", "down1", "up2"),  # the 64² and 32² levels hold most of the stored activations
-    "down": ("down*", "mid"),
-}
-
-
-def checkpoint_blocks(unet: torch.nn.Module, spec: str) -> list[torch.nn.Module]:
-    """The UNet blocks named by `spec` (a CHECKPOINT_PRESETS key or a comma list like "down0,up2")."""
-    names = CHECKPOINT_PRESETS.get(spec, tuple(n.strip() for n in spec.split(",") if n.strip()))
-    blocks = {f"down{i}": b for i, b in enumerate(unet.down_blocks)}
-    blocks.update({f"up{i}": b for i, b in enumerate(unet.up_blocks)}, mid=unet.mid_block)
-    out = []
-    for n in names:
-        if n.endswith("*"):
-            out += [b for k, b in blocks.items() if k.startswith(n[:-1])]
-        elif n in blocks:
-            out.append(blocks[n])
-        else:
-            raise ValueError(f"unknown checkpoint block {n!r}: use {sorted(CHECKPOINT_PRESETS)} "
-                             f"or a comma list of {sorted(blocks)}")
-    return out
-
-
-@contextlib.contextmanager
-def checkpointing(unet: torch.nn.Module, spec: str) -> Iterator[None]:
-    """Per-layer activation checkpointing of the named blocks while inside (grad-enabled passes only)."""
-    blocks = checkpoint_blocks(getattr(unet, "_orig_mod", unet), spec)
-    before = [b.gradient_checkpointing for b in blocks]
-    for b in blocks:
-        b.gradient_checkpointing = True
-    try:
-        yield
-    finally:
-        for b, was in zip(blocks, before):
-            b.gradient_checkpointing = was
-
 
 class StageTimer:
     """Wall time per stage. With `sync` it waits for the GPU at section ends (exact, slightly slower).
@@ -152,12 +124,14 @@ class SamplerSettings:
     reuse_features: bool = True  # estimator features on z_rec from the reconstruction pass (shared weights)
     fuse_guidance: bool = True  # guidance pass = the conditional CFG half, with grad (shared weights)
     checkpoint: str = "none"  # activation checkpointing in grad-enabled passes (see checkpoint_blocks)
+    stop_reconstruction: bool = True  # no reconstruction passes after the last step that reads them
+    batch_passes: bool = True  # a step's no-grad passes on its input latents as one UNet call
 
 
 @dataclass
 class SampleResult:
     latents: torch.Tensor  # (1,4,F,h,w) float32 edited latent
-    reconstruction: torch.Tensor  # (1,4,F,h,w) float32 reconstruction latent
+    reconstruction: Optional[torch.Tensor]  # (1,4,F,h,w) float32 final reconstruction latent; None when stopped
     timings: dict[str, float] = field(default_factory=dict)
     guidance_log: list[dict] = field(default_factory=list)  # per guidance evaluation: step, S per term, losses
     info: dict = field(default_factory=dict)  # what the caller ran it with (e.g. the memory plan)
@@ -184,10 +158,12 @@ class MotionEditSampler:
         self.dtype = models.dtype
         self.timer = timer or StageTimer(self.device)
         self.plan = build_schedule(settings.steps, guidance=guidance.enabled, camera=settings.camera)
-        checkpoint_blocks(getattr(self.estimator, "_orig_mod", self.estimator), settings.checkpoint)  # validate
+        checkpoint_blocks(self.estimator, settings.checkpoint)  # validate
         shared = self.estimator is self.unet
         self.reuse = settings.reuse_features and shared
         self.fuse = settings.fuse_guidance and shared
+        self.batch = settings.batch_passes
+        self.last_reconstruction = last_reconstruction_step(self.plan, settings.stop_reconstruction)
 
     # ------------------------------------------------------------------ conditions
 
@@ -215,17 +191,25 @@ class MotionEditSampler:
 
     # ------------------------------------------------------------------ network passes
 
-    def _v_cfg(self, z: torch.Tensor, t: torch.Tensor, c: _Window, hook=None) -> torch.Tensor:
-        """CFG-combined v (1,4,L,h,w): batch [uncond (zero CLIP token), cond]; poses/appearance shared."""
-        s = self.settings.guidance_scale
-        if s == 1.0:
-            return self.unet(z, t, c.tokens, c.pose_tgt, c.appearance, attention_hook=hook).float()
-        tokens = torch.cat([torch.zeros_like(c.tokens), c.tokens])
-        v_u, v_c = self.unet(torch.cat([z, z]), t, tokens, c.pose_tgt, c.appearance, attention_hook=hook).float().chunk(2)
-        return v_u + s * (v_c - v_u)
+    def _no_grad_pass(self, rows: Sequence[str], z: torch.Tensor, z_rec: Optional[torch.Tensor], t: torch.Tensor,
+                      c: _Window, hook=None, features: bool = False) -> tuple[dict[str, torch.Tensor], Optional[dict]]:
+        """One no-grad UNet call over `rows` ("rec": z_rec, source poses; "u"/"c": z, target poses, zero /
+        real CLIP token), batched in that order. Returns ({row: v (1,4,L,h,w) float}, row 0's features)."""
+        spec = {"rec": (z_rec, c.tokens, c.pose_src), "u": (z, torch.zeros_like(c.tokens), c.pose_tgt),
+                "c": (z, c.tokens, c.pose_tgt)}
+        zs, tokens, poses = zip(*(spec[r] for r in rows))
+        pose = poses[0] if all(p is poses[0] for p in poses) else torch.cat(poses)  # batch 1 broadcasts
+        args = (torch.cat(zs), t, torch.cat(tokens), pose, c.appearance)
+        with torch.no_grad():
+            if features:
+                v, feats = self.unet.forward_with_features(*args, levels=LEVELS, attention_hook=hook)
+                feats = {k: f[:1].clone() for k, f in feats.items()}  # row 0 only: free the other rows' maps
+            else:
+                v, feats = self.unet(*args, attention_hook=hook), None
+        return dict(zip(rows, v.float().chunk(len(rows)))), feats
 
     def _features(self, z: torch.Tensor, t: torch.Tensor, c: _Window, pose: torch.Tensor) -> dict[int, torch.Tensor]:
-        return self.estimator(z, t, c.tokens, pose, c.est_appearance, up_ft_indices=LEVELS)
+        return self.estimator.features(z, t, c.tokens, pose, c.est_appearance, LEVELS)
 
     def _fused_guidance(self, z: torch.Tensor, t: torch.Tensor, c: _Window, feats_rec, log_row: dict
                         ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -233,83 +217,17 @@ class MotionEditSampler:
         out: dict[str, torch.Tensor] = {}
 
         def edit_features(zz: torch.Tensor) -> dict[int, torch.Tensor]:
-            v_c, feats = self.unet(zz, t, c.tokens, c.pose_tgt, c.appearance, return_features=LEVELS,
-                                   grad_through_sample=False)
+            v_c, feats = self.unet.forward_with_features(zz, t, c.tokens, c.pose_tgt, c.appearance, LEVELS,
+                                                         grad_through_sample=False)
             out["v_c"] = v_c.detach().float()
             return feats
         G, report = self.guidance.gradient(edit_features, z, feats_rec, c.masks)
         log_row.update(report)
         return G, out["v_c"]
 
-    # ------------------------------------------------------------------ camera mode K/V
-
-    def _capture_hook(self, store: dict):
-        def hook(name, hidden, key, value):
-            store[name] = (key.detach(), value.detach())  # recon batch: (L,N,C), kept on the device
-            return key, value
-        return hook
-
-    def _inject_hook(self, store: dict, c: _Window, latent_hw: tuple[int, int]):
-        """Editing pass: keys/values = [edit ⊙ M_e ; rec ⊙ (1-M_r)] (2N tokens), as the reference does
-        (multiplicative masking: zeroed keys keep softmax mass at logit 0)."""
-        cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-
-        def masks_for(n_tokens: int, L: int):
-            if n_tokens not in cache:
-                h, w = latent_hw
-                while h * w > n_tokens and h > 1:
-                    h, w = h // 2, w // 2
-                if h * w != n_tokens:
-                    raise ValueError(f"cannot map {n_tokens} attention tokens onto the latent grid {latent_hw}")
-                m_e = c.masks.nearest("M_e", (h, w)).reshape(L, n_tokens, 1)
-                m_bg = 1 - c.masks.nearest("M_r", (h, w)).reshape(L, n_tokens, 1)
-                cache[n_tokens] = (m_e, m_bg)
-            return cache[n_tokens]
-
-        def hook(name, hidden, key, value):
-            if name not in store:
-                return key, value
-            k_rec, v_rec = store[name]
-            L = k_rec.shape[0]
-            b = key.shape[0] // L
-            m_e, m_bg = (m.to(key.dtype) for m in masks_for(key.shape[1], L))  # (L,N,1)
-            m_e = m_e.repeat(b, 1, 1)  # both CFG halves
-            key = torch.cat([key * m_e, (k_rec * m_bg).repeat(b, 1, 1)], dim=1)
-            value = torch.cat([value * m_e, (v_rec * m_bg).repeat(b, 1, 1)], dim=1)
-            return key, value
-        return hook
-
     def _t(self, timestep: int) -> torch.Tensor:
         """The timestep as a device tensor: a compiled UNet then sees one input, not 50 constants."""
         return torch.tensor(timestep, device=self.device)
-
-    # ------------------------------------------------------------------ DDIM arithmetic (float32)
-
-    @staticmethod
-    def _step(z: torch.Tensor, v: torch.Tensor, p: StepPlan, G: Optional[torch.Tensor] = None,
-              noise: Optional[torch.Tensor] = None, m_lat: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """One DDIM/SDE step. Guidance enters only x̂0; ε̂ comes from the unguided v (method.md §A.5)."""
-        a, ap = p.alpha, p.alpha_prev
-        x0 = math.sqrt(a) * z - math.sqrt(1 - a) * (v if G is None else v + G)
-        eps = math.sqrt(a) * v + math.sqrt(1 - a) * z
-
-        def branch(eta: float) -> torch.Tensor:
-            sigma = eta * math.sqrt((1 - ap) / (1 - a) * (1 - a / ap)) if eta > 0 else 0.0
-            out = math.sqrt(ap) * x0 + math.sqrt(max(1 - ap - sigma ** 2, 0.0)) * eps
-            return out + sigma * noise if sigma > 0 else out
-
-        if noise is None or (p.sde_in == 0 and p.sde_out == 0):
-            return branch(0.0)
-        m = m_lat[None, None]  # (1,1,L,h,w)
-        return branch(p.sde_out) * (1 - m) + branch(p.sde_in) * m
-
-    def _renoise(self, z_prev: torch.Tensor, p: StepPlan, c: _Window) -> torch.Tensor:
-        """Replay: one deterministic DDIM-inversion step t' -> t, conditional pass, target poses, no K/V."""
-        ap, a = p.alpha_prev, p.alpha
-        v = self.unet(z_prev, self._t(p.prev_timestep), c.tokens, c.pose_tgt, c.appearance).float()
-        x0 = math.sqrt(ap) * z_prev - math.sqrt(1 - ap) * v
-        eps = math.sqrt(ap) * v + math.sqrt(1 - ap) * z_prev
-        return math.sqrt(a) * x0 + math.sqrt(1 - a) * eps
 
     # ------------------------------------------------------------------ the loop
 
@@ -338,7 +256,7 @@ class MotionEditSampler:
         timer = self.timer
         frame_index = range(F_) if inputs.frame_index is None else inputs.frame_index
         z_edit, frame_noise = self.initial_noise(frame_index, latent_hw)
-        z_rec = z_edit.clone()
+        z_rec: Optional[torch.Tensor] = z_edit.clone()
         log_rows: list[dict] = []
         total = len(self.plan)
         for p in self.plan:
@@ -346,19 +264,24 @@ class MotionEditSampler:
             next_edit, next_rec = self.blend_step(p, inputs, masks, windows, z_edit, z_rec,
                                                   None if noise is None else noise.to(self.device),
                                                   latent_hw, cached, log_rows)
-            z_edit, z_rec = next_edit.result(), next_rec.result()
+            z_edit = next_edit.result()
+            z_rec = next_rec.result() if next_rec is not None else None
             if self.progress:
                 self.progress(p.index + 1, total, f"step {p.index + 1}/{total}")
         return SampleResult(z_edit, z_rec, dict(timer.seconds), log_rows)
 
     def blend_step(self, p: StepPlan, inputs: EditInputs, masks: RegionMasks, windows: Sequence[range],
-                   z_edit: torch.Tensor, z_rec: torch.Tensor, noise: Optional[torch.Tensor], latent_hw,
+                   z_edit: torch.Tensor, z_rec: Optional[torch.Tensor], noise: Optional[torch.Tensor], latent_hw,
                    cached: dict, log_rows: list, weights: Optional[list[torch.Tensor]] = None
-                   ) -> tuple[WindowBlender, WindowBlender]:
+                   ) -> tuple[WindowBlender, Optional[WindowBlender]]:
         """Step i on `windows` (frame ranges of inputs and of the (1,4,F,h,w) latents): the weighted sums
-        entering step i+1. Ray workers call it on their share of the windows (`weights`: the clip's)."""
+        entering step i+1. Ray workers call it on their share of the windows (`weights`: the clip's).
+        After `last_reconstruction` the reconstruction no longer runs: no reconstruction sums (None)."""
         total = len(self.plan)
-        next_edit, next_rec = WindowBlender(z_edit, windows, weights), WindowBlender(z_rec, windows, weights)
+        if p.index > self.last_reconstruction:
+            z_rec = None  # nothing reads the reconstruction any more
+        next_edit = WindowBlender(z_edit, windows, weights)
+        next_rec = WindowBlender(z_rec, windows, weights) if z_rec is not None else None
         for k, win in enumerate(windows):
             if self.progress:
                 self.progress(p.index, total, f"step {p.index + 1}/{total}"
@@ -368,63 +291,72 @@ class MotionEditSampler:
                 c = cached.get(k) or self.window_conditions(inputs, masks, win)
                 if len(windows) == 1:
                     cached[k] = c
-            e, r = self._window_step(p, c, z_edit[:, :, sl], z_rec[:, :, sl],
+            e, r = self._window_step(p, c, z_edit[:, :, sl], None if z_rec is None else z_rec[:, :, sl],
                                      None if noise is None else noise[:, :, sl], latent_hw, log_rows)
             next_edit.add(k, e)
-            next_rec.add(k, r)
+            if next_rec is not None:
+                next_rec.add(k, r)
         return next_edit, next_rec
 
-    def _window_step(self, p: StepPlan, c: _Window, z: torch.Tensor, z_rec: torch.Tensor,
-                     noise: Optional[torch.Tensor], latent_hw, log_rows: list) -> tuple[torch.Tensor, torch.Tensor]:
-        """Step i on one window: returns (edit latent, reconstruction latent) entering step i+1."""
-        timer = self.timer
-        kv: dict = {}
-        feats_rec = None
-        reuse = p.guidance and self.reuse
+    def _window_step(self, p: StepPlan, c: _Window, z: torch.Tensor, z_rec: Optional[torch.Tensor],
+                     noise: Optional[torch.Tensor], latent_hw, log_rows: list
+                     ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Step i on one window: (edit latent, reconstruction latent or None) entering step i+1.
+
+        Sub-passes, in order: (1) the no-grad pass on the step's input latents: the reconstruction
+        (when it still runs) batched with the CFG halves of the first repeat that need no grad;
+        then per repeat (2) guidance (grad-enabled; with `fuse` it also gives the conditional half),
+        (3) the CFG halves not yet run, and the DDIM step, (4) the re-noise before the next repeat."""
+        timer, s = self.timer, self.settings.guidance_scale
         t = self._t(p.timestep)
-        with timer.section("reconstruction"), torch.no_grad():
-            hook = self._capture_hook(kv) if p.camera else None
-            v_rec = self.unet(z_rec, t, c.tokens, c.pose_src, c.appearance, attention_hook=hook,
-                              return_features=LEVELS if reuse else ())
-            if reuse:  # the capture hook returns K/V unchanged, so these are the estimator's features
-                v_rec, feats_rec = v_rec
-            v_rec = v_rec.float()
-            rec_next = self._step(z_rec, v_rec, p)
+        reuse = p.guidance and self.reuse
+        # K/V injection changes the CFG pass's up-block features, so it cannot double as the estimator
+        fuse = p.guidance and self.fuse and not p.camera
+        no_grad_halves = [h for h in (("c",) if s == 1.0 else ("u", "c")) if not (fuse and h == "c")]
+        kv: dict = {}
+        feats_rec = rec_next = None
+        ready: dict[str, torch.Tensor] = {}  # CFG halves of the first repeat computed in pass (1)
+        if z_rec is not None:
+            rows = ["rec"] + (no_grad_halves if self.batch and not p.camera else [])
+            with timer.section("reconstruction"):  # stage "reconstruction": includes the batched CFG rows
+                hook = capture_hook(kv) if p.camera else None
+                # the capture hook returns K/V unchanged, so these are the estimator's features
+                v, feats_rec = self._no_grad_pass(rows, z, z_rec, t, c, hook, features=reuse)
+                rec_next = ddim_step(z_rec, v.pop("rec"), p)
+                ready = v
         if p.guidance and not reuse:
             with timer.section("guidance"), torch.no_grad():
                 feats_rec = self._features(z_rec, t, c, c.pose_src)  # same for every replay
         m_lat = c.masks.latent_M_e().to(z.device)
-        inject = self._inject_hook(kv, c, latent_hw) if p.camera else None
-        # K/V injection changes the CFG pass's up-block features, so it cannot double as the estimator
-        fuse = p.guidance and self.fuse and not p.camera
-        s = self.settings.guidance_scale
+        inject = inject_hook(kv, c.masks, latent_hw) if p.camera else None
         z_prev = z
         for rep in range(p.repeats):
             G = None
             if fuse:
                 row = {"step": p.index, "repeat": rep}
                 with timer.section("guidance"):
-                    G, v_c = self._fused_guidance(z, t, c, feats_rec, row)
+                    G, ready["c"] = self._fused_guidance(z, t, c, feats_rec, row)
                 log_rows.append(row)
-                with timer.section("editing"), torch.no_grad():
-                    if s == 1.0:
-                        v = v_c
-                    else:
-                        v_u = self.unet(z, t, torch.zeros_like(c.tokens), c.pose_tgt, c.appearance).float()
-                        v = v_u + s * (v_c - v_u)
-            else:
-                with timer.section("editing"), torch.no_grad():
-                    v = self._v_cfg(z, t, c, inject)
-                if p.guidance:
-                    with timer.section("guidance"):
-                        G, report = self.guidance.gradient(
-                            lambda zz: self._features(zz, t, c, c.pose_tgt), z, feats_rec, c.masks)
-                        log_rows.append({"step": p.index, "repeat": rep, **report})
+            elif p.guidance:
+                with timer.section("guidance"):
+                    G, report = self.guidance.gradient(
+                        lambda zz: self._features(zz, t, c, c.pose_tgt), z, feats_rec, c.masks)
+                    log_rows.append({"step": p.index, "repeat": rep, **report})
             with timer.section("editing"), torch.no_grad():
-                z_prev = self._step(z, v, p, G, noise, m_lat)
+                missing = [h for h in ("u", "c") if h not in ready and (h == "c" or s != 1.0)]
+                if missing:
+                    ready.update(self._no_grad_pass(missing, z, None, t, c, inject)[0])
+                v = ready["c"] if s == 1.0 else cfg(ready["u"], ready["c"], s)
+                z_prev = ddim_step(z, v, p, G, noise, m_lat)
+                ready = {}
                 if rep + 1 < p.repeats:  # the reference also re-noises after the last repeat, then drops it
                     z = self._renoise(z_prev, p, c)
         return z_prev, rec_next
+
+    def _renoise(self, z_prev: torch.Tensor, p: StepPlan, c: _Window) -> torch.Tensor:
+        """Replay: one deterministic DDIM-inversion step t' -> t, conditional pass, target poses, no K/V."""
+        v = self.unet(z_prev, self._t(p.prev_timestep), c.tokens, c.pose_tgt, c.appearance).float()
+        return ddim_invert(z_prev, v, p)
 
 
 def sde_noise(p: StepPlan, frame_noise: FrameNoise) -> Optional[torch.Tensor]:

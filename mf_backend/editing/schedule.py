@@ -16,7 +16,12 @@ reference"), so 25 or 100 steps keep the same shape and 50 steps reproduce the r
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Optional
+
+if TYPE_CHECKING:
+    import torch
 
 REFERENCE_STEPS = 50
 REPLAY_REPEATS = 3
@@ -92,3 +97,56 @@ def build_schedule(steps: int, guidance: bool = True, camera: bool = False) -> l
             camera=camera and cam,
         ))
     return plans
+
+
+def last_reconstruction_step(plan: list[StepPlan], stop: bool = True) -> int:
+    """Index of the last step whose reconstruction pass is read: the last guidance step (its features),
+    or the last step in camera mode (its K/V); -1 when nothing reads it. Without `stop`, the last step."""
+    if not stop or any(p.camera for p in plan):
+        return len(plan) - 1
+    return max((p.index for p in plan if p.guidance), default=-1)
+
+
+# ---------------------------------------------------------------------------------------------- arithmetic (float32)
+
+
+def cfg(v_u: torch.Tensor, v_c: torch.Tensor, scale: float) -> torch.Tensor:
+    """Classifier-free guidance: unconditional + scale x (conditional - unconditional)."""
+    return v_u + scale * (v_c - v_u)
+
+
+def predict_x0_eps(z: torch.Tensor, v: torch.Tensor, alpha: float, G: Optional[torch.Tensor] = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x̂0, ε̂) from a v-prediction at alpha_bar = alpha. Guidance G enters only x̂0 (method.md §A.5)."""
+    x0 = math.sqrt(alpha) * z - math.sqrt(1 - alpha) * (v if G is None else v + G)
+    eps = math.sqrt(alpha) * v + math.sqrt(1 - alpha) * z
+    return x0, eps
+
+
+def ddim_to(x0: torch.Tensor, eps: torch.Tensor, alpha_to: float, sigma: float = 0.0,
+            noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The latent at alpha_bar = alpha_to from (x̂0, ε̂), with SDE noise of std sigma when sigma > 0."""
+    out = math.sqrt(alpha_to) * x0 + math.sqrt(max(1 - alpha_to - sigma ** 2, 0.0)) * eps
+    return out + sigma * noise if sigma > 0 else out
+
+
+def ddim_step(z: torch.Tensor, v: torch.Tensor, p: StepPlan, G: Optional[torch.Tensor] = None,
+              noise: Optional[torch.Tensor] = None, m_lat: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """One DDIM/SDE step t_i -> t_{i+1}; SDE eta p.sde_in inside the latent mask m_lat (L,h,w), p.sde_out outside."""
+    a, ap = p.alpha, p.alpha_prev
+    x0, eps = predict_x0_eps(z, v, a, G)
+
+    def branch(eta: float) -> torch.Tensor:
+        sigma = eta * math.sqrt((1 - ap) / (1 - a) * (1 - a / ap)) if eta > 0 else 0.0
+        return ddim_to(x0, eps, ap, sigma, noise)
+
+    if noise is None or (p.sde_in == 0 and p.sde_out == 0):
+        return branch(0.0)
+    m = m_lat[None, None]  # (1,1,L,h,w)
+    return branch(p.sde_out) * (1 - m) + branch(p.sde_in) * m
+
+
+def ddim_invert(z_prev: torch.Tensor, v: torch.Tensor, p: StepPlan) -> torch.Tensor:
+    """Replay re-noise t_{i+1} -> t_i (deterministic DDIM inversion) from v predicted at t_{i+1}."""
+    x0, eps = predict_x0_eps(z_prev, v, p.alpha_prev)
+    return ddim_to(x0, eps, p.alpha)

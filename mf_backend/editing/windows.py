@@ -69,6 +69,6 @@ class WindowBlender:
         self.norm[frames.start:frames.stop] += norm.to(self.norm.device)
 
     def result(self) -> torch.Tensor:
-        if bool((self.norm <= 0).any()):
+        if self.norm.device.type != "meta" and bool((self.norm <= 0).any()):  # meta: FLOP counting
             raise RuntimeError("some frames were not covered by any window")
         return self.sum / self.norm[None, None, :, None, None]

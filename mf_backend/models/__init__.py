@@ -4,8 +4,9 @@ Public API (other subsystems code against these names):
 
 * `config.get_config("official" | "tiny" | "demo") -> ModelConfig`; `ModelConfig.feature_shapes(H, W)`.
 * `unet3d.UNet3DConditionModel(config)`: forward(sample (B,4,F,h,w), timestep, encoder_hidden_states (B,F,D),
-  pose_features=None, appearance_features=None, up_ft_indices=None, attention_hook=None) -> v-prediction
-  (B,4,F,h,w), or {i: up_blocks[i] output (B,C,F,h_i,w_i)} with up_ft_indices (early exit). ReCtr lives
+  pose_features=None, appearance_features=None, attention_hook=None) -> v-prediction (B,4,F,h,w);
+  `features(..., levels)` -> {i: up_blocks[i] output (B,C,F,h_i,w_i)} (early exit);
+  `forward_with_features(..., levels)` -> (v-prediction, features) from one pass. ReCtr lives
   at `unet.appearance_adapter`. See unet3d.py's docstring for the details.
 * `controllers.PoseController(config)`: pose (B,3,F,H,W) in [0,1] -> (B,C0,F,H/8,W/8), zero-initialised output.
   `controllers.ReferenceController(config)`: frames (B,F,3,H,W) in [-1,1] -> list of (B,C_k,F,h_k,w_k).

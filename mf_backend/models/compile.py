@@ -10,7 +10,7 @@ SiLU, the residual adds, the GEGLU gate, LayerNorms and the fold/unfold transpos
 Inductor inside each region.
 
     unet = compile_unet(unet, scope="blocks")   # in place; same module, same state dict
-    unet = compile_unet(unet, scope="full")     # torch.compile of the whole UNet (an OptimizedModule)
+    unet = compile_unet(unet, scope="full")     # in place: forward, features, forward_with_features compiled whole
 
 Calls that carry an attention hook (camera-mode K/V injection: a new closure every step) run the eager
 code, so they never trigger recompilation.
@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 # object would send most layers back to eager after the first few shapes
 CACHE_SIZE_LIMIT = 256
 DEFAULT_BACKEND = "inductor"
+FULL_METHODS = ("forward", "features", "forward_with_features")  # the UNet's three pass kinds
 
 
 def _regions() -> tuple[type, ...]:
@@ -69,8 +70,12 @@ def compile_unet(unet: nn.Module, scope: str = "blocks", mode: Optional[str] = N
                                                      4 * CACHE_SIZE_LIMIT)
     backend = backend or DEFAULT_BACKEND
     kwargs = dict(mode=None if mode in (None, "default") else mode, backend=backend, dynamic=False)
-    if scope == "full":
-        return torch.compile(unet, **kwargs)
+    if scope == "full":  # each pass kind (forward, features, forward_with_features) compiled whole
+        eager = {name: getattr(unet, name) for name in FULL_METHODS}
+        for name, method in eager.items():
+            setattr(unet, name, torch.compile(method, **kwargs))
+        unet._mf_eager_methods = eager
+        return unet
     n = 0
     for m in unet.modules():
         if isinstance(m, _regions()) and not hasattr(m, "_mf_eager_forward"):
@@ -83,6 +88,8 @@ def compile_unet(unet: nn.Module, scope: str = "blocks", mode: Optional[str] = N
 def uncompile_unet(unet: nn.Module) -> nn.Module:
     """Undo compile_unet (either scope); returns the eager module."""
     unet = getattr(unet, "_orig_mod", unet)
+    for name in unet.__dict__.pop("_mf_eager_methods", {}):
+        delattr(unet, name)  # the class's methods again
     for m in unet.modules():
         eager = m.__dict__.pop("_mf_eager_forward", None)
         if eager is not None:

@@ -6,14 +6,13 @@ plus MotionFollower's two injections (method.md §C.1):
               pose_features=(B|1,C0,F,h,w) | None,          # PoseController output, added after conv_in
               appearance_features=[4 x (B|1,C_k,F,h_k,w_k)] | None,  # ReferenceController output,
                                                            # added after the last layer of each down block
-              up_ft_indices=None | e.g. [1, 2],
               attention_hook=None | fn(name, hidden (B*F,N,C), key (B*F,N,C), value (B*F,N,C)) -> (key, value))
     -> v-prediction (B,4,F,h,w)
-    -> or, with return_features=[1, 2], (v-prediction, {i: output of up_blocks[i]}) from one whole pass
-    -> or, with up_ft_indices, {i: output of up_blocks[i] (B,C_i,F,h_i,w_i)}; the forward stops after
-       the last block needed (the guidance "estimator" mode of method.md §B.1). At the official config
-       and 512² frames: {1: (B,1280,F,32,32), 2: (B,640,F,64,64)}; `config.feature_shapes(H, W)` gives
-       the shapes for any config.
+    model.features(..same.., levels=(1, 2)) -> {i: output of up_blocks[i] (B,C_i,F,h_i,w_i)}; the pass
+       stops after the last block needed (the guidance "estimator" mode of method.md §B.1). At the
+       official config and 512² frames: {1: (B,1280,F,32,32), 2: (B,640,F,64,64)};
+       `config.feature_shapes(H, W)` gives the shapes for any config.
+    model.forward_with_features(..same.., levels=(1, 2)) -> (v-prediction, features) from one whole pass
 
 `model.appearance_adapter` is the ReferenceController (ReCtr); its weights live in the UNet state
 dict under `appearance_adapter.*`, exactly as in the released `denoising_unet.pth`.
@@ -111,26 +110,45 @@ class UNet3DConditionModel(nn.Module):
         for block in (*self.down_blocks, self.mid_block, *self.up_blocks):
             block.gradient_checkpointing = enabled
 
-    def forward(
-        self,
-        sample: torch.Tensor,
-        timestep: Union[torch.Tensor, float, int],
-        encoder_hidden_states: torch.Tensor,
-        pose_features: Optional[torch.Tensor] = None,
-        appearance_features: Optional[Sequence[torch.Tensor]] = None,
-        up_ft_indices: Optional[Sequence[int]] = None,
-        attention_hook: Optional[AttentionHook] = None,
-        return_features: Sequence[int] = (),
-        grad_through_sample: bool = True,
-    ) -> Union[torch.Tensor, dict[int, torch.Tensor], tuple[torch.Tensor, dict[int, torch.Tensor]]]:
-        """See the module docstring. `return_features=(1, 2)` runs the whole UNet once and returns
-        (v-prediction, {i: output of up_blocks[i]}): the guidance features and the output of one pass.
-        With `grad_through_sample=False` the blocks after the last returned feature run without autograd
-        (the features keep their graph; the sample does not), so a grad-enabled pass stores no
-        activations for the part of the network the guidance never differentiates."""
+    def forward(self, sample: torch.Tensor, timestep: Union[torch.Tensor, float, int],
+                encoder_hidden_states: torch.Tensor, pose_features: Optional[torch.Tensor] = None,
+                appearance_features: Optional[Sequence[torch.Tensor]] = None,
+                attention_hook: Optional[AttentionHook] = None) -> torch.Tensor:
+        """The v-prediction (B,4,F,h,w); see the module docstring."""
+        return self._run(sample, timestep, encoder_hidden_states, pose_features, appearance_features,
+                         attention_hook)[0]
+
+    def features(self, sample: torch.Tensor, timestep: Union[torch.Tensor, float, int],
+                 encoder_hidden_states: torch.Tensor, pose_features: Optional[torch.Tensor] = None,
+                 appearance_features: Optional[Sequence[torch.Tensor]] = None, levels: Sequence[int] = (1, 2),
+                 attention_hook: Optional[AttentionHook] = None) -> dict[int, torch.Tensor]:
+        """{i: output of up_blocks[i] (B,C_i,F,h_i,w_i)} for i in `levels`; the pass stops after the last
+        block needed (the guidance "estimator" mode of method.md §B.1)."""
+        return self._run(sample, timestep, encoder_hidden_states, pose_features, appearance_features,
+                         attention_hook, levels, stop=True)[1]
+
+    def forward_with_features(self, sample: torch.Tensor, timestep: Union[torch.Tensor, float, int],
+                              encoder_hidden_states: torch.Tensor, pose_features: Optional[torch.Tensor] = None,
+                              appearance_features: Optional[Sequence[torch.Tensor]] = None,
+                              levels: Sequence[int] = (1, 2), attention_hook: Optional[AttentionHook] = None,
+                              grad_through_sample: bool = True) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """(v-prediction, {i: output of up_blocks[i]}) from one whole pass. With `grad_through_sample=False`
+        the blocks after the last feature run without autograd (the features keep their graph; the sample
+        does not), so a grad-enabled pass stores no activations the guidance never differentiates."""
+        return self._run(sample, timestep, encoder_hidden_states, pose_features, appearance_features,
+                         attention_hook, levels, grad_tail=grad_through_sample)
+
+    def _run(self, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor,
+             pose_features: Optional[torch.Tensor], appearance_features: Optional[Sequence[torch.Tensor]],
+             attention_hook: Optional[AttentionHook], levels: Sequence[int] = (), stop: bool = False,
+             grad_tail: bool = True) -> tuple[Optional[torch.Tensor], dict[int, torch.Tensor]]:
+        """The one pass behind the three methods: (v or None when stopped early, {level: features})."""
         b, _, f, h, w = sample.shape
         if f > self.config.motion_max_len:
             raise ValueError(f"{f} frames in one forward; at most {self.config.motion_max_len} (use windows)")
+        keep = set(levels)
+        if not keep <= set(range(len(self.up_blocks))):
+            raise ValueError(f"feature levels {sorted(keep)} out of range 0..{len(self.up_blocks) - 1}")
         dtype = self.dtype
 
         # time embedding, one per batch item, repeated for its frames: (B*F, T)
@@ -159,13 +177,7 @@ class UNet3DConditionModel(nn.Module):
 
         x = self.mid_block(x, temb, ctx, f)
 
-        wanted = set(up_ft_indices) if up_ft_indices is not None else None
-        keep = set(return_features)
-        if wanted is not None and keep:
-            raise ValueError("give either up_ft_indices (features only) or return_features (output and features)")
-        if not keep <= set(range(len(self.up_blocks))):
-            raise ValueError(f"return_features {sorted(keep)} out of range 0..{len(self.up_blocks) - 1}")
-        no_grad_tail = bool(keep) and not grad_through_sample
+        no_grad_tail = bool(keep) and not grad_tail
         features: dict[int, torch.Tensor] = {}
         for i, block in enumerate(self.up_blocks):
             n_res = len(block.resnets)
@@ -173,13 +185,11 @@ class UNet3DConditionModel(nn.Module):
             size = tuple(skips[-1].shape[-2:]) if skips else None  # upsample to the next skip's size
             with torch.no_grad() if no_grad_tail and i > max(keep) else contextlib.nullcontext():
                 x = block(x, block_skips, temb, ctx, f, attention_hook, size)
-            if i in (wanted if wanted is not None else keep):
+            if i in keep:
                 features[i] = _unfold(x, f)
-                if wanted is not None and len(features) == len(wanted):
-                    return features
-        if wanted:
-            raise ValueError(f"up_ft_indices {sorted(wanted)} out of range 0..{len(self.up_blocks) - 1}")
+                if stop and len(features) == len(keep):
+                    return None, features
 
         with torch.no_grad() if no_grad_tail else contextlib.nullcontext():
             x = self.conv_out(F.silu(self.conv_norm_out(x)))
-        return (_unfold(x, f), features) if keep else _unfold(x, f)
+        return _unfold(x, f), features
