@@ -17,6 +17,7 @@ ACTIONS = {
     "graphs": ("mf_backend.bench.graphs", "graphs and graph breaks torch.compile makes of one whole edit"),
     "crop": ("mf_backend.bench.crop", "person-centred crop and composite back, per full-resolution frame"),
     "host-memory": ("mf_backend.bench.host_memory", "peak host memory (RSS) of a 1080p edit by clip length"),
+    "activations": ("mf_backend.bench.activations", "what the guidance pass keeps for its backward, per UNet layer"),
     "flops": ("mf_backend.bench.flops", "FLOPs of the passes one edit runs, counted on the meta device (no GPU)"),
 }
 

@@ -54,6 +54,8 @@ MATRIX = (  # most wanted first: the time budget skips from the end
     Variant("default (+stop+batch)"),
     Variant("before #21 (reuse+fuse)", batch=False, stop=False),
     Variant("ckpt=hires", checkpoint="hires"),
+    Variant("ckpt=down", checkpoint="down"),  # bench activations: fits 16 GB with less recompute than hires
+    Variant("ckpt=down0,down1", checkpoint="down0,down1"),  # least recompute; predicted just above 16 GB
     Variant("compile blocks", compile="blocks"),
     Variant("compile blocks ckpt=hires", compile="blocks", checkpoint="hires"),
     Variant("sdpa cudnn", sdpa="cudnn"),
@@ -130,7 +132,7 @@ def run_variant(models, inputs_fn: Callable[[], Any], params, variant: Variant, 
     from mf_backend.editing.sampler import MotionEditSampler, StageTimer
 
     dev = str(models.device.type)
-    original = getattr(models.unet, "_orig_mod", models.unet)
+    original = models.unet  # compile_unet works in place
     _apply_model_switches(models, variant, original)
     try:
         frames = inputs_fn().num_frames

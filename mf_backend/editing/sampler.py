@@ -17,7 +17,7 @@ Passes saved when the estimator shares the denoising UNet's weights (`estimator_
 
 * `reuse_features`: the estimator's no-grad pass on z^rec_i has exactly the inputs of the
   reconstruction pass of step i (latent, timestep, CLIP tokens, source poses, appearance), so its
-  up-block features are taken from that pass (`return_features`) instead of a third forward.
+  up-block features are taken from that pass (`forward_with_features`) instead of a third forward.
 * `fuse_guidance`: the grad-enabled estimator pass on the editing latent has exactly the inputs of
   the conditional half of the CFG pass (outside camera K/V injection), so at guidance steps that half
   runs once with grad and gives both v_c and the features; the unconditional half runs without grad.

@@ -87,7 +87,6 @@ def compile_unet(unet: nn.Module, scope: str = "blocks", mode: Optional[str] = N
 
 def uncompile_unet(unet: nn.Module) -> nn.Module:
     """Undo compile_unet (either scope); returns the eager module."""
-    unet = getattr(unet, "_orig_mod", unet)
     for name in unet.__dict__.pop("_mf_eager_methods", {}):
         delattr(unet, name)  # the class's methods again
     for m in unet.modules():

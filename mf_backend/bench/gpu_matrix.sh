@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Every GPU figure of issue 21 in one run (about 9 minutes of an H100/H200), for a session that is
+# lent a GPU machine for a few minutes. Run from the repository root:
+#
+#   bash mf_backend/bench/gpu_matrix.sh [OUT_DIR]          # default OUT_DIR: $OUT, else ./gpu-figures
+#
+# The workplace's GPU image has python3 with torch but not diffusers, and cannot download: carry the
+# wheels. Here, once:  echo /.gpu-wheels/ >> .git/info/exclude
+#   .venv/bin/python -m pip download --no-deps -d .gpu-wheels diffusers==0.42.1 importlib_metadata
+# then run with carry [".gpu-wheels"]; the script installs them into /tmp/mf-deps (no network).
+#
+# Writes OUT_DIR/env.txt (GPU, torch, cuDNN), OUT_DIR/matrix.jsonl (one JSON record per variant:
+# frames/min, seconds per stage, peak GiB, TFLOP and MFU) and OUT_DIR/matrix.txt (the table), and
+# prints the table. Variants (bench speed's MATRIX, most wanted first; the time budget skips from
+# the end): the new default, the default before issue 21, checkpoint=hires (the <= 16 GB plan),
+# compile=blocks with and without hires, SDPA cuDNN / flash, compile blocks + CUDA graphs
+# (reduce-overhead), channels_last, low-memory, the batching and stopping switches separately, the
+# baseline with everything off, compile full.
+set -u -o pipefail
+OUT_DIR=${1:-${OUT:-gpu-figures}}
+BUDGET=${BUDGET:-480}   # seconds for the whole matrix (the device limit is 600 s per command)
+mkdir -p "$OUT_DIR"
+PY=${PY:-python3}
+export PYTHONUNBUFFERED=1
+
+if ! $PY -c "import diffusers" 2>/dev/null; then
+    if ls .gpu-wheels/*.whl >/dev/null 2>&1; then
+        $PY -m pip install --quiet --no-index --no-deps --target /tmp/mf-deps .gpu-wheels/*.whl
+        export PYTHONPATH="/tmp/mf-deps:${PYTHONPATH:-}"
+    else
+        echo "diffusers is missing and no .gpu-wheels/ was carried (see the top of this script)" >&2
+        exit 2
+    fi
+fi
+export PYTHONPATH="$PWD:${PYTHONPATH:-}"
+
+{ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+  $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version())"
+} | tee "$OUT_DIR/env.txt"
+$PY -c "import mf_backend.bench.speed, mf_backend.edit" || { echo "mf_backend does not import here" >&2; exit 3; }
+
+# FLOPs per variant are counted on the meta device (CPU) once per set of switches, after each timed run.
+$PY -m mf_backend bench speed --config official --frames 24 --size 512 --steps 50 --precision bf16 \
+    --matrix --time-budget "$BUDGET" --json | tee "$OUT_DIR/matrix.jsonl"
+$PY - "$OUT_DIR" <<'EOF'
+import json, sys
+from mf_backend.bench.speed import HEADER, _row
+out = sys.argv[1]
+rows = [json.loads(x) for x in open(f"{out}/matrix.jsonl") if x.startswith("{")]
+table = "\n".join([HEADER] + [_row(r) for r in rows])
+open(f"{out}/matrix.txt", "w").write(table + "\n")
+print(table)
+EOF
