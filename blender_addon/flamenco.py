@@ -166,11 +166,4 @@ class SEQUENCER_PT_motionfollower_flamenco(bpy.types.Panel):
 CLASSES = (MOTIONFOLLOWER_OT_submit_flamenco, SEQUENCER_PT_motionfollower_flamenco)
 
 
-def register() -> None:
-    for cls in CLASSES:
-        bpy.utils.register_class(cls)
-
-
-def unregister() -> None:
-    for cls in reversed(CLASSES):
-        bpy.utils.unregister_class(cls)
+register, unregister = bpy.utils.register_classes_factory(CLASSES)  # Blender's own (un)register-in-order

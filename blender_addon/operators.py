@@ -300,11 +300,4 @@ CLASSES = (MOTIONFOLLOWER_OT_edit, MOTIONFOLLOWER_OT_cancel, MOTIONFOLLOWER_OT_r
            MOTIONFOLLOWER_OT_stop_backend, MOTIONFOLLOWER_OT_copy_error)
 
 
-def register() -> None:
-    for cls in CLASSES:
-        bpy.utils.register_class(cls)
-
-
-def unregister() -> None:
-    for cls in reversed(CLASSES):
-        bpy.utils.unregister_class(cls)
+register, unregister = bpy.utils.register_classes_factory(CLASSES)  # Blender's own (un)register-in-order
