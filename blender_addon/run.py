@@ -69,10 +69,18 @@ class State:
         self.last_error: Optional[tuple[str, str]] = None  # (message, hint)
         self.last_message: str = ""
         self.last_job_dir: Optional[Path] = None
+        self.last_cost: Optional[tuple[float, int, int, int]] = None  # (seconds, steps, frames, size) of the last edit
 
     @property
     def running(self) -> bool:
         return self.run is not None
+
+    def estimate_s(self, steps: int, frames: int, size: int) -> Optional[float]:
+        """Seconds an edit should take, scaled from the last one by steps × frames × size² (0: as then)."""
+        if self.last_cost is None:
+            return None
+        seconds, s0, f0, z0 = self.last_cost
+        return seconds * ((steps or s0) * frames * (size or z0) ** 2) / max(s0 * f0 * z0 ** 2, 1)
 
     def progress(self) -> Optional[dict[str, Any]]:
         if self.run is None:
@@ -300,6 +308,8 @@ def finish_edit(run: EditRun) -> tuple[Optional[bool], str]:
         if bpy.data.filepath:  # next to the .blend; unsaved: stays in the job folder until the first save
             out = results.place(out, results.result_dir(bpy.data.filepath, f"{run.job_dir.name}_s{seed}"))
         result = job.result or {}
+        if result.get("steps") and result.get("size") and result.get("frames"):
+            STATE.last_cost = (time.monotonic() - job.started, int(result["steps"]), int(result["frames"]), int(result["size"]))
         meta = {k: run.params[k] for k in ("seed", "steps", "guidance_scale", "size") if k in run.params}
         meta.update({k: result[k] for k in ("steps", "size") if k in result})  # the values used
         meta.update(source=run.source, driving=run.driving, model=str(result.get("model", run.params.get("model"))))

@@ -44,6 +44,7 @@ class SEQUENCER_PT_motionfollower(bpy.types.Panel):
             row.scale_y = 1.5
             row.operator("motionfollower.edit", icon="PLAY")
             row.operator("motionfollower.edit", text="Preview", icon="HIDE_OFF").preview = True
+            draw_estimate(layout, state, scene, mf)
             ed = scene.sequence_editor
             if ed is not None and ed.active_strip is not None and run.SETTINGS_KEY in ed.active_strip:
                 layout.operator("motionfollower.rerun", icon="FILE_REFRESH")
@@ -99,6 +100,17 @@ class SEQUENCER_PT_motionfollower(bpy.types.Panel):
         box.prop(mf, "keep_inputs")
         if state.client is not None and not state.running:
             layout.operator("motionfollower.stop_backend", icon="X")
+
+
+def draw_estimate(layout, state, scene, mf) -> None:
+    """On CPU, how long Run should take, from the last edit's measured time (Preview gives a first one)."""
+    if (state.backend_info or {}).get("device") != "cpu":
+        return
+    source = strips.find_strip(scene, mf.source_strip) if mf.source_strip else None
+    frames = (source.frame_final_duration if source is not None else 0) * mf.variations
+    eta = state.estimate_s(mf.steps, frames, mf.size) if frames else None
+    layout.label(text=f"CPU: about {_eta(eta).replace(' left', '')} for this run (from the last edit)" if eta
+                 else "CPU: runs are slow; Preview measures how slow", icon="TIME")
 
 
 def strip_field(layout, scene, mf, name: str, icon: str) -> None:

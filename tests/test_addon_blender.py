@@ -791,3 +791,7 @@ def test_preview_is_a_short_low_step_pass(scene, addon, small_model, tmp_path, m
     assert strip.name == "source (MotionFollower preview seed 1)"
     assert (strip.frame_final_start, strip.frame_final_duration, strip["motionfollower_steps"]) == (10, 3, 10)
     assert mf.steps == 40  # the panel keeps the full run's settings
+    # on CPU the panel estimates the full run from the preview's measured time (steps × frames × size²)
+    seconds, steps, frames, size = mfrun.STATE.last_cost
+    assert (steps, frames) == (10, 3) and mfrun.STATE.estimate_s(40, 9, 0) == pytest.approx(seconds * 12)
+    assert any(e[0] == "label" and e[1].startswith("CPU: about") for e in draw_panel())
