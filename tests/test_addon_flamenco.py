@@ -21,7 +21,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 NODE = shutil.which("node") or shutil.which("nodejs")
 
-from test_addon_blender import addon, write_movie  # noqa: E402,F401  (the registered add-on, the 64×64 clips)
+from test_addon_blender import FakeLayout, addon, write_movie  # noqa: E402,F401  (the add-on, layout checks, clips)
 
 
 @pytest.fixture(scope="module")
@@ -145,3 +145,11 @@ def test_refusals_are_reported(scene, prefs, manager):
     scene.motionfollower.driving_strip = "missing"
     with pytest.raises(RuntimeError, match="driving strip 'missing' not found"):
         bpy.ops.motionfollower.submit_flamenco()
+
+
+def test_render_farm_panel_draws_with_and_without_a_manager(scene, prefs):
+    for url, expected in (("", "No Flamenco Manager set (preferences)"), ("http://farm:8080", "Manager: http://farm:8080")):
+        prefs.flamenco_manager = url
+        log: list = []
+        bpy.types.SEQUENCER_PT_motionfollower_flamenco.draw(type("P", (), {"layout": FakeLayout(log)})(), bpy.context)
+        assert log == [("label", expected), ("operator", "motionfollower.submit_flamenco")]
