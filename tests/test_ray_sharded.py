@@ -93,7 +93,7 @@ def test_three_workers_equal_one_process(cluster, tiny_folder):
     one = run_sampling(load_models(str(tiny_folder), None, "cpu", torch.float32), _inputs(48), params)
     t1 = time.perf_counter()
     events = []
-    many = sample_on_ray(_inputs(48), params, JobContext(sink=events.append, stages=("load", "editing")),
+    many = sample_on_ray(_inputs(48), params, JobContext(sink=events.append, stages=(("load", 1.0), ("editing", 1.0))),
                          decode=False)
     t2 = time.perf_counter()
     diff = (many.latents - one.latents).abs().max().item()
@@ -161,7 +161,7 @@ def _run_and_act(params, act):
     from mf_backend.edit import edit
     from mf_backend.jobs import JobContext
 
-    ctx = JobContext(stages=("load", "editing"))
+    ctx = JobContext(stages=(("load", 1.0), ("editing", 1.0)))
     acted = {}
 
     def sink(event):
@@ -212,5 +212,5 @@ def test_cluster_too_small_fails_before_any_work(cluster, tiny_folder):
     t0 = time.perf_counter()
     with pytest.raises(ClusterTooSmall, match="needs 4"):
         sample_on_ray(_inputs(48), _params(tiny_folder, workers=4, window=8, overlap=2),
-                      JobContext(sink=events.append, stages=("load", "editing")))
+                      JobContext(sink=events.append, stages=(("load", 1.0), ("editing", 1.0))))
     assert time.perf_counter() - t0 < 5 and not [e for e in events if e["stage"] == "editing"]
