@@ -112,7 +112,8 @@ def prepare_clip(params: JobParams, ctx: JobContext) -> PreparedClip:
 
     ctx.progress("masks", 0, 1)
     M_r, M_e = compute_masks(frames, prep, params, ctx)  # (F_src,H,W) each, the shared masks stage
-    M_r, M_e = np.asarray(M_r, np.float32)[edited], np.asarray(M_e, np.float32)[edited]
+    if len(edited) < n:  # full-resolution masks are 8 MB a 1080p frame: no copy unless a range is edited
+        M_r, M_e = M_r[edited], M_e[edited]
     ctx.progress("masks", 1, 1)
 
     renders = None
@@ -164,8 +165,9 @@ def edit(params: JobParams, ctx: JobContext) -> dict[str, Any]:
             work, timer, run = _sample_and_decode(clip.inputs, params, ctx)
         ctx.progress("write", 0, 2, "compositing into the source frames")
         t0 = time.perf_counter()
-        out_frames = clip.source_frames.copy()  # frames outside the edit: the source's bytes
-        out_frames[clip.edited] = composite(clip.source_frames[clip.edited], work, clip.plan,
+        out_frames = clip.source_frames  # in place (no second full-resolution copy of the clip); frames
+        # outside the edit keep the source's bytes
+        out_frames[clip.edited] = composite(out_frames[clip.edited], work, clip.plan,
                                             clip.inputs.M_r.numpy(), clip.inputs.M_e.numpy(),
                                             source_crops=clip.inputs.frames.numpy())
         t_comp = time.perf_counter() - t0

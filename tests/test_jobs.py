@@ -328,3 +328,29 @@ def test_eta_is_within_2x_of_the_truth_after_the_first_tenth(tmp_path, case, tin
     print(f"job {t1 - t0:.1f} s; ETA/true over {len(ratios)} events: "
           f"{min(r for r, _ in ratios):.2f}..{max(r for r, _ in ratios):.2f}")
     assert ratios and all(0.5 <= r <= 2.0 for r, _ in ratios), ratios
+
+
+def test_progress_moves_through_a_stage_made_of_sub_steps():
+    """The masks stage: source masks count 0..F, then the predictor's adaptation counts 0..steps again.
+    Inside ctx.part each fills its share of the stage, so the bar moves through the adaptation too."""
+    from mf_backend.jobs import JobContext
+    from mf_backend.prepare import STAGES
+
+    events = []
+    ctx = JobContext(sink=events.append, stages=STAGES)
+    ctx.progress("poses", 1, 1)
+    with ctx.part(0.0, 0.2):
+        for f in range(11):
+            ctx.progress("masks", f, 10)
+    before = round(ctx._fraction, 4)  # events carry 4 decimals
+    with ctx.part(0.2, 1.0):
+        seen = []
+        for step in range(61):
+            ctx._last_emit = 0.0  # every event, not rate-limited
+            ctx.progress("masks", step, 60)
+            seen.append(events[-1]["fraction"])
+    assert seen[0] == before and seen[-1] > before
+    assert len(set(seen)) > 50  # it moves at (almost) every adaptation step
+    weights = dict(STAGES)
+    share = weights["masks"] / sum(weights.values())
+    assert abs(seen[-1] - before - 0.8 * share) < 1e-3
