@@ -100,3 +100,27 @@ def check_pair(scene: Any, source: str, driving: str) -> None:
     check_strip(scene, driving, "driving")
     if source == driving:
         raise UserError("the source and the driving strip are the same strip", "pick two different strips")
+
+
+def sources(context: Any) -> list[str]:
+    """The source strips of one press of Run: the panel's (or the active strip), or with "All selected
+    strips" every selected picture strip but the driving one, in timeline order."""
+    scene = strips.vse_scene(context)
+    mf, ed = scene.motionfollower, scene.sequence_editor
+    if mf.queue_selected and ed is not None:
+        picked = sorted((s for s in strips.top_strips(scene) if s.select and s.type in FOOTAGE
+                         and s.name != mf.driving_strip), key=lambda s: (s.frame_final_start, s.channel))
+        if picked:
+            return [s.name for s in picked]
+    if mf.source_strip:
+        return [mf.source_strip]
+    return [ed.active_strip.name] if ed is not None and ed.active_strip is not None else [""]
+
+
+def plan(context: Any) -> list[str]:
+    """sources(), each checked now: a queue fails before its first edit, not in the middle."""
+    names = sources(context)
+    scene = strips.vse_scene(context)
+    for name in names[1:]:
+        check_strip(scene, name, "source")
+    return names

@@ -18,8 +18,8 @@ import bpy
 
 from . import client as mfclient
 from . import preferences, properties, strips
-from .inputs import UserError
-from .run import (SETTINGS_KEY, STATE, EditRun, abort_edit, advance, begin_edit, ensure_client, finish_edit, plan,
+from .inputs import UserError, plan
+from .run import (SETTINGS_KEY, STATE, EditRun, abort_edit, advance, begin_edit, ensure_client, finish_edit,
                   request_cancel, stop_backend, tick)
 
 TIMER_S = 0.2

@@ -148,37 +148,13 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "strip"
 
 
-def sources(context: Any) -> list[str]:
-    """The source strips of one press of Run: the panel's (or the active strip), or with "All selected
-    strips" every selected picture strip but the driving one, in timeline order."""
-    scene = strips.vse_scene(context)
-    mf, ed = scene.motionfollower, scene.sequence_editor
-    if mf.queue_selected and ed is not None:
-        picked = sorted((s for s in strips.top_strips(scene) if s.select and s.type in inputs.FOOTAGE
-                         and s.name != mf.driving_strip), key=lambda s: (s.frame_final_start, s.channel))
-        if picked:
-            return [s.name for s in picked]
-    if mf.source_strip:
-        return [mf.source_strip]
-    return [ed.active_strip.name] if ed is not None and ed.active_strip is not None else [""]
-
-
-def plan(context: Any) -> list[str]:
-    """sources(), each checked now: a queue fails before its first edit, not in the middle."""
-    names = sources(context)
-    scene = strips.vse_scene(context)
-    for name in names[1:]:
-        inputs.check_strip(scene, name, "source")
-    return names
-
-
 def begin_edit(context: Any, source: Optional[str] = None, preview: bool = False) -> EditRun:
     """Check the strips and folders, create the job folder, spawn the backend (it imports torch while
     the strips export) and set up both exports. Nothing is rendered yet: `advance` does the work.
     preview: the first PREVIEW_FRAMES frames, PREVIEW_STEPS steps, at most PREVIEW_SIZE px, one seed."""
     scene = strips.vse_scene(context)
     mf = scene.motionfollower
-    source = sources(context)[0] if source is None else source
+    source = inputs.sources(context)[0] if source is None else source
     inputs.check_pair(scene, source, mf.driving_strip)
     frame_range = (mf.frame_start, mf.frame_end + 1) if mf.use_frame_range else None
     if preview:
@@ -289,9 +265,23 @@ def tick(run: EditRun) -> None:
         STATE.client.kill()
 
 
+def _place(run: EditRun, folder: Path, name: str) -> Path:
+    """A finished result folder: next to the .blend; unsaved, it stays in the job folder until the first save."""
+    return results.place(folder, results.result_dir(bpy.data.filepath, name)) if bpy.data.filepath else folder
+
+
+def _import(run: EditRun, scene: Any, folder: Path, what: str, meta: dict[str, Any]) -> tuple[Any, str]:
+    strip = strips.import_frames(scene, folder, f"{run.source} ({what})", run.source, run.first_frame, meta)
+    results.point_strip(strip, folder)
+    n = len(strip.elements)
+    return strip, (f"MotionFollower: added '{strip.name}' on channel {strip.channel}, {n} frames"
+                   + ("" if n == run.count else f" (the source range has {run.count})"))
+
+
 def finish_edit(run: EditRun) -> tuple[Optional[bool], str]:
     """Import the job's result (success) or clean up (failure). Returns (ok, message); ok is None when
-    the next variation has started on the same exported frames (keep polling run.job)."""
+    another job has started on the same exported frames (the next variation, or a preview's poses and
+    masks): keep polling run.job."""
     assert run.job is not None and run.job.finished
     job = run.job
     if job.error is not None:
@@ -300,35 +290,37 @@ def finish_edit(run: EditRun) -> tuple[Optional[bool], str]:
             return False, "MotionFollower: cancelled"
         raise UserError(f"MotionFollower failed: {job.error.message}", job.error.hint)
     scene = bpy.data.scenes.get(run.scene_name)
-    seed = run.params["seed"]
+    seed, result = run.params["seed"], job.result or {}
     try:
         if scene is None:
             raise UserError(f"scene '{run.scene_name}' is gone", "keep the scene open while an edit runs")
-        out = Path((job.result or {}).get("out") or run.params["out"])
-        if bpy.data.filepath:  # next to the .blend; unsaved: stays in the job folder until the first save
-            out = results.place(out, results.result_dir(bpy.data.filepath, f"{run.job_dir.name}_s{seed}"))
-        result = job.result or {}
-        if result.get("steps") and result.get("size") and result.get("frames"):
-            STATE.last_cost = (time.monotonic() - job.started, int(result["steps"]), int(result["frames"]), int(result["size"]))
-        meta = {k: run.params[k] for k in ("seed", "steps", "guidance_scale", "size") if k in run.params}
-        meta.update({k: result[k] for k in ("steps", "size") if k in result})  # the values used
-        meta.update(source=run.source, driving=run.driving, model=str(result.get("model", run.params.get("model"))))
-        if result.get("notice") and str(result["notice"]) not in run.warnings:
-            run.warnings.append(str(result["notice"]))
-        label = "MotionFollower preview" if run.preview else "MotionFollower"
-        strip = strips.import_frames(scene, out, f"{run.source} ({label} seed {seed})", run.source,
-                                     run.first_frame, meta)
-        results.point_strip(strip, out)
-        strip[SETTINGS_KEY] = json.dumps({**run.settings, "source_strip": run.source, "seed": seed,
-                                          "variations": 1, "queue_selected": False})
-        n = len(strip.elements)
-        message = (f"MotionFollower: added '{strip.name}' on channel {strip.channel}, {n} frames"
-                   + ("" if n == run.count else f" (the source range has {run.count})"))
-        if run.seeds and run.cancel_requested_at is None:  # the next variation, same exported frames
-            run.params.update(seed=run.seeds[0], out=str(run.job_dir / f"edited_s{run.seeds[0]}"))
-            run.seeds.pop(0)
-            run.job = STATE.client.start_job("edit", run.params, job_id=f"{run.job_dir.name}_s{run.params['seed']}")
-            return None, message
+        if job.method == "prepare":  # a preview's poses and masks
+            messages = [_import(run, scene, _place(run, Path(result["folders"][sub]), f"{run.job_dir.name}_{what}"),
+                                f"MotionFollower preview {what}", {"source": run.source})[1]
+                        for sub, what in (("target_aligned_poses", "poses"), ("predicted_masks", "masks"))]
+            message = "; ".join(messages)
+        else:
+            out = _place(run, Path(result.get("out") or run.params["out"]), f"{run.job_dir.name}_s{seed}")
+            if result.get("steps") and result.get("size") and result.get("frames"):
+                STATE.last_cost = (time.monotonic() - job.started, int(result["steps"]), int(result["frames"]),
+                                   int(result["size"]))
+            meta = {k: run.params[k] for k in ("seed", "steps", "guidance_scale", "size") if k in run.params}
+            meta.update({k: result[k] for k in ("steps", "size") if k in result})  # the values used
+            meta.update(source=run.source, driving=run.driving, model=str(result.get("model", run.params.get("model"))))
+            if result.get("notice") and str(result["notice"]) not in run.warnings:
+                run.warnings.append(str(result["notice"]))
+            strip, message = _import(run, scene, out, f"MotionFollower{' preview' if run.preview else ''} seed {seed}", meta)
+            strip[SETTINGS_KEY] = json.dumps({**run.settings, "source_strip": run.source, "seed": seed,
+                                              "variations": 1, "queue_selected": False})
+            nxt = None if run.cancel_requested_at is not None else (
+                ("prepare", {**run.params, "out": str(run.job_dir / "prepared")}) if run.preview else
+                ("edit", {**run.params, "seed": run.seeds[0], "out": str(run.job_dir / f"edited_s{run.seeds[0]}")})
+                if run.seeds else None)
+            if nxt is not None:  # the next job on the same exported frames
+                run.seeds = run.seeds[1:]
+                run.params = nxt[1] if nxt[0] == "edit" else run.params
+                run.job = STATE.client.start_job(nxt[0], nxt[1], job_id=f"{run.job_dir.name}_{nxt[0]}_{nxt[1]['seed']}")
+                return None, message
     except BaseException:
         shutil.rmtree(run.job_dir, ignore_errors=True)
         raise

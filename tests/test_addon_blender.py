@@ -729,7 +729,7 @@ def test_export_of_a_meta_strip_stops_where_its_content_ends(scene, tmp_path):
 
 def test_queue_and_variations_add_one_strip_per_source_and_seed(scene, addon, small_model, tmp_path, monkeypatch):
     """Two selected source strips × two seeds: four edits one after another, four strips, seeds in the names."""
-    from blender_addon import properties
+    from blender_addon import inputs, properties
     from blender_addon import run as mfrun
 
     job_params = properties.job_params
@@ -742,7 +742,7 @@ def test_queue_and_variations_add_one_strip_per_source_and_seed(scene, addon, sm
     mf = scene.motionfollower
     mf.model, mf.model_folder = "folder", small_model
     mf.queue_selected, mf.variations, mf.seed = True, 2, 7
-    assert mfrun.plan(bpy.context) == ["source", "second"]
+    assert inputs.plan(bpy.context) == ["source", "second"]
     assert bpy.ops.motionfollower.edit() == {"FINISHED"}
     made = {s.name: (s.channel, s.frame_final_start, s.frame_final_duration, s["motionfollower_seed"])
             for s in edited_strips(scene)}
@@ -787,9 +787,15 @@ def test_preview_is_a_short_low_step_pass(scene, addon, small_model, tmp_path, m
     mf.model, mf.model_folder, mf.steps, mf.variations = "folder", small_model, 40, 3
     assert ("operator", "motionfollower.edit") in draw_panel()
     assert bpy.ops.motionfollower.edit(preview=True) == {"FINISHED"}
-    (strip,) = edited_strips(scene)  # one seed only
-    assert strip.name == "source (MotionFollower preview seed 1)"
+    made = {s.name: s for s in edited_strips(scene)}  # one seed only, then the poses and masks it used
+    assert set(made) == {"source (MotionFollower preview seed 1)", "source (MotionFollower preview poses)",
+                         "source (MotionFollower preview masks)"}
+    strip = made["source (MotionFollower preview seed 1)"]
     assert (strip.frame_final_start, strip.frame_final_duration, strip["motionfollower_steps"]) == (10, 3, 10)
+    for what in ("poses", "masks"):
+        s = made[f"source (MotionFollower preview {what})"]
+        assert (s.frame_final_start, s.frame_final_duration) == (10, 3)
+        assert all(os.path.isfile(os.path.join(bpy.path.abspath(s.directory), e.filename)) for e in s.elements)
     assert mf.steps == 40  # the panel keeps the full run's settings
     # on CPU the panel estimates the full run from the preview's measured time (steps × frames × size²)
     seconds, steps, frames, size = mfrun.STATE.last_cost
