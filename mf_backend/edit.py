@@ -205,10 +205,11 @@ def editing_progress(ctx: JobContext, params: JobParams) -> Callable[[int, int, 
     """The sampler reports steps, but guidance and replay steps run several passes and the last steps one
     or two: progress counts UNet passes instead, so the bar moves evenly and its ETA holds."""
     from mf_backend.editing.guidance import guidance_from_params
-    from mf_backend.editing.schedule import build_schedule
+    from mf_backend.editing.schedule import build_schedule, last_reconstruction_step
 
     plan = build_schedule(params.steps, guidance=guidance_from_params(params).enabled, camera=params.camera)
-    cost = [1.0 + p.repeats * (1.0 + GUIDANCE_COST * p.guidance) for p in plan]  # reconstruction + editing
+    last = last_reconstruction_step(plan)  # no reconstruction pass after it
+    cost = [float(p.index <= last) + p.repeats * (1.0 + GUIDANCE_COST * p.guidance) for p in plan]
     done = np.concatenate([[0.0], np.cumsum(cost)])
     return lambda d, t, m: ctx.progress("editing", int(round(10 * done[d])), int(round(10 * done[-1])), m)
 

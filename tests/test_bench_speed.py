@@ -40,6 +40,32 @@ def test_forward_with_features_gives_output_and_estimator_features(tiny64):
         unet.features(z, 400, ctx, levels=(9,))
 
 
+def test_single_token_cross_attention_equals_the_full_attention():
+    """One CLIP token per frame: the cross-attention skips the query projection and the attention
+    product (the one key's softmax weight is exactly 1); same output, and the same zero gradient
+    through the queries, as the full computation."""
+    import torch.nn.functional as F
+
+    from mf_backend.models.attention import Attention
+
+    g = torch.Generator().manual_seed(0)
+    attn = Attention(32, 4, context_dim=24).double()
+    x = torch.randn(6, 50, 32, generator=g, dtype=torch.float64, requires_grad=True)
+    ctx = torch.randn(6, 1, 24, generator=g, dtype=torch.float64)
+    out = attn(x, ctx)
+
+    def heads(t):
+        return t.view(6, t.shape[1], 4, 8).transpose(1, 2)
+    full = F.scaled_dot_product_attention(heads(attn.to_q(x)), heads(attn.to_k(ctx)), heads(attn.to_v(ctx)))
+    ref = attn.to_out[0](full.transpose(1, 2).reshape(6, 50, 32))
+    assert out.shape == ref.shape and torch.allclose(out, ref, rtol=1e-12, atol=1e-12)
+    (g_ref,) = torch.autograd.grad(ref.sum(), x)
+    assert g_ref.abs().max() < 1e-12  # rounding only
+    assert torch.autograd.grad(out.sum(), x, allow_unused=True)[0] is None  # exactly nothing here
+    two = torch.randn(6, 2, 24, generator=g, dtype=torch.float64)  # two tokens: the full attention
+    assert torch.autograd.grad(attn(x, two).sum(), x)[0].abs().max() > 1e-6
+
+
 # the path before the speed work: every pass separate, the reconstruction to the last step
 SEPARATE = dict(reuse_features=False, fuse_guidance=False, batch_passes=False, stop_reconstruction=False)
 
@@ -212,3 +238,19 @@ def test_bench_speed_runs_on_cpu_and_counts_flops(capsys):
     assert r["stages_s"]["prepare"] == 0.0 and r["frames_per_min"] > 0
     # step 0: guidance (reconstruction + unconditional half, then the grad pass); step 1: both CFG halves
     assert r["unet_frames"] == {"no_grad": 2 * (2 + 2), "grad": 2 * 1} and r["tflop"] > 0
+
+
+def test_bench_activations_accounts_the_guidance_pass_per_layer():
+    from mf_backend.bench.activations import grad_pass_profile, plan_for_budget
+
+    prof = grad_pass_profile("tiny", 4, 64, "fp32")
+    layers = prof["layers"]
+    assert {"down0.layer0", "mid", "up2.layer1", "up3.layer0"} <= set(layers)
+    assert all(layers[k]["saved_gib"] == 0 for k in layers if k.startswith("up3"))  # no grad after up2
+    assert all(layers[k]["saved_gib"] > layers[k]["input_gib"] > 0 for k in layers if k.startswith("down"))
+    assert prof["saved_gib"] == pytest.approx(sum(r["saved_gib"] for r in layers.values()))
+    # the 64² level keeps the most per layer (the official table in docs/performance.md)
+    assert layers["down0.layer0"]["saved_gib"] > layers["down1.layer0"]["saved_gib"]
+    half = plan_for_budget(prof, prof["saved_gib"] / 2)
+    assert half["enough"] and half["freed_gib"] >= prof["saved_gib"] / 2
+    assert plan_for_budget(prof, 10 * prof["saved_gib"])["enough"] is False

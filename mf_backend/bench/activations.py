@@ -77,9 +77,8 @@ def grad_pass_profile(config: str = "official", frames: int = 24, size: int = 51
                 block.__dict__.pop("_layer", None)
                 block.__dict__.pop("_mid", None)
     total_saved = sum(r["saved_gib"] for r in rows.values())
-    return {"config": config, "frames": frames, "size": size, "dtype": dtype,
-            "saved_gib": round(total_saved, 2),
-            "layers": {k: {kk: round(vv, 3) for kk, vv in r.items()} for k, r in rows.items()}}
+    return {"config": config, "frames": frames, "size": size, "dtype": dtype, "saved_gib": total_saved,
+            "layers": rows}
 
 
 def _flash_like_attention():
@@ -136,8 +135,8 @@ def plan_for_budget(profile: dict[str, Any], reduce_gib: float) -> dict[str, Any
         chosen.append(name)
         freed_total += freed
         recompute += tflop
-    return {"checkpoint_layers": chosen, "freed_gib": round(freed_total, 2),
-            "recompute_tflop_per_guidance_pass": round(recompute, 2), "enough": freed_total >= reduce_gib}
+    return {"checkpoint_layers": chosen, "freed_gib": freed_total,
+            "recompute_tflop_per_guidance_pass": recompute, "enough": freed_total >= reduce_gib}
 
 
 def add_arguments(p) -> None:
@@ -154,5 +153,7 @@ def run(a) -> int:
     prof = grad_pass_profile(a.config, a.frames, a.size, a.dtype)
     if a.reduce_gib is not None:
         prof["plan"] = plan_for_budget(prof, a.reduce_gib)
+    prof["saved_gib"] = round(prof["saved_gib"], 2)
+    prof["layers"] = {k: {kk: round(vv, 3) for kk, vv in r.items()} for k, r in prof["layers"].items()}
     print(json.dumps(prof), file=sys.stdout, flush=True)
     return 0

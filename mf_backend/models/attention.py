@@ -42,6 +42,11 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None,
                 hook: Optional[AttentionHook] = None) -> torch.Tensor:
         # x (S, N, C); context (S, M, Cc) or None (self-attention)
+        if context is not None and context.shape[1] == 1 and hook is None:
+            # one key (the frame's CLIP token): its softmax weight is exactly 1, so every query gets
+            # the same value; the query projection and the attention product change nothing
+            out = self.to_out[1](self.to_out[0](self.to_v(context)))  # (S, 1, C)
+            return out.expand(x.shape[0], x.shape[1], out.shape[-1])
         src = x if context is None else context
         q, k, v = self.to_q(x), self.to_k(src), self.to_v(src)
         if hook is not None:
