@@ -6,7 +6,8 @@ source, frames 12–23 of the same clip the driving clip, `prepare --align none`
 frame i, predicted mask i with the SAM mask of frame 12+i (IoU at 512², threshold 0.5 = 127 on 8 bits).
 
 Leave-one-case-out: every knob chosen by measuring on the dev cases (M_r: guided-filter radius/eps and
-hole size; M_e: templates of the geometric vote, the model's fusion weight) is re-chosen for each case on the OTHER cases only, and
+hole size; M_e: BlazePose's landmark filter on/off, templates of the geometric vote, the model's fusion
+weight) is re-chosen for each case on the OTHER cases only, and
 that case's LOCO figure uses the re-chosen value, so it predicts footage the choice never saw.
 Synthetic ground truth: held-out pairs of the synthetic world (seeds ≥ 9000, never trained on): source
 frame f + aligned target pose f → the ground-truth edit's mask f.
@@ -28,7 +29,8 @@ from mf_backend.masks.predict import iou
 
 # The candidates each LOCO fold chooses from (the shipped values are among them).
 MR_GRID = list(itertools.product((2, 4, 8), (1e-3, 1e-2, 3e-2), (None, 0.002, 0.01)))  # radius, eps, hole
-ME_GRID = list(itertools.product((1, 3, 5), (0.3, 0.5)))  # templates, fusion weight
+# mediapipe's landmark filter on?, templates, fusion weight
+ME_GRID = list(itertools.product((False, True), (1, 3, 5), (0.3, 0.5)))
 
 
 def _at_512(masks: np.ndarray) -> np.ndarray:
@@ -72,8 +74,19 @@ def run_case(case: Path, predictor: str, ctx=None) -> dict:
     out["M_r_grid"] = {(r, eps, hole): _score(clean_masks(refine_edges(src, prob, r, eps) >= 0.5, bodies=prep.source.body,
                                                           max_hole=hole, fill_holes=hole is not None), gt_src)
                        for r, eps, hole in MR_GRID}
-    out["M_e_grid"] = {(k, wt): _score(predict_masks(src, M_r, prep.source, prep.aligned, predictor, templates=k,
-                                                      fusion_weight=wt)[0], gt_tgt) for k, wt in ME_GRID}
+    out["M_e_grid"] = {}
+    for smooth in (False, True):
+        if not smooth:  # the shipped extractor setting: prepare's own poses
+            src_p, tgt_p = prep.source, prep.aligned
+        else:
+            from mf_backend.pose.align import align_poses
+            from mf_backend.pose.extract import extract_mediapipe
+
+            src_p = extract_mediapipe(src, smooth_landmarks=smooth)
+            tgt_p = align_poses(src_p, extract_mediapipe(drv, smooth_landmarks=smooth), "none")
+        for _, k, wt in (v for v in ME_GRID if v[0] == smooth):
+            pred, _ = predict_masks(src, M_r, src_p, tgt_p, predictor, templates=k, fusion_weight=wt)
+            out["M_e_grid"][smooth, k, wt] = _score(pred, gt_tgt)
     return out
 
 
@@ -154,7 +167,7 @@ def evaluate(cases: Optional[str], predictor: str = "auto", synthetic: int = 4, 
             real[case.name] = r = run_case(case, predictor)
             print(f"{case.name}: M_r {r['M_r']:.3f} (selfie {r['selfie']:.3f})  M_e {r['M_e']:.3f} "
                   f"[{r['M_e_info']['predictor']}, self-check step {r['M_e_info'].get('self_check', {}).get('step', '-')}]  "
-                  f"(templates, weight): " + " ".join(f"{k}:{v:.3f}" for k, v in r["M_e_grid"].items())
+                  f"(filter, templates, weight): " + " ".join(f"{int(a)},{b},{c}:{v:.3f}" for (a, b, c), v in r["M_e_grid"].items())
                   + "  seconds " + _fmt(r["seconds"]), flush=True)
     elif cases:
         print(f"cases folder '{cases}' not found: real-case rows skipped")
@@ -162,7 +175,7 @@ def evaluate(cases: Optional[str], predictor: str = "auto", synthetic: int = 4, 
         loco = leave_one_case_out(real)
         for name, row in loco.items():
             print(f"LOCO {name}: M_r {row['M_r']:.3f} (radius, eps, hole = {row['M_r_choice']})  "
-                  f"M_e {row['M_e']:.3f} (templates, fusion weight = {row['M_e_choice']})")
+                  f"M_e {row['M_e']:.3f} (landmark filter, templates, fusion weight = {row['M_e_choice']})")
         keys = ("M_r", "M_e", "selfie")
         mean = {k: float(np.mean([r[k] for r in real.values()])) for k in keys}
         mean_loco = {k: float(np.mean([r[k] for r in loco.values()])) for k in ("M_r", "M_e")}

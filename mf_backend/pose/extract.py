@@ -40,9 +40,9 @@ def blazepose_to_openpose(landmarks: np.ndarray, width: int, height: int) -> np.
     return body
 
 
-def blazepose_track(frames: np.ndarray, segmentation: bool = False, ctx=None,
-                    stage: str = "poses") -> tuple[np.ndarray, Optional[np.ndarray]]:
-    """BlazePose in video mode (tracks one person; smooths its own landmarks and segmentation over time).
+def blazepose_track(frames: np.ndarray, segmentation: bool = False, ctx=None, stage: str = "poses",
+                    smooth_landmarks: bool = False) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """BlazePose in video mode (tracks one person; smooths its segmentation over time, not its landmarks).
 
     uint8 RGB (F,H,W,3) → (landmarks float32 (F,33,4) = normalised (x, y, z, visibility), zero where no
     person; person segmentation float32 (F,H,W) in [0,1] of that same person, or None).
@@ -58,7 +58,9 @@ def blazepose_track(frames: np.ndarray, segmentation: bool = False, ctx=None,
     landmarks = np.zeros((f_count, 33, 4), np.float32)
     seg = np.zeros(frames.shape[:3], np.float32) if segmentation else None
     try:
-        tracker = mp_pose.Pose(static_image_mode=False, model_complexity=1, smooth_landmarks=True,
+        # Landmarks unfiltered: mediapipe's filter lags fast limbs like a One-Euro filter does (docs/masks.md:
+        # M_e 0.843 → 0.860 on the dev cases, joints nearer the DWPose renders); video mode still tracks one person.
+        tracker = mp_pose.Pose(static_image_mode=False, model_complexity=1, smooth_landmarks=smooth_landmarks,
                                enable_segmentation=segmentation, smooth_segmentation=segmentation,
                                min_detection_confidence=0.5, min_tracking_confidence=0.5)
     except (RuntimeError, FileNotFoundError, ValueError) as exc:
@@ -76,13 +78,14 @@ def blazepose_track(frames: np.ndarray, segmentation: bool = False, ctx=None,
     return landmarks, seg
 
 
-def extract_mediapipe(frames: np.ndarray, fps: Optional[float] = None, ctx=None) -> PoseSequence:
+def extract_mediapipe(frames: np.ndarray, fps: Optional[float] = None, ctx=None,
+                      smooth_landmarks: bool = False) -> PoseSequence:
     """frames (F,H,W,3) uint8 RGB → PoseSequence (body only: BlazePose has no 21-point hands)."""
     frames = np.asarray(frames)
     f_count, height, width = frames.shape[:3]
-    landmarks, _ = blazepose_track(frames, ctx=ctx)
-    # Gaps filled only: BlazePose already filtered its landmarks over time, and a second (One-Euro) filter
-    # lags fast limbs (wrists 10 px → 40-60 px off on the dance cases; docs/masks.md).
+    landmarks, _ = blazepose_track(frames, ctx=ctx, smooth_landmarks=smooth_landmarks)
+    # Gaps filled only, no temporal filter: a One-Euro filter lagged fast limbs (wrists 10 px → 40-60 px
+    # off on the dance cases; docs/masks.md).
     body = fill_gaps(blazepose_to_openpose(landmarks, width, height))
     hands = np.zeros((f_count, 2, NUM_HAND, 3), np.float32)
     return PoseSequence(body, hands, width, height, fps)
