@@ -20,7 +20,7 @@ from mf_backend.pose.keypoints import LIMBS, PoseSequence, body_size
 _LIMBS = np.array(LIMBS)  # (17,2)
 _NECK = 1
 WARP_SIZE = 256  # warps run at most at this size (px of the longer side), then are upsampled
-TEMPLATES = 3  # source frames of nearest pose warped and averaged per target (chosen leave-one-case-out)
+TEMPLATES = 3  # source frames of nearest pose warped and averaged per target (LOCO folds chose 3 or 5)
 
 
 def _segment_distance(px: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -40,7 +40,7 @@ from mf_backend.pose.render import render_poses
 log = logging.getLogger(__name__)
 
 AREA_RATIO_LIMITS = (0.25, 4.0)  # plausible M_e area / M_r area
-FUSION_WEIGHT = 0.3  # the model's share when the self-check fuses it with the vote (chosen leave-one-case-out)
+FUSION_WEIGHT = 0.3  # the model's share when the self-check fuses it with the vote (3 of 4 LOCO folds)
 CHECKPOINTS = (10, 20)  # with tta_steps > 0, the self-check also runs after these steps (and the last one)
 
 
