@@ -221,3 +221,45 @@ def test_extension_zip_holds_no_machine_paths_and_passes_blenders_validator(tmp_
     validator = Path(bpy.utils.system_resource("SCRIPTS")) / "addons_core" / "bl_pkg" / "cli" / "blender_ext.py"
     p = subprocess.run([sys.executable, str(validator), "validate", str(z)], capture_output=True, text=True)
     assert p.returncode == 0 and "Success" in p.stdout, p.stdout + p.stderr
+
+
+@pytest.mark.parametrize("python", BLENDERS)
+def test_bad_strips_are_refused_in_each_blender(python, tmp_path, clips):
+    """The input checks under both Blender versions (4.2 names its collections differently)."""
+    r = run_script(python, tmp_path, clips, """
+        import wave
+        sc = make_scene()
+        ed, coll = sc.sequence_editor, S.top_collection(sc)
+        with wave.open(%r, "wb") as w:
+            w.setnchannels(1), w.setsampwidth(2), w.setframerate(8000)
+            w.writeframes(bytes(16000))
+        coll.new_effect("colour", type="COLOR", channel=7, frame_start=1,
+                        **({"frame_end": 9} if bpy.app.version < (4, 4) else {"length": 8}))
+        try:
+            coll.new_sound("sound", %r, channel=8, frame_start=1)
+        except RuntimeError:  # the bpy 4.2 wheel is built without audio
+            pass
+        coll.new_scene("scene", bpy.data.scenes.new("empty"), channel=9, frame_start=1)
+        coll.new_movie("moved", %r, channel=10, frame_start=1).filepath = "//nowhere.avi"
+        coll.new_movie("muted", %r, channel=11, frame_start=1).mute = True
+        coll.new_movie("channel", %r, channel=12, frame_start=1)
+        ed.channels[12].mute = True
+        out = {}
+        for name in ("colour", "sound", "scene", "moved", "muted", "channel"):
+            if S.find_strip(sc, name) is None:
+                continue
+            sc.motionfollower.source_strip = name
+            try:
+                bpy.ops.motionfollower.edit()
+                out[name] = "ran"
+            except RuntimeError as exc:
+                out[name] = str(exc)
+        print("RESULT " + json.dumps(out))
+        """ % ((str(tmp_path / "a.wav"),) * 2 + (clips["movie"],) * 3))
+    expected = {"colour": "is a color strip, not footage", "sound": "is a sound strip: it has no pictures",
+                "scene": "which has no camera", "moved": "misses its file", "muted": "'muted' is muted",
+                "channel": "is on muted channel 12"}
+    if "sound" not in r and python != sys.executable:
+        del expected["sound"]  # no sound strips without audio support (the 4.2 wheel); bpy 5 checks it
+    for name, text in expected.items():
+        assert text in r[name], (name, r[name])
