@@ -36,6 +36,8 @@ def register(subparsers) -> None:
     p.add_argument("--synthetic-seed", type=int, default=9000, help="first seed of the held-out synthetic pairs")
     p.add_argument("--timing", action=argparse.BooleanOptionalAction, default=True,
                    help="time prepare's poses and masks for 24 frames at 512x512")
+    p.add_argument("--timing-only", action="store_true",
+                   help="only the prepare benchmark (on --cases' case-1 and case-2 when given, else synthetic)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (the target: 2 cores)")
     p.add_argument("--json", help="also write the results to this JSON file")
     p.set_defaults(func=cmd_eval_seg)
@@ -85,7 +87,8 @@ def cmd_train_seg(args: argparse.Namespace) -> int:
 def cmd_eval_seg(args: argparse.Namespace) -> int:
     from mf_backend.masks.evaluate import evaluate
 
-    results = evaluate(args.cases, args.predictor, args.synthetic, args.synthetic_seed, args.timing, args.threads)
+    results = evaluate(args.cases, args.predictor, args.synthetic, args.synthetic_seed, args.timing, args.threads,
+                       args.timing_only)
     if args.json:
         from pathlib import Path
 
