@@ -64,9 +64,12 @@ def test_every_benchmark_is_a_bench_action(capsys):
 
     from mf_backend.cli import build_parser
 
+    from mf_backend.bench.cli import ACTIONS
+
     parser = build_parser()
-    for action in ("quality", "speed", "forward", "graphs", "crop"):
-        assert parser.parse_args(["bench", action]).func is not None
+    assert {"quality", "speed", "forward", "graphs", "crop", "poses"} <= set(ACTIONS)
+    for action in ACTIONS:
+        assert parser.parse_args(["bench", action, *(["--cases", "x"] if action == "poses" else [])]).func is not None
     args = parser.parse_args(["bench", "forward", "--config", "tiny", "--frames", "2", "--size", "64", "--repeats", "1"])
     assert args.func(args) == 0
     r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

@@ -263,7 +263,7 @@ def test_align_reference_keeps_driver_when_both_fill_the_frame():
 
 @pytest.mark.skipif(not CASES.is_dir(), reason="../shared/real-cases not present")
 def test_align_reference_matches_reference_aligned_poses():
-    from mf_backend.pose.evaluate import joint_error, read_pose_folder
+    from mf_backend.bench.poses import joint_error, read_pose_folder
 
     case, frames = CASES / "case-1", slice(0, 6)
     src, drv, ref = (decode_poses(read_pose_folder(case / kind)[frames])

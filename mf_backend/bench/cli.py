@@ -15,6 +15,7 @@ ACTIONS = {
     "speed": ("mf_backend.bench.speed", "frames/min, seconds per stage and peak memory of the full edit"),
     "forward": ("mf_backend.bench.forward", "one UNet3D forward (or guidance feature pass) on random weights"),
     "graphs": ("mf_backend.bench.graphs", "graphs and graph breaks torch.compile makes of one whole edit"),
+    "poses": ("mf_backend.bench.poses", "pose alignment and rendering against the reference cases (+ extraction speed)"),
     "crop": ("mf_backend.bench.crop", "person-centred crop and composite back, per full-resolution frame"),
     "host-memory": ("mf_backend.bench.host_memory", "peak host memory (RSS) of a 1080p edit by clip length"),
     "activations": ("mf_backend.bench.activations", "what the guidance pass keeps for its backward, per UNet layer"),

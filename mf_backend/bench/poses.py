@@ -1,6 +1,6 @@
-"""Evaluate the pose tools on reference cases (folders in the example-case layout).
+"""`bench poses`: the pose tools on reference cases (folders in the example-case layout).
 
-    python -m mf_backend.pose.evaluate --cases ../shared/real-cases [--mode all]
+    python -m mf_backend bench poses --cases ../shared/real-cases [--mode all]
 
 Prints, per case, the mean body-joint error in pixels (at the cases' 512² size) between our
 `align_poses(decode(source_poses), decode(target_poses))` and the decoded reference
@@ -82,8 +82,7 @@ def evaluate_case_modes(case: Path, modes) -> list[dict]:
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--cases", required=True, help="folder holding case-*/ in the example-case layout")
     ap.add_argument("--mode", default="first-frame", choices=ALIGN_MODES + ("all",),
                     help="aligner mode; 'all' prints every mode (and first-frame+keep-placement) per case")
@@ -91,7 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--extract-speed", action="store_true",
                     help="also time BlazePose extraction on each case's source_images (frames/s)")
     ap.add_argument("--render", action="store_true", help="also report re-render pixel agreement")
-    args = ap.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
     cases = sorted(p for p in Path(args.cases).glob("case-*") if (p / "target_aligned_poses").is_dir())
     if not cases:
         print(f"no cases with target_aligned_poses under {args.cases}", file=sys.stderr)
@@ -113,7 +114,3 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"mode": mode, "mean_body_err_px": round(float(np.mean([r["body_err_px"] for r in mine])), 2),
                           "mean_unaligned_body_err_px": round(float(np.mean([r["unaligned_body_err_px"] for r in mine])), 2)}))
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
