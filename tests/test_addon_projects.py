@@ -263,3 +263,19 @@ def test_bad_strips_are_refused_in_each_blender(python, tmp_path, clips):
         del expected["sound"]  # no sound strips without audio support (the 4.2 wheel); bpy 5 checks it
     for name, text in expected.items():
         assert text in r[name], (name, r[name])
+
+
+@pytest.mark.parametrize("python", BLENDERS)
+def test_queue_and_variations_in_each_blender(python, tmp_path, clips):
+    r = run_script(python, tmp_path, clips, """
+        sc = make_scene()
+        S.top_collection(sc).new_movie("second", %r, channel=3, frame_start=20)
+        for s in S.top_strips(sc):
+            s.select = s.name in ("source", "second")
+        mf = sc.motionfollower
+        mf.queue_selected, mf.variations, mf.seed = True, 2, 4
+        assert bpy.ops.motionfollower.edit() == {"FINISHED"}
+        print("RESULT " + json.dumps(sorted([s.name, s.frame_final_start, len(s.elements)] for s in results(sc))))
+        """ % clips["movie"])
+    assert r == [["second (MotionFollower seed 4)", 20, N], ["second (MotionFollower seed 5)", 20, N],
+                 ["source (MotionFollower seed 4)", 1, N], ["source (MotionFollower seed 5)", 1, N]]
