@@ -68,6 +68,15 @@ class MotionFollowerSettings(bpy.types.PropertyGroup):
                                   description="Edit only the source frames inside this timeline range")
     frame_start: IntProperty(name="Start", default=1)
     frame_end: IntProperty(name="End", default=250, description="Last timeline frame (inclusive)")
+    output_format: EnumProperty(name="Output", default="auto", items=[
+        ("auto", "As source", "The source's format (frames exported from Blender: 8-bit PNG)"),
+        ("png", "PNG 8-bit", "sRGB PNG frames; the matte as a separate sequence"),
+        ("png16", "PNG 16-bit", "16-bit PNG frames; the matte as a separate sequence"),
+        ("exr", "OpenEXR", "Half-float scene-linear EXR frames, the matte in alpha"),
+        ("prores", "ProRes 422 HQ", "A ProRes 422 HQ movie at the source's frame rate"),
+        ("prores4444", "ProRes 4444", "A ProRes 4444 movie with the matte in alpha"),
+        ("dnxhr", "DNxHR HQX", "A 10-bit DNxHR movie (at least 256x120)"),
+        ("h264", "H.264", "An H.264 MP4 (even width and height)")])
     keep_inputs: BoolProperty(name="Keep exported inputs", default=False,
                               description="Keep the exported source/driving frames in the job folder")
 
@@ -76,7 +85,7 @@ def job_params(mf: MotionFollowerSettings) -> dict[str, Any]:
     """The backend's JobParams fields the settings `mf` set (paths are added by run.py). A function, not a
     method: a Python method on a PropertyGroup makes bpy 4.2 crash at exit."""
     p: dict[str, Any] = {k: getattr(mf, k) for k in (
-        "guidance_scale", "seed", "camera", "timing",
+        "guidance_scale", "seed", "camera", "timing", "output_format",
         "use_fg", "use_over", "use_body", "use_com", "w_fg", "w_over", "w_body", "w_com")}
     p.update({k: getattr(mf, k) for k in ("steps", "size") if getattr(mf, k)})  # 0: the backend picks the model's
     p["model"] = bpy.path.abspath(mf.model_folder) if mf.model == "folder" else mf.model

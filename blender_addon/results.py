@@ -125,7 +125,11 @@ def place(src: Path, final: Path) -> Path:
 
 
 def point_strip(strip: Any, folder: Path) -> None:
-    """Point an image strip at folder: relative to the .blend when it is saved."""
+    """Point an image strip (or a movie strip's file) at folder: relative to the .blend when it is saved."""
+    if strip.type == "MOVIE":
+        path = str(folder / Path(bpy.path.abspath(strip.filepath)).name)
+        strip.filepath = bpy.path.relpath(path) if bpy.data.filepath else path
+        return
     path = str(folder) + os.sep
     strip.directory = bpy.path.relpath(path) if bpy.data.filepath else path
 
@@ -135,7 +139,7 @@ def point_strip(strip: Any, folder: Path) -> None:
 def _image_strips() -> Iterable[Any]:
     for scene in bpy.data.scenes:
         for s in strips.all_strips(scene):
-            if s.type == "IMAGE":
+            if s.type in ("IMAGE", "MOVIE"):  # results are frame folders or movies (docs/footage.md)
                 yield s
 
 
@@ -154,7 +158,8 @@ def adopt_unsaved_results(target_blend: str, root: Path) -> list[Path]:
     Called before a save: the file written then references `//motionfollower/...`."""
     moved: dict[Path, Path] = {}
     for s in _image_strips():
-        folder = Path(bpy.path.abspath(s.directory)).resolve()
+        folder = Path(bpy.path.abspath(s.directory if s.type == "IMAGE" else s.filepath)).resolve()
+        folder = folder if s.type == "IMAGE" else folder.parent
         if folder not in moved:
             job = _owned_job(folder, root)
             if job is None or not folder.is_dir():
@@ -162,5 +167,8 @@ def adopt_unsaved_results(target_blend: str, root: Path) -> list[Path]:
             moved[folder] = place(folder, result_dir(target_blend, job.name))
             if not any(p.name != OWNER for p in job.iterdir()):
                 shutil.rmtree(job, ignore_errors=True)
-        s.directory = str(moved[folder]) + os.sep  # made relative by Blender's save (relative remap)
+        if s.type == "IMAGE":
+            s.directory = str(moved[folder]) + os.sep  # made relative by Blender's save (relative remap)
+        else:
+            s.filepath = str(moved[folder] / Path(s.filepath).name)
     return list(moved.values())

@@ -211,7 +211,7 @@ def advance(run: EditRun, budget_s: Optional[float] = None) -> None:
         if run.handshake is None:
             src, drv = (e.finish() for e in run.exports)
             run.first_frame, run.count = src["first"], src["count"]
-            run.params.update(source_fps=src["fps"], driving_fps=drv["fps"])
+            run.params.update(source_fps=src["fps"], driving_fps=drv["fps"], input_colorspace=src["colorspace"])
             client = ensure_client(bpy.context, initialize=False)
             if STATE.backend_info is None:
                 run.handshake = client.send_initialize()
@@ -270,10 +270,12 @@ def _place(run: EditRun, folder: Path, name: str) -> Path:
     return results.place(folder, results.result_dir(bpy.data.filepath, name)) if bpy.data.filepath else folder
 
 
-def _import(run: EditRun, scene: Any, folder: Path, what: str, meta: dict[str, Any]) -> tuple[Any, str]:
-    strip = strips.import_frames(scene, folder, f"{run.source} ({what})", run.source, run.first_frame, meta)
+def _import(run: EditRun, scene: Any, folder: Path, what: str, meta: dict[str, Any],
+            output: Optional[dict[str, Any]] = None) -> tuple[Any, str]:
+    """`output`: the edit result's description of its files (format, colour space; docs/footage.md)."""
+    strip = strips.import_frames(scene, folder, f"{run.source} ({what})", run.source, run.first_frame, meta, output)
     results.point_strip(strip, folder)
-    n = len(strip.elements)
+    n = strip.frame_final_duration
     return strip, (f"MotionFollower: added '{strip.name}' on channel {strip.channel}, {n} frames"
                    + ("" if n == run.count else f" (the source range has {run.count})"))
 
@@ -309,7 +311,8 @@ def finish_edit(run: EditRun) -> tuple[Optional[bool], str]:
             meta.update(source=run.source, driving=run.driving, model=str(result.get("model", run.params.get("model"))))
             if result.get("notice") and str(result["notice"]) not in run.warnings:
                 run.warnings.append(str(result["notice"]))
-            strip, message = _import(run, scene, out, f"MotionFollower{' preview' if run.preview else ''} seed {seed}", meta)
+            strip, message = _import(run, scene, out, f"MotionFollower{' preview' if run.preview else ''} seed {seed}", meta,
+                                     result.get("output"))
             strip[SETTINGS_KEY] = json.dumps({**run.settings, "source_strip": run.source, "seed": seed,
                                               "variations": 1, "queue_selected": False})
             nxt = None if run.cancel_requested_at is not None else (

@@ -1,4 +1,5 @@
-"""VSE strips: export a strip's frames to a PNG folder, import frames as an image strip; the 4.2↔5.x shim.
+"""VSE strips: export a strip's frames to a PNG folder, import the result (image sequence or movie, in
+its colour space); the 4.2↔5.x shim.
 
 Export renders the strip through the sequencer, so the strip's own media comes out as the user
 sees it: offsets and trims, retiming (speed), transform/crop, modifiers and the scene's fps. It
@@ -191,7 +192,8 @@ class StripExport:
 
     def finish(self) -> dict[str, Any]:
         """After the last frame: rename to frame_{k}.png, drop the copy. Returns
-        {"first": timeline frame of frame_0, "count": n, "fps": float, "width": w, "height": h}."""
+        {"first": timeline frame of frame_0, "count": n, "fps": float, "width": w, "height": h, "colorspace":
+        the frames' colour space (display sRGB: the export renders with the Standard view)}."""
         self.close()
         rendered = sorted(self.render_dir.glob("f_*.png"), key=lambda p: int(FRAME_RE.findall(p.stem)[-1]))
         if len(rendered) != self.total:
@@ -199,7 +201,8 @@ class StripExport:
         for k, p in enumerate(rendered):
             os.replace(p, self.folder / f"frame_{k}.png")
         shutil.rmtree(self.render_dir, ignore_errors=True)
-        return {"first": self.first, "count": self.total, "fps": self.fps, "width": self.width, "height": self.height}
+        return {"first": self.first, "count": self.total, "fps": self.fps, "width": self.width, "height": self.height,
+                "colorspace": "sRGB"}
 
     def close(self) -> None:
         """Remove the temporary scene (and a Render Result the export created). Safe to call twice."""
@@ -282,9 +285,9 @@ def export_strip(scene: "bpy.types.Scene", strip_name: str, folder: Path,
 
 # ---- import ------------------------------------------------------------------------------------
 
-def frame_files(folder: Path) -> list[Path]:
-    """PNG files of a folder in frame order (frame_0, frame_1, …, frame_10)."""
-    files = [p for p in Path(folder).iterdir() if p.suffix.lower() == ".png"]
+def frame_files(folder: Path, ext: str = ".png") -> list[Path]:
+    """Image files with extension `ext` of a folder in frame order (frame_0, frame_1, …, frame_10)."""
+    files = [p for p in Path(folder).iterdir() if p.suffix.lower() == ext]
     return sorted(files, key=lambda p: (int(FRAME_RE.findall(p.stem)[-1]) if FRAME_RE.findall(p.stem) else -1, p.name))
 
 
@@ -300,28 +303,55 @@ def first_free_channel(scene: "bpy.types.Scene", above: int, start: int, end: in
 
 
 def import_frames(scene: "bpy.types.Scene", folder: Path, name: str, source_name: str, first_frame: int,
-                  metadata: Optional[dict[str, Any]] = None) -> Any:
-    """Add folder's frames as one image-sequence strip above `source_name`, starting at first_frame."""
-    files = frame_files(folder)
-    if not files:
+                  metadata: Optional[dict[str, Any]] = None, output: Optional[dict[str, Any]] = None) -> Any:
+    """Add the backend's result in `folder` above `source_name`, starting at first_frame: an image-sequence
+    strip (PNG, EXR) or a movie strip (ProRes, DNxHR, H.264), in the colour space the backend wrote.
+
+    `output` is the edit result's "output" entry (format, movie, frame_pattern, blender_colorspace, fps,
+    timecode; docs/footage.md); without it the folder's PNGs are taken as sRGB."""
+    output = output or {}
+    ext = Path(output.get("frame_pattern") or "frame_{k}.png").suffix.lower()
+    movie = Path(folder) / output["movie"] if output.get("movie") else None
+    files = [] if movie else frame_files(folder, ext)
+    if movie is None and not files:
         raise ExportError(f"the backend wrote no frames in '{folder}'")
+    if movie is not None and not movie.is_file():
+        raise ExportError(f"the backend's movie '{movie}' is missing")
     source = find_strip(scene, source_name)
     base = top_level_of(source) if source is not None else None
     above = base.channel if base is not None else 0
-    channel = first_free_channel(scene, above, first_frame, first_frame + len(files))
+    count = int(output.get("frames") or len(files))
+    channel = first_free_channel(scene, above, first_frame, first_frame + count)
     ed = scene.sequence_editor
     prefetch = ed.use_prefetch
     ed.use_prefetch = False  # the prefetch thread must not read strips while we add one
     try:
-        strip = top_collection(scene).new_image(name=name, filepath=str(files[0]), channel=channel,
-                                                frame_start=first_frame, fit_method="FIT")
-        for f in files[1:]:
-            strip.elements.append(f.name)
-        strip.colorspace_settings.name = "sRGB"
-        strip.frame_final_duration = len(files)
-        for key, value in (metadata or {}).items():
+        coll = top_collection(scene)
+        if movie is not None:
+            strip = coll.new_movie(name=name, filepath=str(movie), channel=channel, frame_start=first_frame,
+                                   fit_method="FIT")
+        else:
+            strip = coll.new_image(name=name, filepath=str(files[0]), channel=channel,
+                                   frame_start=first_frame, fit_method="FIT")
+            for f in files[1:]:
+                strip.elements.append(f.name)
+            strip.frame_final_duration = len(files)
+        set_colorspace(strip, output.get("blender_colorspace") or "sRGB")
+        if output.get("matte") == "alpha":  # the matte: RGB is the whole frame, not premultiplied
+            strip.alpha_mode = "STRAIGHT"
+        extra = {"fps": "/".join(map(str, output["fps"])) if output.get("fps") else None,
+                 "timecode": output.get("timecode"), "format": output.get("format")}
+        for key, value in {**(metadata or {}), **extra}.items():
             if isinstance(value, (int, float, str)):
                 strip["motionfollower_" + key] = value
     finally:
         ed.use_prefetch = prefetch
     return strip
+
+
+def set_colorspace(strip: Any, name: str) -> None:
+    """Set the strip's colour space; a name Blender's config lacks keeps Blender's guess (noted on the strip)."""
+    try:
+        strip.colorspace_settings.name = name
+    except TypeError:  # not in this Blender's OCIO config
+        strip["motionfollower_colorspace"] = name

@@ -97,6 +97,7 @@ class SEQUENCER_PT_motionfollower(bpy.types.Panel):
             row = box.row(align=True)
             row.prop(mf, "frame_start")
             row.prop(mf, "frame_end")
+        box.prop(mf, "output_format")
         box.prop(mf, "keep_inputs")
         if state.client is not None and not state.running:
             layout.operator("motionfollower.stop_backend", icon="X")

@@ -9,7 +9,7 @@ in colour a little; without this the seam would show). The crop itself: `mf_back
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import cv2
 import numpy as np
@@ -82,13 +82,17 @@ def composite(
     feather_px: Optional[float] = None,
     colour_match: bool = True,
     source_crops: Optional[np.ndarray] = None,
+    encode: Optional[Callable[[np.ndarray], np.ndarray]] = None,
 ) -> np.ndarray:
-    """Blend edited crops (F,S,S,3) into the full-resolution source frames (F,H,W,3) → (F,H,W,3) uint8.
+    """Blend edited crops (F,S,S,3) into the full-resolution source frames (F,H,W,3) → (F,H,W,3), the
+    source's dtype.
 
     Only pixels where `blend_alpha(M_r, M_e, dilate_px, feather_px)` > 0 (M_r, M_e: crop-space masks
     (F,S,S)) can change; all others are the source's bytes. dilate_px / feather_px are in crop pixels
     (defaults size/32 and size/64: 16 and 8 at 512). source_crops = plan.apply(source_frames) if the
-    caller already has it.
+    caller already has it. Source frames stored otherwise than uint8 sRGB (16-bit, float, another colour
+    space) are blended in their own encoding: give `source_crops` (the model's uint8 view of them) and
+    `encode`, which maps edited pixels (float32 (h,w,3), sRGB 0..255) to the source's values.
     """
     src = np.asarray(source_frames)
     edited = np.asarray(edited_crops)
@@ -96,9 +100,9 @@ def composite(
     if src.shape[1:3] != (plan.frame_h, plan.frame_w) or edited.shape[1:3] != (S, S) or len(src) != len(edited):
         raise ValueError(f"composite: source {src.shape} / edited {edited.shape} do not match the plan "
                          f"({plan.frame_w}x{plan.frame_h} → {S}x{S})")
-    dilate_px = S / 32 if dilate_px is None else float(dilate_px)
-    feather_px = S / 64 if feather_px is None else float(feather_px)
-    alpha = blend_alpha(M_r, M_e, dilate_px, feather_px)  # (F,S,S)
+    if src.dtype != np.uint8 and (source_crops is None or encode is None):
+        raise ValueError(f"composite: {src.dtype} source frames need source_crops (uint8) and encode")
+    alpha = blend_alpha(M_r, M_e, *_reach(S, dilate_px, feather_px))  # (F,S,S)
     if colour_match:
         if source_crops is None:
             source_crops = plan.apply(src)
@@ -126,10 +130,34 @@ def composite(
         sl = np.s_[ry0 - fy0 : ry1 - fy0, rx0 - fx0 : rx1 - fx0]
         a = plan.to_inside(alpha[f], cv2.INTER_LINEAR)[sl][..., None]  # (h,w,1)
         e = plan.to_inside(e, cv2.INTER_CUBIC)[sl].astype(np.float32)
+        if encode is not None:
+            e = encode(e)
         s_reg = src[f, ry0:ry1, rx0:rx1].astype(np.float32)
-        # a == 0 gives s_reg exactly (integers are exact in float32), so the outside stays bit-exact
-        out[f, ry0:ry1, rx0:rx1] = np.rint(s_reg + a * (e - s_reg)).astype(np.uint8)
+        # a == 0 gives s_reg exactly (integers and halves are exact in float32), so the outside stays bit-exact
+        out[f, ry0:ry1, rx0:rx1] = _blend(s_reg, a, e, src.dtype)
     return out
+
+
+def matte(plan: CropPlan, M_r: np.ndarray, M_e: Optional[np.ndarray] = None,
+          dilate_px: Optional[float] = None, feather_px: Optional[float] = None) -> np.ndarray:
+    """float32 (F,H,W) in [0,1]: `composite`'s blend weight at full resolution (the soft matte of the
+    edited person: M_r ∪ M_e dilated and feathered), 0 outside the crop."""
+    return plan.uncrop_masks(blend_alpha(M_r, M_e, *_reach(plan.size, dilate_px, feather_px)))
+
+
+def _reach(S: int, dilate_px: Optional[float], feather_px: Optional[float]) -> tuple[float, float]:
+    """The defaults of dilate_px and feather_px: size/32 and size/64 crop pixels (16 and 8 at 512)."""
+    return (S / 32 if dilate_px is None else float(dilate_px)), (S / 64 if feather_px is None else float(feather_px))
+
+
+def _blend(s: np.ndarray, a: np.ndarray, e: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """s + a·(e − s) stored as `dtype` (integers rounded); where a == 0 exactly s, even for inf/NaN floats."""
+    if dtype == np.uint8:
+        return np.rint(s + a * (e - s)).astype(np.uint8)
+    out = np.where(a > 0, s + a * (e - s), s)
+    if np.dtype(dtype).kind in "ui":
+        out = np.clip(np.rint(out), 0, np.iinfo(dtype).max)
+    return out.astype(dtype)
 
 
 def _blur_frames(a: np.ndarray, sigma: float) -> np.ndarray:

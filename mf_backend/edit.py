@@ -1,9 +1,10 @@
 """The `edit` job: prepare (or the user's own poses/masks) → load models → score-guided sampling →
 VAE decode → composite back into the full-resolution source frames, written atomically.
 
-Output folder: `frame_{k:04d}.png` for every source frame k at the source's resolution, and `edit.json`
-(settings, the crop plan, the timing map, timings). Frames outside the frame range, or not reached by
-the driving clip under the timing policy (mf_backend/timing.py), are the source's bytes unchanged.
+Output folder: every source frame at the source's resolution in the output format (`frame_{k:04d}.png|exr`
+or `result.mov|mp4`, media_output.py), the matte, and `edit.json` (settings, the crop plan, the timing map,
+timings, the output's description). Frames outside the frame range, or not reached by the driving clip
+under the timing policy (mf_backend/timing.py), are the source's stored values unchanged.
 With `chunk` only the edited frames are written (one chunk of a farm job; mf_backend/chunks.py).
 
 Working geometry (mf_backend/crop.py, composite.py, docs/footage.md): the model sees square `size`×`size` frames.
@@ -21,18 +22,17 @@ import json
 import logging
 import time
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import cv2
 import numpy as np
 import torch
 
-from mf_backend.composite import composite
 from mf_backend.crop import CropPlan, plan_crop
 from mf_backend.editing.pipeline import decode_latents, run_info, run_sampling
 from mf_backend.editing.sampler import EditInputs, StageTimer
 from mf_backend.errors import BadInputMedia
-from mf_backend.files import atomic_output_dir, frame_pattern
+from mf_backend.files import atomic_output_dir
 from mf_backend.jobs import JobContext
 from mf_backend.params import JobParams
 
@@ -52,6 +52,7 @@ class PreparedClip:
     """Everything the sampler needs for the edited frames, plus how to put them back."""
 
     source_frames: np.ndarray  # uint8 (F_src,H,W,3) the whole source clip at its own resolution
+    source: Any  # media.Clip: the stored pixels, colour space, exact rate and timecode (for the output)
     edited: np.ndarray  # int64 indices of the source frames that are edited (contiguous)
     positions: np.ndarray  # float64 (F_src,) driving-clip position per source frame, NaN = not edited
     timing: dict  # policy, fps values and frame range the positions come from (for edit.json)
@@ -89,7 +90,7 @@ def prepare_clip(params: JobParams, ctx: JobContext) -> PreparedClip:
     from mf_backend.prepare import compute_masks, compute_poses, read_whole_clip, timing_positions
 
     ctx.progress("read", 0, 1, "reading the source clip")
-    source = read_whole_clip(params.source, params.source_fps)
+    source = read_whole_clip(params.source, params.source_fps, params.input_colorspace)
     frames = source.frames
     n, h, w = frames.shape[:3]
     user_poses = bool(params.source_poses and params.target_aligned_poses)
@@ -137,13 +138,12 @@ def prepare_clip(params: JobParams, ctx: JobContext) -> PreparedClip:
     t_crop = time.perf_counter() - t0
     inputs = EditInputs(torch.from_numpy(work), torch.from_numpy(src_poses), torch.from_numpy(tgt_poses),
                         torch.from_numpy(M_r_c), torch.from_numpy(M_e_c), frame_index=edited.tolist())
-    return PreparedClip(frames, edited, pos, timing, plan, inputs, {"plan": t_plan, "crop": t_crop})
+    return PreparedClip(frames, source, edited, pos, timing, plan, inputs, {"plan": t_plan, "crop": t_crop})
 
 
 def edit(params: JobParams, ctx: JobContext) -> dict[str, Any]:
     """The `edit` job (see the module docstring)."""
-    from mf_backend.media import write_frames, write_video
-
+    from mf_backend.media import write_video
     from mf_backend.model_choice import choose_model
 
     params.require_paths("source", "driving", "out")
@@ -163,32 +163,29 @@ def edit(params: JobParams, ctx: JobContext) -> dict[str, Any]:
             work, timer, run = edit_on_ray(clip.inputs, params, ctx)
         else:
             work, timer, run = _sample_and_decode(clip.inputs, params, ctx)
-        ctx.progress("write", 0, 2, "compositing into the source frames")
+        ctx.progress("write", 0, 1, "compositing into the source frames")
         t0 = time.perf_counter()
-        out_frames = clip.source_frames  # in place (no second full-resolution copy of the clip); frames
-        # outside the edit keep the source's bytes
-        out_frames[clip.edited] = composite(out_frames[clip.edited], work, clip.plan,
-                                            clip.inputs.M_r.numpy(), clip.inputs.M_e.numpy(),
-                                            source_crops=clip.inputs.frames.numpy())
-        t_comp = time.perf_counter() - t0
-        ctx.progress("write", 1, 2)
-        written = clip.edited if params.chunk else np.arange(len(out_frames))  # a chunk: its own frames only
-        write_frames(out_frames[written], tmp, frame_pattern(len(out_frames)), start=int(written[0]))
-        if params.preview:
-            write_video(out_frames, tmp / "edit.mp4", fps=clip.timing["source_fps"] or 24.0)
+        output, edited_out, t_comp = write_output(clip, work, params.output_format, tmp, params.chunk,
+                                                  lambda d, t: ctx.progress("write", d, t))
+        t_write = time.perf_counter() - t0 - t_comp
+        if params.preview:  # what the model sees: the edited frames in 8-bit sRGB
+            from mf_backend.media_colour import to_working
+
+            preview = clip.source_frames  # in place: the model's frames are not needed any more
+            preview[clip.edited] = to_working(edited_out, output["colorspace"])
+            write_video(preview, tmp / "edit.mp4", fps=clip.timing["source_fps"] or 24.0)
         per_frame_ms = 1000.0 * (clip.seconds["crop"] + t_comp) / len(clip.edited)
         timings = {"prepare": round(t_prep, 3), **{k: round(v, 3) for k, v in timer.seconds.items()},
-                   "crop": round(clip.seconds["crop"], 3), "composite": round(t_comp, 3),
+                   "crop": round(clip.seconds["crop"], 3), "composite": round(t_comp, 3), "write": round(t_write, 3),
                    "crop_composite_ms_per_frame": round(per_frame_ms, 2)}
         info = {**run, "model": choice.name, "weights": run["model"], "notice": choice.notice,
-                "frames": len(out_frames), "width": int(out_frames.shape[2]), "height": int(out_frames.shape[1]),
+                "frames": clip.source.num_frames, "width": clip.source.width, "height": clip.source.height, "output": output,
                 "edited_frames": [int(clip.edited[0]), int(clip.edited[-1])],
                 "crop": clip.plan.to_dict(), "timing": {**clip.timing, **_timing_map(clip.positions)},
                 "timings": timings, "params": {k: v for k, v in params.to_dict().items() if k != "extra"}}
         (tmp / "edit.json").write_text(json.dumps(info, indent=2, default=str))
-        ctx.progress("write", 2, 2)
     h, w = clip.source_frames.shape[1:3]
-    result = {"out": str(final), "frames": len(out_frames), "width": int(w), "height": int(h),
+    result = {"out": str(final), "frames": clip.source.num_frames, "width": int(w), "height": int(h), "output": output,
               "edited_frames": info["edited_frames"], "model": choice.name, "size": params.size,
               "steps": params.steps, "timings": timings}
     if params.preview:
@@ -212,6 +209,35 @@ def editing_progress(ctx: JobContext, params: JobParams) -> Callable[[int, int, 
     cost = [float(p.index <= last) + p.repeats * (1.0 + GUIDANCE_COST * p.guidance) for p in plan]
     done = np.concatenate([[0.0], np.cumsum(cost)])
     return lambda d, t, m: ctx.progress("editing", int(round(10 * done[d])), int(round(10 * done[-1])), m)
+
+
+def write_output(clip: PreparedClip, work: np.ndarray, output_format: str, folder, only_edited: bool = False,
+                 progress: Optional[Callable[[int, int], None]] = None) -> tuple[dict, np.ndarray, float]:
+    """Composite the decoded edit (uint8 (F_edit,S,S,3)) into the source in the output's encoding and
+    write every source frame (`only_edited`: the edited ones, a farm chunk) with the matte (media_output),
+    calling progress(done, total) per chunk of frames. Returns the output's description, the edited
+    frames as written and the seconds spent compositing."""
+    from mf_backend.composite import matte
+    from mf_backend.media_output import OutputWriter, composite_edit, output_chunks, output_encoding
+
+    t0 = time.perf_counter()
+    src = clip.source
+    enc = output_encoding(output_format, src)
+    M_r, M_e = clip.inputs.M_r.numpy(), clip.inputs.M_e.numpy()
+    edited_out = composite_edit(src, clip.edited, work, clip.plan, M_r, M_e, clip.inputs.frames.numpy(), enc)
+    edited_matte = matte(clip.plan, M_r, M_e)
+    t_comp = time.perf_counter() - t0
+    writer = OutputWriter(folder, enc, src.num_frames, src.width, src.height, src.rate, src.timecode)
+    try:
+        frames = clip.edited if only_edited else np.arange(src.num_frames)
+        for start, rgb, alpha in output_chunks(src, frames, clip.edited, edited_out, edited_matte, enc):
+            writer.write(rgb, alpha, start)
+            if progress:
+                progress(writer.count, len(frames))
+        return writer.close(), edited_out, t_comp
+    except BaseException:
+        writer.abort()
+        raise
 
 
 def _sample_and_decode(inputs: EditInputs, params: JobParams, ctx: JobContext

@@ -22,9 +22,9 @@ log = logging.getLogger(__name__)
 OWNER_FILE = ".mf-owner"  # inside a temporary output: "host pid" of the process writing it
 
 
-def frame_pattern(count: int) -> str:
+def frame_pattern(count: int, ext: str = ".png") -> str:
     """Zero-padded frame file names (at least 4 digits, as Blender's ####), so every tool sorts them in order."""
-    return "frame_{k:0%dd}.png" % max(4, len(str(max(count - 1, 0))))
+    return "frame_{k:0%dd}%s" % (max(4, len(str(max(count - 1, 0)))), ext)
 
 
 def check_output_free(out: Path) -> None:

@@ -1,12 +1,17 @@
-"""Read and write clips: video files (any codec OpenCV reads), folders of frames, single images.
+"""Read and write clips: movies (PyAV: ProRes, DNxHR, H.264/H.265, ...), folders of frames (PNG/TIFF
+8/16-bit, EXR half/float), single images.
 
-In memory a clip is numpy uint8 RGB (F,H,W,3); masks are float32 (F,H,W) in [0,1] and on disk 8-bit L
-PNG {0,255}. Frame folders are ordered by the integer k of `frame_{k}.<ext>` when every file has that
-form (the example-case layout), else by natural sort ("img2" before "img10"). 16-bit images are scaled
-to 8 bit, grey images are expanded to RGB, and an alpha channel is dropped (with a logged note): the
-model sees the person and background as composited on screen.
+In memory a clip is `frames`, uint8 RGB (F,H,W,3) in the model's working space (sRGB), and, when the
+source is stored otherwise (16 bits, float, 10/12-bit video, another colour space), `native`: its own
+pixels (F,H,W,3) in their own dtype, which the edit composites into so that untouched pixels keep their
+exact values (mf_backend/media_output.py). Masks are float32 (F,H,W) in [0,1] and on disk 8-bit L PNG
+{0,255}. Frame folders are ordered by the integer k of `frame_{k}.<ext>` when every file has that form
+(the example-case layout), else by natural sort ("img2" before "img10"). Grey images are expanded to
+RGB and an alpha channel is dropped (with a logged note): the model sees the picture as shown.
 
-Every failure a user can cause raises BadInputMedia naming the file and what to do.
+Colour (mf_backend/media_colour.py): EXR is scene-linear Rec.709 unless its header names a space,
+everything else sRGB; `colorspace` overrides. Every failure a user can cause raises BadInputMedia
+naming the file and what to do.
 """
 
 from __future__ import annotations
@@ -14,34 +19,44 @@ from __future__ import annotations
 import logging
 import os
 import re
-import struct
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Optional, Sequence
 
 import cv2
 import numpy as np
 
+from mf_backend import media_colour as colour
 from mf_backend.errors import BadInputMedia
+from mf_backend.media_images import IMAGE_EXTS, MAX_SIDE, check_size, exr_colorspace, read_image  # noqa: F401
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-MAX_SIDE = 8192  # 8K; larger is almost surely a wrong file, and 24 frames of it would not fit in memory
 MAX_FRAMES = 100_000  # about 70 minutes at 24 fps
 _FRAME_K = re.compile(r"^frame_(\d+)$")
-_IO_THREADS = max(1, min(4, os.cpu_count() or 1))  # cv2 decoding releases the GIL
+IO_THREADS = max(1, min(4, os.cpu_count() or 1))  # cv2/OpenEXR decoding releases the GIL
 
 
 @dataclass
 class Clip:
     """A decoded clip. `start` is the index in the file of frames[0] (non-zero after a frame_range)."""
 
-    frames: np.ndarray  # uint8 (F,H,W,3) RGB
+    frames: np.ndarray  # uint8 (F,H,W,3) RGB in the working space (sRGB)
     fps: Optional[float]  # None for frame folders unless the caller gave one
     path: str
     start: int = 0
+    native: Optional[np.ndarray] = None  # (F,H,W,3) the stored pixels when they are not `frames` (None: they are)
+    colorspace: str = "sRGB Encoded Rec.709 (sRGB)"  # of the stored pixels (OCIO name)
+    rate: Optional[Fraction] = None  # exact fps (24000/1001) when the file has one
+    timecode: Optional[str] = None  # of frame 0 of the file, "HH:MM:SS:FF"
+    kind: str = "png"  # the output format that matches the source: png, png16, exr, prores, prores4444, dnxhr, h264
+
+    @property
+    def stored(self) -> np.ndarray:
+        """The source's own pixels: `native`, or `frames` when they are the same."""
+        return self.frames if self.native is None else self.native
 
     @property
     def num_frames(self) -> int:
@@ -75,59 +90,69 @@ def read_clip(
     max_frames: Optional[int] = None,
     frame_range: Optional[tuple[Optional[int], Optional[int]]] = None,
     fps: Optional[float] = None,
+    colorspace: Optional[str] = None,
 ) -> Clip:
-    """Decode a video file, a folder of frames or a single image into a Clip.
+    """Decode a movie, a folder of frames or a single image into a Clip.
 
     frame_range = (a, b) keeps frames a..b of the file, both inclusive and 0-based (None = open end);
-    max_frames then caps the count. `fps` overrides what the file says (folders have none of their own).
+    max_frames then caps the count. `fps` overrides what the file says (folders have none of their own);
+    `colorspace` overrides the stored pixels' colour space (OCIO or Blender name).
     """
     p = Path(path).expanduser()
     if not p.exists():
         raise BadInputMedia(f"'{p}' does not exist", "check the path; use an absolute path")
     a, b = _normalise_range(frame_range, p)
-    if p.is_dir():
-        files = list_frame_files(p)
+    rate, timecode = None, None
+    if p.is_dir() or p.suffix.lower() in IMAGE_EXTS:
+        files = list_frame_files(p) if p.is_dir() else [p]
         files = files[a : None if b is None else b + 1]
         if max_frames is not None:
             files = files[:max_frames]
         if not files:
-            raise BadInputMedia(f"'{p}': no frames in the range {a}..{'end' if b is None else b}",
-                                "check frame_start/frame_end against the clip length")
-        frames = _read_images(files, folder=p)
-        media_fps = None
-    elif p.suffix.lower() in IMAGE_EXTS:
-        if a > 0:
-            raise BadInputMedia(f"'{p}' is a single image; frame {a} does not exist", "use frame range 0..0")
-        frames = _read_images([p], folder=None)
-        media_fps = None
+            hint = "use frame range 0..0" if p.is_file() else "check frame_start/frame_end against the clip length"
+            raise BadInputMedia(f"'{p}': no frames in the range {a}..{'end' if b is None else b}", hint)
+        stored = _read_images(files, folder=p if p.is_dir() else None)
+        exr = files[0].suffix.lower() == ".exr"
+        space = colorspace or (exr_colorspace(files[0]) if exr else "sRGB")
+        kind = "exr" if exr else ("png16" if stored.dtype != np.uint8 else "png")
     else:
-        frames, media_fps = _read_video(p, a, b, max_frames)
-    out_fps = float(fps) if fps else media_fps
-    return Clip(frames=frames, fps=out_fps, path=str(p), start=a)
+        stored, rate, timecode, kind = _read_movie(p, a, b, max_frames)
+        space = colorspace or "sRGB"
+    space = colour.resolve(space)
+    frames = colour.to_working(stored, space)
+    native = None if frames is stored else stored
+    out_fps = float(fps) if fps else (float(rate) if rate else None)
+    if fps and (rate is None or abs(float(rate) - fps) > 1e-6):
+        rate = exact_rate(fps)
+    return Clip(frames=frames, fps=out_fps, path=str(p), start=a, native=native, colorspace=space,
+                rate=rate, timecode=timecode, kind=kind)
+
+
+def exact_rate(fps: float) -> Fraction:
+    """A frame rate given as a float → the exact rational: NTSC rates (23.976, 29.97, 59.94; also
+    Blender's fps / fps_base = 24 / 1.001) become N·1000/1001, others the nearest fraction with a small
+    denominator (25, 12.5)."""
+    ntsc = round(fps * 1.001)
+    if ntsc in (24, 30, 48, 60, 120) and abs(fps - ntsc / 1.001) < 0.0015:
+        return Fraction(ntsc * 1000, 1001)
+    return Fraction(fps).limit_denominator(1000)
 
 
 def probe_clip(path: str | os.PathLike) -> ClipInfo:
     """Frame count, size and fps of a clip, decoding at most one frame."""
+    from mf_backend.media_movie import probe_movie
+
     p = Path(path).expanduser()
     if not p.exists():
         raise BadInputMedia(f"'{p}' does not exist", "check the path; use an absolute path")
-    if p.is_dir():
-        files = list_frame_files(p)
-        first = _read_image(files[0])
+    if p.is_dir() or p.suffix.lower() in IMAGE_EXTS:
+        files = list_frame_files(p) if p.is_dir() else [p]
+        first = read_image(files[0])
         return ClipInfo(len(files), first.shape[0], first.shape[1], None, str(p))
-    if p.suffix.lower() in IMAGE_EXTS:
-        first = _read_image(p)
-        return ClipInfo(1, first.shape[0], first.shape[1], None, str(p))
-    cap = _open_video(p)
-    try:
-        n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
-        w, h = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
-        fps = _video_fps(cap)
-    finally:
-        cap.release()
-    _check_size(h, w, p)
-    _check_count(n, p)
-    return ClipInfo(n, h, w, fps, str(p))
+    info = probe_movie(p)
+    check_size(info.height, info.width, p)
+    _check_count(info.num_frames, p)
+    return ClipInfo(info.num_frames, info.height, info.width, float(info.rate) if info.rate else None, str(p))
 
 
 def list_frame_files(folder: str | os.PathLike) -> list[Path]:
@@ -188,7 +213,7 @@ def write_frames(frames: np.ndarray, folder: str | os.PathLike, pattern: str = "
         if not cv2.imwrite(str(paths[i]), img):
             raise BadInputMedia(f"could not write '{paths[i]}'", "check that the folder is writable and has free space")
 
-    with ThreadPoolExecutor(_IO_THREADS) as pool:
+    with ThreadPoolExecutor(IO_THREADS) as pool:
         list(pool.map(write, range(len(frames))))
     return paths
 
@@ -233,84 +258,37 @@ def _natural_key(f: Path):
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", f.name)]
 
 
-def _check_size(h: int, w: int, p: Path) -> None:
-    if h <= 0 or w <= 0:
-        raise BadInputMedia(f"'{p}' has no picture (size {w}x{h})", "re-export the clip")
-    if max(h, w) > MAX_SIDE:
-        raise BadInputMedia(f"'{p}' is {w}x{h}; sides above {MAX_SIDE} px are not supported",
-                            "downscale the clip (e.g. to 1920x1080 or 3840x2160) first")
-
-
 def _check_count(n: int, p: Path) -> None:
     if n > MAX_FRAMES:
         raise BadInputMedia(f"'{p}' has {n} frames; at most {MAX_FRAMES} are supported",
                             "cut the clip, or pass a frame range")
 
 
-def _check_memory(n: int, h: int, w: int, p: Path) -> None:
-    """Refuse before decoding a clip whose frames cannot fit in memory (minutes of decoding, then a crash)."""
+def _check_memory(n: int, h: int, w: int, p: Path, bytes_per_value: int = 1) -> None:
+    """Refuse before decoding a clip whose frames cannot fit in memory (minutes of decoding, then a crash).
+    Deeper pixels are held twice: as stored and as the model's 8-bit frames."""
     try:
         ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):  # not on this OS
         return
-    need = n * h * w * 3
+    need = n * h * w * 3 * (1 + bytes_per_value if bytes_per_value > 1 else 1)
     if need > 0.8 * ram:
         raise BadInputMedia(f"'{p}': {n} frames of {w}x{h} need {need / 2**30:.1f} GiB, this machine has {ram / 2**30:.1f} GiB",
                             "pass a frame range (frame_start/frame_end) or a shorter clip")
 
 
-def _png_size(p: Path) -> Optional[tuple[int, int]]:
-    """(h, w) from a PNG header, so absurd images are refused before decoding them."""
-    try:
-        with open(p, "rb") as fh:
-            head = fh.read(24)
-    except OSError as exc:
-        raise BadInputMedia(f"cannot read '{p}': {exc.strerror}", "check the file's permissions") from exc
-    if len(head) == 24 and head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
-        w, h = struct.unpack(">II", head[16:24])
-        return h, w
-    return None
-
-
-_alpha_noted: set[str] = set()
-
-
-def _read_image(p: Path) -> np.ndarray:
-    """One image file → uint8 (H,W,3) RGB."""
-    hw = _png_size(p)
-    if hw is not None:
-        _check_size(*hw, p)
-    img = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
-    if img is None:
-        raise BadInputMedia(f"cannot decode image '{p}'", "the file is corrupt or not an image; re-export it as PNG")
-    _check_size(img.shape[0], img.shape[1], p)
-    if img.dtype == np.uint16:
-        img = ((img.astype(np.uint32) + 128) // 257).astype(np.uint8)  # exact 0..65535 → 0..255 rounding
-    elif img.dtype in (np.float32, np.float64):
-        img = (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    elif img.dtype != np.uint8:
-        raise BadInputMedia(f"'{p}' has unsupported pixel type {img.dtype}", "re-export as 8- or 16-bit PNG")
-    if img.ndim == 2:
-        return np.repeat(img[:, :, None], 3, axis=2)
-    if img.shape[2] == 4:
-        key = str(p.parent)
-        if key not in _alpha_noted:  # one note per folder, not per frame
-            _alpha_noted.add(key)
-            log.info("'%s' has an alpha channel; it is ignored (colour used as stored)", p)
-        img = img[:, :, :3]
-    elif img.shape[2] == 2:  # grey + alpha
-        return np.repeat(img[:, :, :1], 3, axis=2)
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-
-
 def _read_images(files: Sequence[Path], folder: Optional[Path]) -> np.ndarray:
-    first = _read_image(files[0])
-    _check_memory(len(files), first.shape[0], first.shape[1], folder or files[0])
-    out = np.empty((len(files), *first.shape), np.uint8)
+    """Image files → their stored pixels (F,H,W,3) in the first file's dtype."""
+    first = read_image(files[0])
+    _check_memory(len(files), first.shape[0], first.shape[1], folder or files[0], first.itemsize)
+    out = np.empty((len(files), *first.shape), first.dtype)
     out[0] = first
 
     def load(i: int) -> None:
-        img = _read_image(files[i])
+        img = read_image(files[i])
+        if img.dtype != first.dtype:
+            raise BadInputMedia(f"'{files[i]}' stores {img.dtype} pixels but '{files[0].name}' stores {first.dtype}",
+                                "all frames of a clip must have the same bit depth; re-export the folder")
         if img.shape != first.shape:
             raise BadInputMedia(
                 f"'{files[i]}' is {img.shape[1]}x{img.shape[0]} but '{files[0].name}' is {first.shape[1]}x{first.shape[0]}"
@@ -319,56 +297,29 @@ def _read_images(files: Sequence[Path], folder: Optional[Path]) -> np.ndarray:
             )
         out[i] = img
 
-    with ThreadPoolExecutor(_IO_THREADS) as pool:
+    with ThreadPoolExecutor(IO_THREADS) as pool:
         list(pool.map(load, range(1, len(files))))
     return out
 
 
-def _open_video(p: Path) -> "cv2.VideoCapture":
-    cap = cv2.VideoCapture(str(p))
-    if not cap.isOpened():
-        cap.release()
-        raise BadInputMedia(f"cannot open '{p}' as a video", "the file is corrupt or its codec is not supported by OpenCV; "
-                            "convert it to H.264 MP4 or export a PNG frame folder")
-    return cap
 
 
-def _video_fps(cap) -> Optional[float]:
-    fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
-    return fps if np.isfinite(fps) and 0.0 < fps < 1000.0 else None
+def _read_movie(p: Path, a: int, b: Optional[int], max_frames: Optional[int]):
+    """Frames a..b of a movie (stored pixels), its exact rate, timecode and matching output format."""
+    from mf_backend.media_movie import probe_movie, read_movie
 
-
-def _read_video(p: Path, a: int, b: Optional[int], max_frames: Optional[int]) -> tuple[np.ndarray, Optional[float]]:
-    cap = _open_video(p)
-    try:
-        fps = _video_fps(cap)
-        w, h = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
-        n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))  # from the container: may be approximate or 0
-        _check_count(n, p)
-        if w > 0 and h > 0:
-            _check_size(h, w, p)
-            wanted = max(0, n - a) if b is None else min(max(0, n - a), b - a + 1)
-            _check_memory(wanted if max_frames is None else min(wanted, max_frames), h, w, p)
-        for _ in range(a):  # grab() without retrieve(): no colour conversion; exact, unlike seeking
-            if not cap.grab():
-                raise BadInputMedia(f"'{p}' ends before frame {a}", "check frame_start against the clip length")
-        limit = MAX_FRAMES if b is None else b - a + 1
-        if max_frames is not None:
-            limit = min(limit, max_frames)
-        frames: list[np.ndarray] = []
-        while len(frames) < limit:
-            ok, bgr = cap.read()
-            if not ok:
-                break
-            if frames and bgr.shape != frames[0].shape:
-                raise BadInputMedia(f"'{p}': frame {a + len(frames)} changes size", "re-encode the clip at one size")
-            frames.append(bgr)
-    finally:
-        cap.release()
-    if not frames:
+    info = probe_movie(p)
+    _check_count(info.num_frames, p)
+    check_size(info.height, info.width, p)
+    if a >= info.num_frames:
+        raise BadInputMedia(f"'{p}' ends before frame {a} (it has {info.num_frames})" if info.num_frames else
+                            f"'{p}' has no decodable frames", "check frame_start against the clip length")
+    stop = info.num_frames if b is None else min(b + 1, info.num_frames)
+    if max_frames is not None:
+        stop = min(stop, a + max_frames)
+    _check_memory(stop - a, info.height, info.width, p, 2 if info.bit_depth > 8 else 1)
+    chunks = list(read_movie(p, a, stop))
+    if not chunks:
         raise BadInputMedia(f"'{p}' has no decodable frames" + (f" from frame {a}" if a else ""),
                             "the file is empty or corrupt; re-export it")
-    _check_size(frames[0].shape[0], frames[0].shape[1], p)
-    out = np.stack(frames)
-    cv2.cvtColor(out.reshape(-1, out.shape[2], 3), cv2.COLOR_BGR2RGB, dst=out.reshape(-1, out.shape[2], 3))
-    return out, fps
+    return np.concatenate(chunks), info.rate, info.timecode, info.family

@@ -32,6 +32,7 @@ MASK_PREDICTORS = ("auto", "model", "geometric")
 CHECKPOINT_CHOICES = ("auto", "none", "hires", "down", "all")  # or a comma list of blocks: "down0,up2"
 COMPILE_SCOPES = ("none", "blocks", "full")
 DISTRIBUTED = ("none", "ray")  # docs/scale-out.md
+OUTPUT_FORMATS = ("auto", "png", "png16", "exr", "prores", "prores4444", "dnxhr", "h264")  # docs/footage.md
 _BLOCK_NAME = re.compile(r"^(down\d+|up\d+|mid|down\*|up\*)$")
 
 SEED_MAX = 2**31 - 1  # Blender's IntProperty range, and every RNG we seed accepts it
@@ -107,6 +108,12 @@ class JobParams:
     mask_predictor: str = _f("auto", "predicted target masks M_e: the shipped model (with test-time "
                                      "adaptation when 'auto') or the geometric warp", "footage", ALL_JOBS,
                              MASK_PREDICTORS)
+    output_format: str = _f("auto", "output format; 'auto' = the source's (a movie: the same codec family, exact "
+                                    "fps and timecode; EXR: EXR; 16-bit: png16; else png)", "footage", ("edit",),
+                            OUTPUT_FORMATS)
+    input_colorspace: Optional[str] = _f(None, "the source's colour space, an OCIO or Blender name such as 'Linear "
+                                               "Rec.709' or 'ACEScg' (default: from the file; EXR scene-linear "
+                                               "Rec.709, else sRGB)", "footage", FOOTAGE)
     preview: bool = _f(False, "also write edit.mp4, a preview video of the result", "footage", ("edit",))
     chunk: bool = _f(False, "write only the edited frames: one chunk of a longer shot, put together by "
                             "merge-chunks (docs/flamenco.md)", "footage", ("edit",))

@@ -44,12 +44,13 @@ class PosePrep:
     driving_index: np.ndarray  # float64 (F_src,) driving position per source frame, NaN = not edited
 
 
-def read_whole_clip(path: str, fps: Optional[float] = None):
+def read_whole_clip(path: str, fps: Optional[float] = None, colorspace: Optional[str] = None):
     """The Clip of a video file or frame folder, refused when fewer frames decode than the file claims
-    (a truncated or damaged file would otherwise be edited silently with what is left)."""
+    (a truncated or damaged file would otherwise be edited silently with what is left). `colorspace`:
+    the stored pixels' colour space (None: from the file)."""
     from mf_backend.media import probe_clip, read_clip
 
-    clip = read_clip(path, fps=fps)
+    clip = read_clip(path, fps=fps, colorspace=colorspace)
     claimed = probe_clip(path).num_frames
     if claimed > clip.num_frames + max(1, claimed // 50):  # containers may round their count by a frame
         raise BadInputMedia(f"'{path}' says it has {claimed} frames but only {clip.num_frames} decode",
@@ -60,7 +61,7 @@ def read_whole_clip(path: str, fps: Optional[float] = None):
 def read_inputs(params: JobParams, ctx: JobContext):
     """→ (source Clip, driving Clip) from video files or frame folders."""
     ctx.progress("read", 0, 2, "reading the source clip")
-    source = read_whole_clip(params.source, params.source_fps)
+    source = read_whole_clip(params.source, params.source_fps, params.input_colorspace)
     ctx.progress("read", 1, 2, "reading the driving clip")
     driving = read_whole_clip(params.driving, params.driving_fps)
     ctx.progress("read", 2, 2)

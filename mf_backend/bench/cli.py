@@ -20,6 +20,7 @@ ACTIONS = {
     "host-memory": ("mf_backend.bench.host_memory", "peak host memory (RSS) of a 1080p edit by clip length"),
     "activations": ("mf_backend.bench.activations", "what the guidance pass keeps for its backward, per UNet layer"),
     "flops": ("mf_backend.bench.flops", "FLOPs of the passes one edit runs, counted on the meta device (no GPU)"),
+    "io": ("mf_backend.bench.io", "ms per 1080p frame to write and read each output format"),
 }
 
 

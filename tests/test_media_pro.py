@@ -1,0 +1,186 @@
+"""Professional I/O through the edit job: ProRes 4444 at 24000/1001 with timecode, linear EXR half
+sequences (values outside the edit unchanged, matte in alpha), 16-bit PNG; PyAV seeking, OCIO colour,
+named errors. Tiny synthetic clips (6 frames, 270×480) and the tiny random model, 2 steps.
+"""
+
+from __future__ import annotations
+
+import json
+from fractions import Fraction
+
+import cv2
+import numpy as np
+import pytest
+
+from mf_backend import media_colour as colour
+from mf_backend.errors import BadInputMedia, InvalidParams
+
+H, W, FRAMES, SIZE = 270, 480, 6, 64
+RATE = Fraction(24000, 1001)
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    from mf_backend.models.loading import build_models, save_models
+
+    return save_models(build_models("tiny", seed=0), tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def case(tmp_path_factory):
+    """The synthetic pair's frames, pose renders and masks in the example-case layout."""
+    from mf_backend.media import write_frames, write_masks
+    from mf_backend.synthetic import make_pair
+
+    root = tmp_path_factory.mktemp("pro")
+    pair = make_pair(0, frames=FRAMES, size=(H, W), x_frac=0.3, height_frac=0.55, driving_size=(H, W))
+    write_frames(pair.source.pose_renders, root / "source_poses")
+    write_frames(pair.target_aligned_poses, root / "target_aligned_poses")
+    write_masks(pair.source.masks, root / "source_masks")
+    write_masks(pair.gt_edited.masks, root / "predicted_masks")
+    write_frames(pair.driving.pose_renders, root / "driving")
+    return {"root": root, "frames": pair.source.frames}
+
+
+def _edit(case, source, out, model, **kw) -> dict:
+    from mf_backend.edit import edit
+    from mf_backend.jobs import JobContext
+    from mf_backend.params import JobParams
+
+    root = case["root"]
+    params = JobParams.from_dict({
+        "source": str(source), "driving": str(root / "driving"), "out": str(out), "model": str(model),
+        "device": "cpu", "precision": "fp32", "steps": 2, "size": SIZE, "seed": 1, "pose_extractor": "decode",
+        "source_poses": str(root / "source_poses"), "target_aligned_poses": str(root / "target_aligned_poses"),
+        "source_masks": str(root / "source_masks"), "predicted_masks": str(root / "predicted_masks"), **kw})
+    res = edit(params, JobContext())
+    assert json.loads((params.out_path / "edit.json").read_text())["output"] == res["output"]
+    return res
+
+
+def _linear(frames_u8: np.ndarray) -> np.ndarray:
+    """sRGB uint8 → scene-linear half, with highlights above 1 in the corner (an HDR plate)."""
+    lin = colour.convert(frames_u8 / np.float32(255), colour.resolve("sRGB"), colour.resolve("Linear Rec.709"))
+    lin[:, :20, :20] *= 4.0
+    return lin.astype(np.float16)
+
+
+def test_prores4444_at_24000_1001_with_timecode_comes_back_as_prores(tmp_path, tiny_folder, case):
+    from mf_backend.media_movie import MovieWriter, probe_movie
+
+    src = tmp_path / "plate"
+    with MovieWriter(src, "prores4444", W, H, RATE, "01:00:00:00") as w:
+        w.write(case["frames"][:3])
+        w.write(case["frames"][3:])
+    res = _edit(case, w.path, tmp_path / "out", tiny_folder)
+    out = res["output"]
+    assert (out["format"], out["fps"], out["timecode"], out["matte"]) == ("prores4444", [24000, 1001], "01:00:00:00", "alpha")
+    got = probe_movie(tmp_path / "out" / out["movie"])
+    assert (got.codec, got.rate, got.timecode, got.num_frames, got.width, got.height, got.has_alpha) == \
+        ("prores", RATE, "01:00:00:00", FRAMES, W, H, True)
+    assert not list(tmp_path.glob("out/*.partial*"))
+
+
+def test_linear_exr_half_keeps_values_outside_the_edit_and_the_matte_is_alpha(tmp_path, tiny_folder, case):
+    import OpenEXR
+
+    from mf_backend.media_images import write_image
+
+    lin = _linear(case["frames"])
+    (tmp_path / "exr").mkdir()
+    for k, img in enumerate(lin):
+        write_image(tmp_path / "exr" / f"frame_{k}.exr", img)
+    res = _edit(case, tmp_path / "exr", tmp_path / "out", tiny_folder)
+    out = res["output"]
+    assert (out["format"], out["dtype"], out["blender_colorspace"], out["matte"]) == \
+        ("exr", "float16", "Linear Rec.709", "alpha")
+    changed = 0
+    for k in range(FRAMES):
+        with OpenEXR.File(str(tmp_path / "out" / f"frame_{k:04d}.exr"), separate_channels=True) as f:
+            ch = {n: c.pixels for n, c in f.channels().items()}
+        assert all(ch[c].dtype == np.float16 for c in "RGBA")
+        rgb, alpha = np.stack([ch[c] for c in "RGB"], -1), ch["A"]
+        outside = alpha == 0
+        # bit-exact halves (compared as their bit patterns), HDR corner included
+        assert np.array_equal(rgb[outside].view(np.uint16), lin[k][outside].view(np.uint16)), k
+        assert outside[:20, :20].all() and rgb[:20, :20].max() > 1.0
+        assert 0 < (alpha > 0).mean() < 0.5 and alpha.max() == 1.0
+        changed += int((rgb[alpha == 1] != lin[k][alpha == 1]).any())
+    assert changed == FRAMES  # the edit landed in every frame
+
+
+def test_16bit_png_keeps_16_bits(tmp_path, tiny_folder, case):
+    deep = case["frames"].astype(np.uint16) * 257 + np.arange(W, dtype=np.uint16)[None, None, :, None] % 200
+    (tmp_path / "png16").mkdir()
+    for k, img in enumerate(deep):
+        cv2.imwrite(str(tmp_path / "png16" / f"frame_{k}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    res = _edit(case, tmp_path / "png16", tmp_path / "out", tiny_folder)
+    assert (res["output"]["format"], res["output"]["dtype"], res["output"]["matte"]) == ("png16", "uint16", "matte/")
+    for k in range(FRAMES):
+        img = cv2.imread(str(tmp_path / "out" / f"frame_{k:04d}.png"), cv2.IMREAD_UNCHANGED)
+        matte = cv2.imread(str(tmp_path / "out" / "matte" / f"frame_{k:04d}.png"), cv2.IMREAD_UNCHANGED)
+        assert img.dtype == np.uint16 and matte.dtype == np.uint16 and matte.shape == (H, W)
+        rgb = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+        assert np.array_equal(rgb[matte == 0], deep[k][matte == 0])
+        assert (rgb[matte == 65535] != deep[k][matte == 65535]).any()
+        assert (rgb % 257 != 0).any()  # not 8-bit values scaled up
+
+
+def test_format_conversion_png_to_exr_and_h264(tmp_path, tiny_folder, case):
+    from mf_backend.media import write_frames
+    from mf_backend.media_movie import probe_movie
+
+    write_frames(case["frames"], tmp_path / "png")
+    res = _edit(case, tmp_path / "png", tmp_path / "h264", tiny_folder, output_format="h264", source_fps=23.976)
+    got = probe_movie(tmp_path / "h264" / res["output"]["movie"])
+    assert (got.codec, got.rate, got.num_frames, got.timecode) == ("h264", RATE, FRAMES, None)
+    assert len(list((tmp_path / "h264" / "matte").glob("frame_*.png"))) == FRAMES
+    with pytest.raises(BadInputMedia, match="frame rate"):  # a frame folder has no rate of its own
+        _edit(case, tmp_path / "png", tmp_path / "prores", tiny_folder, output_format="prores")
+    assert not (tmp_path / "prores").exists()
+
+
+def test_movie_frame_ranges_seek_exactly(tmp_path):
+    from mf_backend.media import read_clip
+    from mf_backend.media_movie import MovieWriter, read_movie
+
+    y, x = np.mgrid[0:64, 0:96]
+    frames = np.stack([np.stack([(x * 2 + 40 * f) % 256, y * 3, np.full_like(x, 90)], -1) for f in range(12)]).astype(np.uint8)
+    for fmt in ("prores", "h264"):
+        with MovieWriter(tmp_path / fmt, fmt, 96, 64, Fraction(25)) as w:
+            w.write(frames)
+        whole = np.concatenate(list(read_movie(w.path)))
+        assert len(whole) == 12
+        for a, b in ((0, 3), (5, 9), (9, 12)):
+            part = np.concatenate(list(read_movie(w.path, a, b, chunk=2)))
+            assert np.array_equal(part, whole[a:b]), (fmt, a, b)
+        clip = read_clip(w.path, frame_range=(4, 7))
+        assert (clip.start, clip.num_frames, clip.rate) == (4, 4, Fraction(25))
+        assert np.abs(clip.frames.astype(int) - frames[4:8]).mean() < 4  # the right frames, RGB order
+
+
+def test_colour_round_trip_and_named_errors(tmp_path):
+    lin = colour.resolve("Linear Rec.709")
+    assert lin == "Linear Rec.709 (sRGB)" and colour.blender_name(lin) == "Linear Rec.709"
+    grey = np.linspace(0, 255, 256, dtype=np.float32)[:, None].repeat(3, 1)
+    back = colour.to_working(colour.from_working(grey, lin, np.float32), lin)
+    assert np.array_equal(back[:, 0], np.arange(256))  # working → linear → working is exact in 8 bits
+    assert abs(colour.convert(np.full((1, 3), 0.5, np.float32), colour.working_space(), lin)[0, 0] - 0.214) < 1e-3
+    with pytest.raises(BadInputMedia, match="unknown colour space 'Kodak 2383'") as err:
+        colour.resolve("Kodak 2383")
+    assert "input-colorspace" in err.value.hint
+    with pytest.raises(InvalidParams, match="output_format"):
+        from mf_backend.params import JobParams
+
+        JobParams.from_dict({"output_format": "gif"})
+    with pytest.raises(BadInputMedia, match="DNxHR needs at least 256x120"):
+        from mf_backend.media_movie import MovieWriter
+
+        MovieWriter(tmp_path / "small", "dnxhr", 64, 48, Fraction(24))
+    (tmp_path / "bad.mov").write_bytes(b"\0\0\0\x14ftypqt  " + b"junk" * 50)
+    with pytest.raises(BadInputMedia, match="bad.mov"):
+        from mf_backend.media import read_clip
+
+        read_clip(tmp_path / "bad.mov")
