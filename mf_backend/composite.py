@@ -142,7 +142,7 @@ def matte(plan: CropPlan, M_r: np.ndarray, M_e: Optional[np.ndarray] = None,
           dilate_px: Optional[float] = None, feather_px: Optional[float] = None) -> np.ndarray:
     """float32 (F,H,W) in [0,1]: `composite`'s blend weight at full resolution (the soft matte of the
     edited person: M_r ∪ M_e dilated and feathered), 0 outside the crop."""
-    return plan.uncrop_masks(blend_alpha(M_r, M_e, *_reach(plan.size, dilate_px, feather_px)))
+    return plan.uncrop(blend_alpha(M_r, M_e, *_reach(plan.size, dilate_px, feather_px)))  # float: bilinear, as composite
 
 
 def _reach(S: int, dilate_px: Optional[float], feather_px: Optional[float]) -> tuple[float, float]:

@@ -71,9 +71,9 @@ def encode_stored(stored: np.ndarray, space: str, enc: OutputEncoding) -> np.nda
 
 def composite_edit(clip: Clip, edited: np.ndarray, work: np.ndarray, plan, M_r: np.ndarray, M_e: np.ndarray,
                    source_crops: np.ndarray, enc: OutputEncoding) -> np.ndarray:
-    """The edited source frames (F_edit,H,W,3) in the output encoding: `framing.composite` blending the
+    """The edited source frames (F_edit,H,W,3) in the output encoding: `composite.composite` blending the
     decoded edit `work` (uint8 (F_edit,S,S,3)) into the source frames `edited`, in that encoding."""
-    from mf_backend.framing import composite
+    from mf_backend.composite import composite
 
     base = encode_stored(clip.stored[edited], clip.colorspace, enc)
     plain = enc.dtype == np.uint8 and enc.colorspace == colour.working_space()
