@@ -165,3 +165,11 @@ def assert_matches_docs(method: str, result: dict, optional: tuple[str, ...] = (
     for key, value in doc.items():
         if isinstance(value, dict) and key in result and key not in ("timings", "weights", "capabilities", "settings"):
             assert set(result[key]) == set(value), f"{method}.{key}: {set(result[key]) ^ set(value)}"
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory):
+    """The tiny random-weight model saved in our own layout (modules may define their own)."""
+    from mf_backend.models.loading import build_models, save_models
+
+    return save_models(build_models("tiny", seed=0), tmp_path_factory.mktemp("models") / "tiny")

@@ -22,13 +22,6 @@ pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory):
-    from mf_backend.models.loading import build_models, save_models
-
-    return save_models(build_models("tiny", seed=0), tmp_path_factory.mktemp("models") / "tiny")
-
-
-@pytest.fixture(scope="module")
 def case(tmp_path_factory):
     """The synthetic pair's frames, pose renders and masks in the example-case layout."""
     from mf_backend.media import write_frames, write_masks
