@@ -159,7 +159,6 @@ class BackendClient:
         self.device, self.precision, self.threads = device, precision, threads
         self.log_path, self.extra_env = log_path, dict(env or {})
         self.proc: Optional[subprocess.Popen] = None
-        self.returncode: Optional[int] = None
         self.stderr_tail: "collections.deque[str]" = collections.deque(maxlen=40)
         self._ids = itertools.count(1)
         self._pending: dict[int, Request] = {}
@@ -331,9 +330,9 @@ class BackendClient:
             if isinstance(msg, dict):
                 self._dispatch(msg)
         try:
-            self.returncode = self.proc.wait(timeout=10)
+            self.proc.wait(timeout=10)  # reaped; the exit code is proc.returncode
         except subprocess.TimeoutExpired:
-            self.returncode = None
+            pass
         time.sleep(0.05)  # let the stderr thread collect the last lines for the error message
         with self._lock:
             self._dead.set()
