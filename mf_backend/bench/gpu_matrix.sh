@@ -12,10 +12,11 @@
 # Writes OUT_DIR/env.txt (GPU, torch, cuDNN), OUT_DIR/matrix.jsonl (one JSON record per variant:
 # frames/min, seconds per stage, peak GiB, TFLOP and MFU) and OUT_DIR/matrix.txt (the table), and
 # prints the table. Variants (bench speed's MATRIX, most wanted first; the time budget skips from
-# the end): the new default, the default before issue 21, checkpoint=hires (the <= 16 GB plan),
-# compile=blocks with and without hires, SDPA cuDNN / flash, compile blocks + CUDA graphs
-# (reduce-overhead), channels_last, low-memory, the batching and stopping switches separately, the
-# baseline with everything off, compile full.
+# the end): the new default, the default before issue 21 (still with the single-token cross-attention,
+# a model change), checkpoint hires / down (the planned <= 16 GB preset) / down0,down1, SDPA cuDNN and
+# flash, compile=blocks (alone, with ckpt=down, with CUDA graphs), channels_last, low-memory, the
+# batching switch alone, the baseline with every switch off, compile=full. FLOPs (for MFU) are
+# counted on the CPU once per set of sampler switches (4 sets), after the timed runs that need them.
 set -u -o pipefail
 OUT_DIR=${1:-${OUT:-gpu-figures}}
 BUDGET=${BUDGET:-480}   # seconds for the whole matrix (the device limit is 600 s per command)
@@ -39,7 +40,6 @@ export PYTHONPATH="$PWD:${PYTHONPATH:-}"
 } | tee "$OUT_DIR/env.txt"
 $PY -c "import mf_backend.bench.speed, mf_backend.edit" || { echo "mf_backend does not import here" >&2; exit 3; }
 
-# FLOPs per variant are counted on the meta device (CPU) once per set of switches, after each timed run.
 $PY -m mf_backend bench speed --config official --frames 24 --size 512 --steps 50 --precision bf16 \
     --matrix --time-budget "$BUDGET" --json | tee "$OUT_DIR/matrix.jsonl"
 $PY - "$OUT_DIR" <<'EOF'

@@ -52,14 +52,14 @@ class Variant:
 
 MATRIX = (  # most wanted first: the time budget skips from the end
     Variant("default (+stop+batch)"),
-    Variant("before #21 (reuse+fuse)", batch=False, stop=False),
+    Variant("before #21 (reuse+fuse)", batch=False, stop=False),  # the attention change is not a switch
     Variant("ckpt=hires", checkpoint="hires"),
-    Variant("ckpt=down", checkpoint="down"),  # bench activations: fits 16 GB with less recompute than hires
-    Variant("ckpt=down0,down1", checkpoint="down0,down1"),  # least recompute; predicted just above 16 GB
-    Variant("compile blocks", compile="blocks"),
-    Variant("compile blocks ckpt=hires", compile="blocks", checkpoint="hires"),
+    Variant("ckpt=down", checkpoint="down"),  # bench activations: <= 16 GB with less recompute than hires
+    Variant("ckpt=down0,down1", checkpoint="down0,down1"),  # least recompute; predicted just over 16 GB
     Variant("sdpa cudnn", sdpa="cudnn"),
     Variant("sdpa flash", sdpa="flash"),
+    Variant("compile blocks", compile="blocks"),
+    Variant("compile blocks ckpt=down", compile="blocks", checkpoint="down"),
     Variant("compile blocks cudagraphs", compile="blocks", compile_mode="reduce-overhead"),
     Variant("channels_last", channels_last=True),
     Variant("low-memory (ckpt=all)", checkpoint="all", decode_batch=2, offload=True),
