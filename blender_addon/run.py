@@ -158,8 +158,9 @@ def begin_edit(context: Any, source: Optional[str] = None, preview: bool = False
     inputs.check_pair(scene, source, mf.driving_strip)
     frame_range = (mf.frame_start, mf.frame_end + 1) if mf.use_frame_range else None
     if preview:
-        first = max(strips.content_range(strips.find_strip(scene, source))[0], frame_range[0] if frame_range else -10**9)
-        frame_range = (first, first + PREVIEW_FRAMES)
+        first, end = strips.content_range(strips.find_strip(scene, source))
+        first, end = (max(first, frame_range[0]), min(end, frame_range[1])) if frame_range else (first, end)
+        frame_range = (first, min(end, first + PREVIEW_FRAMES))
 
     settings = preferences.get_settings(context)
     root = results.scratch_root(settings.jobs_dir)

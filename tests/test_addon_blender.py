@@ -361,7 +361,6 @@ def test_operator_reports_a_missing_strip_and_changes_nothing(scene, addon):
 
 def test_killed_backend_surfaces_the_error_and_adds_nothing(scene, addon, small_model, tmp_path):
     """Kill the backend mid-job (as the OOM killer would): error, nothing added, job folder gone."""
-    from blender_addon import operators
     from blender_addon import run as mfrun
 
     person_clips(scene, tmp_path)
