@@ -130,8 +130,10 @@ def from_float(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 def to_working(pixels: np.ndarray, space: str) -> np.ndarray:
     """Stored RGB (..,3) of any dtype in `space` → uint8 sRGB, what the model sees."""
-    if pixels.dtype == np.uint8 and space == working_space():
-        return np.ascontiguousarray(pixels)
+    if space == working_space() and pixels.dtype in (np.uint8, np.uint16):  # no colour change: integers only
+        if pixels.dtype == np.uint8:
+            return np.ascontiguousarray(pixels)
+        return ((pixels.astype(np.uint32) + 128) // 257).astype(np.uint8)  # exact 0..65535 → 0..255 rounding
     return from_float(np.clip(convert(to_float(pixels), space, working_space()), 0.0, 1.0), np.uint8)
 
 
