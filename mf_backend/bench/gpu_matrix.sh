@@ -35,13 +35,15 @@ if ! $PY -c "import diffusers" 2>/dev/null; then
 fi
 export PYTHONPATH="$PWD:${PYTHONPATH:-}"
 
-{ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+{ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv || true
   $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version())"
 } | tee "$OUT_DIR/env.txt"
 $PY -c "import mf_backend.bench.speed, mf_backend.edit" || { echo "mf_backend does not import here" >&2; exit 3; }
 
-$PY -m mf_backend bench speed --config official --frames 24 --size 512 --steps 50 --precision bf16 \
-    --matrix --time-budget "$BUDGET" --json | tee "$OUT_DIR/matrix.jsonl"
+# CONFIG=tiny FRAMES=2 SIZE=64 STEPS=2 PRECISION=fp32 runs the same script on a CPU (a dry run)
+$PY -m mf_backend bench speed --config "${CONFIG:-official}" --frames "${FRAMES:-24}" --size "${SIZE:-512}" \
+    --steps "${STEPS:-50}" --precision "${PRECISION:-bf16}" --matrix --time-budget "$BUDGET" --json \
+    | tee "$OUT_DIR/matrix.jsonl"
 $PY - "$OUT_DIR" <<'EOF'
 import json, sys
 from mf_backend.bench.speed import HEADER, _row
