@@ -218,6 +218,7 @@ def write_output(clip: PreparedClip, work: np.ndarray, output_format: str, folde
     calling progress(done, total) per chunk of frames. Returns the output's description, the edited
     frames as written and the seconds spent compositing."""
     from mf_backend.composite import matte
+    from mf_backend.media_movie import CODECS
     from mf_backend.media_output import OutputWriter, composite_edit, output_chunks, output_encoding
 
     t0 = time.perf_counter()
@@ -227,7 +228,9 @@ def write_output(clip: PreparedClip, work: np.ndarray, output_format: str, folde
     edited_out = composite_edit(src, clip.edited, work, clip.plan, M_r, M_e, clip.inputs.frames.numpy(), enc)
     edited_matte = matte(clip.plan, M_r, M_e)
     t_comp = time.perf_counter() - t0
-    writer = OutputWriter(folder, enc, src.num_frames, src.width, src.height, src.rate, src.timecode)
+    movie_in = src.kind in CODECS and src.start == 0 and not only_edited  # the whole movie: its audio fits
+    writer = OutputWriter(folder, enc, src.num_frames, src.width, src.height, src.rate, src.timecode,
+                          src.path if movie_in else None)
     try:
         frames = clip.edited if only_edited else np.arange(src.num_frames)
         for start, rgb, alpha in output_chunks(src, frames, clip.edited, edited_out, edited_matte, enc):

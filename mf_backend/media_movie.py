@@ -7,11 +7,13 @@ tmcd track, as FFmpeg reports it). Frame k is the frame whose timestamp is k fra
 first one, so seeking to a frame range is exact for intra codecs and long-GOP ones alike.
 
 Writers append chunks and finalise atomically: they write `<name>.partial<ext>` next to the target and
-rename it only on `close()`; `abort()` (or an exception inside `with`) removes it.
+rename it only on `close()`; `abort()` (or an exception inside `with`) removes it. Given the source
+movie, a writer copies its audio streams packet for packet (not decoded, not touched).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from fractions import Fraction
@@ -22,7 +24,10 @@ import numpy as np
 
 from mf_backend.errors import BadInputMedia
 
+log = logging.getLogger(__name__)
+
 MOVIE_EXTS = (".mov", ".mp4", ".m4v", ".mkv", ".mxf", ".avi", ".webm")
+MP4_AUDIO = ("aac", "mp3", "alac", "ac3", "eac3", "opus", "flac")  # what an MP4 can carry (QuickTime: also PCM)
 
 
 @dataclass(frozen=True)
@@ -138,7 +143,7 @@ class MovieWriter:
     movie; `close()` moves it into place. Timecode and the exact rate are written to the container."""
 
     def __init__(self, path: str | os.PathLike, output_format: str, width: int, height: int, rate: Fraction,
-                 timecode: Optional[str] = None):
+                 timecode: Optional[str] = None, audio_from: Optional[str | os.PathLike] = None):
         import av
 
         if output_format not in CODECS:
@@ -167,6 +172,28 @@ class MovieWriter:
         if self.codec.encoder == "prores_ks":
             s.codec_tag = "ap4h" if self.codec.alpha else "apch"
         self._stream = s
+        self._audio = self._audio_streams(audio_from) if audio_from else []
+
+    def _audio_streams(self, source: str | os.PathLike) -> list:
+        """(source container, input stream, output stream) for each audio stream of `source` this container
+        can carry; the others are left out with a log line."""
+        import av
+
+        try:
+            src = av.open(str(source))
+        except (av.error.FFmpegError, OSError) as exc:
+            raise BadInputMedia(f"cannot read the audio of '{source}': {exc}", "check that the file is readable") from exc
+        pairs = []
+        for a in src.streams.audio:
+            name = a.codec_context.name
+            if self.codec.ext == ".mp4" and name not in MP4_AUDIO:
+                log.warning("'%s': its %s audio cannot go into an MP4; the result has no copy of it (choose "
+                            "prores or dnxhr to keep it)", source, name)
+                continue
+            pairs.append((src, a, self._container.add_stream_from_template(a)))
+        if not pairs:
+            src.close()
+        return pairs
 
     def write(self, rgb: np.ndarray, alpha: Optional[np.ndarray] = None) -> None:
         import av
@@ -189,14 +216,26 @@ class MovieWriter:
     def close(self) -> Path:
         """Flush the encoder, close the file and move it into place; returns the final path."""
         self._container.mux(self._stream.encode(None))
+        for src, a, out in self._audio:  # the source's audio as it is, packet for packet
+            for pkt in src.demux(a):
+                if pkt.dts is not None:
+                    pkt.stream = out
+                    self._container.mux(pkt)
         self._container.close()
+        self._close_sources()
         os.replace(self.tmp, self.path)
         return self.path
+
+    def _close_sources(self) -> None:
+        for src in {id(s): s for s, _, _ in self._audio}.values():
+            src.close()
+        self._audio = []
 
     def abort(self) -> None:
         try:
             self._container.close()
         finally:
+            self._close_sources()
             self.tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> "MovieWriter":

@@ -86,7 +86,7 @@ class OutputWriter:
     renamed into place on success; movies are also written under a temporary name until `close`)."""
 
     def __init__(self, folder: Path, enc: OutputEncoding, num_frames: int, width: int, height: int,
-                 rate: Optional[Fraction], timecode: Optional[str]):
+                 rate: Optional[Fraction], timecode: Optional[str], audio_from: Optional[str] = None):
         self.folder, self.enc, self.rate, self.timecode = Path(folder), enc, rate, timecode
         self.count = 0
         self.pattern = frame_pattern(num_frames, IMAGE_FORMATS.get(enc.format, ".png"))
@@ -94,7 +94,7 @@ class OutputWriter:
         if enc.format in CODECS:
             if rate is None:
                 raise _no_rate(enc.format)
-            self.movie = MovieWriter(self.folder / "result", enc.format, width, height, rate, timecode)
+            self.movie = MovieWriter(self.folder / "result", enc.format, width, height, rate, timecode, audio_from)
         if not enc.has_alpha:
             (self.folder / MATTE_DIR).mkdir(parents=True, exist_ok=True)
 

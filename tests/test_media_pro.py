@@ -60,11 +60,35 @@ def _linear(frames_u8: np.ndarray) -> np.ndarray:
     return lin.astype(np.float16)
 
 
+def _wav(path, seconds: float) -> str:
+    """A mono 48 kHz PCM tone."""
+    import av
+
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("pcm_s16le", rate=48000)
+        s.layout = "mono"
+        n = int(48000 * seconds)
+        frame = av.AudioFrame.from_ndarray((np.sin(np.arange(n) / 8) * 8000).astype(np.int16)[None], format="s16",
+                                           layout="mono")
+        frame.sample_rate, frame.pts = 48000, 0
+        c.mux(s.encode(frame))
+        c.mux(s.encode(None))
+    return str(path)
+
+
+def _audio_samples(path) -> np.ndarray:
+    import av
+
+    with av.open(str(path)) as c:
+        return np.concatenate([f.to_ndarray().ravel() for f in c.decode(c.streams.audio[0])])
+
+
 def test_prores4444_at_24000_1001_with_timecode_comes_back_as_prores(tmp_path, tiny_folder, case):
     from mf_backend.media_movie import MovieWriter, probe_movie
 
     src = tmp_path / "plate"
-    with MovieWriter(src, "prores4444", W, H, RATE, "01:00:00:00") as w:
+    wav = _wav(tmp_path / "sound.wav", FRAMES / float(RATE))
+    with MovieWriter(src, "prores4444", W, H, RATE, "01:00:00:00", audio_from=wav) as w:
         w.write(case["frames"][:3])
         w.write(case["frames"][3:])
     res = _edit(case, w.path, tmp_path / "out", tiny_folder)
@@ -73,6 +97,8 @@ def test_prores4444_at_24000_1001_with_timecode_comes_back_as_prores(tmp_path, t
     got = probe_movie(tmp_path / "out" / out["movie"])
     assert (got.codec, got.rate, got.timecode, got.num_frames, got.width, got.height, got.has_alpha) == \
         ("prores", RATE, "01:00:00:00", FRAMES, W, H, True)
+    sound = _audio_samples(wav)  # the audio is copied, not touched
+    assert len(sound) > 0 and np.array_equal(_audio_samples(tmp_path / "out" / out["movie"]), sound)
     assert not list(tmp_path.glob("out/*.partial*"))
 
 
