@@ -116,8 +116,8 @@ def read_clip(
         space = colorspace or (exr_colorspace(files[0]) if exr else "sRGB")
         kind = "exr" if exr else ("png16" if stored.dtype != np.uint8 else "png")
     else:
-        stored, rate, timecode, kind = _read_movie(p, a, b, max_frames)
-        space = colorspace or "sRGB"
+        stored, rate, timecode, kind, tagged = _read_movie(p, a, b, max_frames)
+        space = colorspace or tagged
     space = colour.resolve(space)
     frames = colour.to_working(stored, space)
     native = None if frames is stored else stored
@@ -305,7 +305,8 @@ def _read_images(files: Sequence[Path], folder: Optional[Path]) -> np.ndarray:
 
 
 def _read_movie(p: Path, a: int, b: Optional[int], max_frames: Optional[int]):
-    """Frames a..b of a movie (stored pixels), its exact rate, timecode and matching output format."""
+    """Frames a..b of a movie (stored pixels), its exact rate, timecode, matching output format and the
+    colour space its transfer tag names."""
     from mf_backend.media_movie import probe_movie, read_movie
 
     info = probe_movie(p)
@@ -322,4 +323,4 @@ def _read_movie(p: Path, a: int, b: Optional[int], max_frames: Optional[int]):
     if not chunks:
         raise BadInputMedia(f"'{p}' has no decodable frames" + (f" from frame {a}" if a else ""),
                             "the file is empty or corrupt; re-export it")
-    return np.concatenate(chunks), info.rate, info.timecode, info.family
+    return np.concatenate(chunks), info.rate, info.timecode, info.family, info.colorspace

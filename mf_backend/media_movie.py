@@ -63,6 +63,7 @@ class MovieInfo:
     profile: Optional[str]  # e.g. "4444", "HQ", "DNXHR HQX"
     bit_depth: int  # bits per component of the decoded pixels
     has_alpha: bool
+    colorspace: str = "sRGB"  # from the stream's transfer tag: linear → "Linear Rec.709", else display sRGB
 
     @property
     def family(self) -> str:
@@ -102,8 +103,13 @@ def probe_movie(path: str | os.PathLike) -> MovieInfo:
         depth = max((c.bits for c in fmt.components), default=8) if fmt is not None else 8
         alpha = fmt is not None and len(fmt.components) in (2, 4)  # ya, rgba, yuva, gbrap
         rate = v.average_rate or v.guessed_rate or v.base_rate
+        trc = int(cc.color_trc or 2)
+        if trc in (16, 18):  # PQ, HLG: HDR video
+            log.warning("'%s' is HDR video (%s); it is read as sRGB unless you pass --input-colorspace "
+                        "(e.g. 'Rec.2100-PQ - Display')", p, "PQ" if trc == 16 else "HLG")
         return MovieInfo(str(p), int(n), int(cc.height), int(cc.width), Fraction(rate) if rate else None,
-                         timecode, cc.name, cc.profile, int(depth), bool(alpha))
+                         timecode, cc.name, cc.profile, int(depth), bool(alpha),
+                         "Linear Rec.709" if trc == 8 else "sRGB")
 
 
 def read_movie(path: str | os.PathLike, start: int = 0, stop: Optional[int] = None,

@@ -203,3 +203,17 @@ def test_colour_round_trip_and_named_errors(tmp_path):
         from mf_backend.media import read_clip
 
         read_clip(tmp_path / "bad.mov")
+
+
+def test_a_movie_tagged_linear_is_read_as_scene_linear(tmp_path):
+    from mf_backend.media import read_clip
+    from mf_backend.media_movie import MovieWriter
+
+    frames = np.full((2, 32, 48, 3), 128, np.uint8)
+    w = MovieWriter(tmp_path / "lin", "prores", 48, 32, Fraction(25))
+    w._stream.codec_context.color_trc = 8  # "linear" transfer, as some camera/CG exports tag it
+    w.write(frames)
+    clip = read_clip(w.close())
+    assert clip.colorspace == colour.resolve("Linear Rec.709")
+    assert clip.native is not None and abs(int(clip.frames[0, 0, 0, 0]) - 188) <= 2  # linear 0.5 → sRGB 188
+    assert read_clip(w.path, colorspace="sRGB").colorspace == colour.working_space()  # the override wins
