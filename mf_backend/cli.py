@@ -26,6 +26,7 @@ EXTENSIONS = (
     "mf_backend.train.cli",
     "mf_backend.bench.cli",
     "mf_backend.chunks",
+    "mf_backend.distributed.cli",
 )
 
 

@@ -34,19 +34,20 @@ def _ray():
 
 def connect(address: str, gpus: int) -> dict[str, Any]:
     """Join (or start, for "local") the cluster; returns its resources. Idempotent within a process."""
-    if address == "local":
+    loopback = address == "local" or address.split(":")[0] in ("127.0.0.1", "localhost")
+    if loopback:
         # Ray resolves 127.0.0.1 to the machine's routable IP unless this is off (its macOS/Windows
         # behaviour): the variable for the Ray processes started here, the constant in case Ray was
-        # imported before it was set. The bound address is checked below either way.
+        # imported before it was set. A local cluster's bound address is checked below either way.
         os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     ray = _ray()
-    if address == "local":
+    if loopback:
         from ray._private import ray_constants
 
         ray_constants.ENABLE_RAY_CLUSTER = False
     if not ray.is_initialized():
         if address == "local":
-            ray.init(num_gpus=gpus, num_cpus=max(gpus, os.cpu_count() or 1), include_dashboard=False,
+            ray.init(address="local", num_gpus=gpus, num_cpus=max(gpus, os.cpu_count() or 1), include_dashboard=False,
                      object_store_memory=LOCAL_OBJECT_STORE_BYTES, log_to_driver=False)
             gcs = ray.get_runtime_context().gcs_address
             if not gcs.startswith("127.0.0.1:"):

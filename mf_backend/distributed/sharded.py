@@ -1,10 +1,12 @@
 """One clip over N GPUs: its windows split over N Ray workers, synchronised exactly at every step.
 
-The driver owns the schedule and the noise (the same seeded CPU generator as one process). Every
-step it sends each worker the blended latents of the frames its windows touch, gathers the weighted
-sums and weights, adds them and normalises: the result equals the single-process edit (same
-windows, same weights, same order of additions for frames shared by two windows). Only latents
-travel per step (float32, kept exact); frames are sent once at setup, crops come back at decode.
+Each worker gets a contiguous run of the windows and, once, the frames they cover (worker.py). Every
+step, each worker blends the frames only its windows touch by itself and returns its weighted sums
+and weights at the frames it shares with a neighbour; the driver adds them (in window order) and
+normalises, and sends the blend back with the next step. The result equals the single-process edit
+bit for bit: same windows, weights, per-frame noise and order of additions. Per step only the latents
+of the shared frames travel (float32, about `overlap` frames per pair of neighbours, independent of
+the clip's length). The final latents come back once; each worker decodes a contiguous run of frames.
 A worker that dies fails the job with WorkerLost within a poll interval; cancel kills all workers.
 """
 
@@ -20,10 +22,9 @@ import numpy as np
 import torch
 
 from mf_backend.editing.guidance import guidance_from_params
-from mf_backend.editing.noise import FrameNoise
-from mf_backend.editing.sampler import EditInputs, StageTimer, sde_noise
+from mf_backend.editing.sampler import EditInputs, StageTimer
 from mf_backend.editing.schedule import build_schedule
-from mf_backend.editing.windows import WindowBlender, plan_windows, window_weights
+from mf_backend.editing.windows import plan_windows, window_weights
 from mf_backend.errors import WorkerLost
 from mf_backend.jobs import JobContext
 from mf_backend.params import JobParams
@@ -36,7 +37,7 @@ POLL_S = 0.1  # how often the driver looks at cancel and at dead workers while w
 @dataclass
 class ShardedResult:
     latents: torch.Tensor  # (1,4,F,h,w) float32 edited latent
-    reconstruction: Optional[torch.Tensor]  # (1,4,F,h,w); None when it stopped after the last guidance step
+    reconstruction: torch.Tensor  # (1,4,F,h,w)
     frames: Optional[np.ndarray]  # uint8 (F,S,S,3) decoded crops (decode=True)
     guidance_log: list[dict] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)  # workers, run_info, sync figures
@@ -72,6 +73,23 @@ def _gather(refs: list, ctx: JobContext, what: str) -> list:
     return [out[i] for i in range(len(refs))]
 
 
+def _blend_shared(parts: list, pos: list[torch.Tensor], count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The workers' sums and weights at the shared frames (in worker order = window order, as one
+    process adds them) -> the normalised (edit, reconstruction) blend there."""
+    e0, rec = parts[0][0], parts[0][1] is not None  # no reconstruction sums once it stopped
+    sums = [torch.zeros((*e0.shape[:2], count, *e0.shape[3:])) for _ in range(1 + rec)]
+    norm = torch.zeros(count)
+    for (e, r, w, *_), k in zip(parts, pos):
+        sums[0][:, :, k] += e
+        if rec:
+            sums[1][:, :, k] += r
+        norm[k] += w
+    if bool((norm <= 0).any()):
+        raise RuntimeError("a shared frame got no weight")
+    out = [x / norm[None, None, :, None, None] for x in sums]
+    return out[0], out[1] if rec else None
+
+
 def sample_on_ray(inputs: EditInputs, params: JobParams, ctx: JobContext, decode: bool = True) -> ShardedResult:
     """Both branches over the whole clip on `params.workers` Ray workers (see the module docstring)."""
     import ray
@@ -101,46 +119,54 @@ def sample_on_ray(inputs: EditInputs, params: JobParams, ctx: JobContext, decode
         with timer.section("load"):
             described = _gather([a.describe.remote() for a in actors], ctx, "model loading")
         ctx.progress("load", 1, 1)
+        d0 = described[0]
         touched = [range(windows[g.start].start, windows[g.stop - 1].stop) for g in groups]
+        cover = np.zeros(F_, int)
+        for t in touched:
+            cover[t.start:t.stop] += 1
+        shared = np.flatnonzero(cover > 1)  # frames where two workers' windows overlap: all that travels
+        pos = [torch.from_numpy(np.flatnonzero((shared >= t.start) & (shared < t.stop))) for t in touched]
+        frame_index = np.arange(F_) if inputs.frame_index is None else np.asarray(inputs.frame_index)
         setups = []
-        for a, g, t in zip(actors, groups, touched):
-            lo, hi = t.start // CLIP_BATCH * CLIP_BATCH, t.stop  # token batches as in one process
-            part = EditInputs(*(x[lo:hi] for x in (inputs.frames, inputs.source_poses, inputs.target_poses,
-                                                    inputs.M_r, inputs.M_e)))
-            local = [range(windows[k].start - lo, windows[k].stop - lo) for k in g]
-            setups.append(a.setup.remote(part, local, [weights[k] for k in g], range(t.start - lo, t.stop - lo), F_))
+        for a, g, t, k in zip(actors, groups, touched, pos):
+            lo = t.start // CLIP_BATCH * CLIP_BATCH  # token batches as in one process
+            part = EditInputs(*(x[lo:t.stop] for x in (inputs.frames, inputs.source_poses, inputs.target_poses,
+                                                        inputs.M_r, inputs.M_e)), frame_index=frame_index[lo:t.stop])
+            local = [range(windows[j].start - lo, windows[j].stop - lo) for j in g]
+            setups.append(a.setup.remote(part, local, [weights[j] for j in g], range(t.start - lo, t.stop - lo),
+                                         (shared[k.numpy()] - lo).tolist(), F_))
         with timer.section("conditions"):
             memory = _gather(setups, ctx, "setup")[0]
 
-        d0 = described[0]
-        hw = (inputs.frames.shape[1] // d0["latent_scale"], inputs.frames.shape[2] // d0["latent_scale"])
-        frame_index = range(F_) if inputs.frame_index is None else inputs.frame_index
-        frame_noise = FrameNoise(params.seed, frame_index, (d0["in_channels"], *hw))
-        z_edit = frame_noise.draw()
-        z_rec = z_edit.clone()
         log_rows: list[dict] = []
         sync_ms: list[float] = []
         sync_bytes: list[int] = []
+        blend = None  # (edit, rec) (1,C,S,h,w) at the shared frames, entering the next step
         for p in plan:
             t0 = time.perf_counter()
-            noise = sde_noise(p, frame_noise)
-            msgs = [(z_edit[:, :, t.start:t.stop], None if z_rec is None else z_rec[:, :, t.start:t.stop],
-                     None if noise is None else noise[:, :, t.start:t.stop]) for t in touched]
-            refs = [a.step.remote(p.index, *m) for a, m in zip(actors, msgs)]
-            parts = _gather(refs, ctx, f"step {p.index + 1}")
-            next_edit, next_rec = WindowBlender(z_edit, windows, weights), WindowBlender(z_edit, windows, weights)
-            for t, (e, r, norm, rows, _) in zip(touched, parts):
-                next_edit.add_sums(t, e, norm)
-                if r is not None:  # None once the reconstruction has stopped (after the last guidance step)
-                    next_rec.add_sums(t, r, norm)
-                log_rows += rows
-            z_edit, z_rec = next_edit.result(), next_rec.result() if parts[0][1] is not None else None
-            wall = time.perf_counter() - t0
-            sync_ms.append(1000 * (wall - max(part[4] for part in parts)))
+            msgs = [(None, None) if blend is None else tuple(None if b is None else b[:, :, k] for b in blend)
+                    for k in pos]
+            parts = _gather([a.step.remote(p.index, *m) for a, m in zip(actors, msgs)], ctx, f"step {p.index + 1}")
+            blend = _blend_shared(parts, pos, len(shared))
+            for part in parts:
+                log_rows += part[3]
+            sync_ms.append(1000 * (time.perf_counter() - t0 - max(part[4] for part in parts)))
             sync_bytes.append(sum(x.nbytes for m in msgs for x in m if x is not None)
                               + sum(x.nbytes for part in parts for x in part[:3] if x is not None))
             ctx.progress("editing", p.index + 1, len(plan), f"step {p.index + 1}/{len(plan)} on {n} workers")
 
+        finals = _gather([a.latents.remote() for a in actors], ctx, "latents")
+        e0, r0 = finals[0]
+        z_edit = torch.zeros((*e0.shape[:2], F_, *e0.shape[3:]))
+        z_rec = None if r0 is None else torch.zeros_like(z_edit)
+        for t, (e, r) in zip(touched, finals):
+            z_edit[:, :, t.start:t.stop] = e
+            if z_rec is not None:
+                z_rec[:, :, t.start:t.stop] = r
+        if len(shared):  # the driver's blend of the last step
+            z_edit[:, :, shared] = blend[0]
+            if z_rec is not None:
+                z_rec[:, :, shared] = blend[1]
         frames = None
         if decode:
             chunks = split_windows(F_, n)  # contiguous frame runs, one per worker

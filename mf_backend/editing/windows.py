@@ -63,12 +63,9 @@ class WindowBlender:
         self.sum[:, :, win.start:win.stop] += value.float() * w[None, None, :, None, None]
         self.norm[win.start:win.stop] += w
 
-    def add_sums(self, frames: range, sums: torch.Tensor, norm: torch.Tensor) -> None:
-        """Another blender's `sum` and `norm` over `frames` (a worker's share of the windows)."""
-        self.sum[:, :, frames.start:frames.stop] += sums.to(self.sum.device)
-        self.norm[frames.start:frames.stop] += norm.to(self.norm.device)
-
-    def result(self) -> torch.Tensor:
-        if self.norm.device.type != "meta" and bool((self.norm <= 0).any()):  # meta: FLOP counting
+    def result(self, frames: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The blend (B,C,F,h,w), or only at the frame indices `frames` (a Ray worker's own frames)."""
+        total, norm = (self.sum, self.norm) if frames is None else (self.sum[:, :, frames], self.norm[frames])
+        if norm.device.type != "meta" and bool((norm <= 0).any()):  # meta: FLOP counting
             raise RuntimeError("some frames were not covered by any window")
-        return self.sum / self.norm[None, None, :, None, None]
+        return total / norm[None, None, :, None, None]
