@@ -16,6 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+# This process joins the cluster as a driver too: Ray reads the auth mode when it is imported.
+TOKEN = os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(16))
+os.environ.setdefault("RAY_AUTH_MODE", "token")
 pytest.importorskip("ray")
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,7 +36,7 @@ def _free_port() -> int:
 def head(tmp_path_factory):
     """`ray start --head --block` as our own child: terminating it stops exactly this cluster."""
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token",
-           "RAY_AUTH_TOKEN": secrets.token_hex(16), "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+           "RAY_AUTH_TOKEN": TOKEN, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     port, dash = _free_port(), _free_port()
     proc = subprocess.Popen([str(RAY), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
                              "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--num-gpus={GPUS}",
@@ -115,8 +118,6 @@ def test_killed_worker_is_retried_and_a_cancelled_job_leaves_nothing(head, tiny_
 
     from mf_backend.distributed.shots import ShotQueue, load_jobs
 
-    os.environ["RAY_AUTH_TOKEN"] = head["env"]["RAY_AUTH_TOKEN"]  # the cluster's token, for this driver
-    os.environ["RAY_AUTH_MODE"] = "token"
     jobs = tmp_path / "jobs.json"
     jobs.write_text(json.dumps(_jobs(tmp_path, tiny_folder, steps=8)))
     events: list[dict] = []
