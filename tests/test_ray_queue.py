@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import signal
 import socket
 import subprocess
@@ -16,9 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-# This process joins the cluster as a driver too: Ray reads the auth mode when it is imported.
-TOKEN = os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(16))
-os.environ.setdefault("RAY_AUTH_MODE", "token")
 pytest.importorskip("ray")
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,9 +30,12 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def head(tmp_path_factory):
-    """`ray start --head --block` as our own child: terminating it stops exactly this cluster."""
+    """`ray start --head --block` as our own child: terminating it stops exactly this cluster. Token auth
+    with Ray's default token file (made if missing), which this process also uses to join as a driver."""
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token",
-           "RAY_AUTH_TOKEN": TOKEN, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+           "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env.pop("RAY_AUTH_TOKEN", None)
+    subprocess.run([str(RAY), "get-auth-token", "--generate"], env=env, capture_output=True, check=True)
     port, dash = _free_port(), _free_port()
     proc = subprocess.Popen([str(RAY), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
                              "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--num-gpus={GPUS}",

@@ -50,6 +50,20 @@ def split_windows(num_windows: int, workers: int) -> list[range]:
     return [range(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
+def shard_plan(num_frames: int, window: int, overlap: int, workers: int):
+    """How a clip is split: (windows, window runs per worker, frames each worker touches, shared frames
+    (touched by two workers: all that travels per step), positions of each worker's shared frames)."""
+    windows = plan_windows(num_frames, window, overlap)
+    groups = split_windows(len(windows), min(workers, len(windows)))
+    touched = [range(windows[g.start].start, windows[g.stop - 1].stop) for g in groups]
+    cover = np.zeros(num_frames, int)
+    for t in touched:
+        cover[t.start:t.stop] += 1
+    shared = np.flatnonzero(cover > 1)
+    pos = [torch.from_numpy(np.flatnonzero((shared >= t.start) & (shared < t.stop))) for t in touched]
+    return windows, groups, touched, shared, pos
+
+
 def _gather(refs: list, ctx: JobContext, what: str) -> list:
     """ray.get of every ref, looking at cancel and at failures every POLL_S (a dead worker is reported
     as soon as Ray knows, not after the others finish their step)."""
@@ -98,11 +112,10 @@ def sample_on_ray(inputs: EditInputs, params: JobParams, ctx: JobContext, decode
     from mf_backend.distributed.worker import CLIP_BATCH, WindowWorker
 
     F_ = inputs.num_frames
-    windows = plan_windows(F_, params.window, params.overlap)
-    n = min(params.workers, len(windows))
+    windows, groups, touched, shared, pos = shard_plan(F_, params.window, params.overlap, params.workers)
+    n = len(groups)
     if n < params.workers:
         log.warning("the clip has %d windows: %d workers instead of %d", len(windows), n, params.workers)
-    groups = split_windows(len(windows), n)
     weights = window_weights(windows)
     plan = build_schedule(params.steps, guidance=guidance_from_params(params).enabled, camera=params.camera)
     timer = StageTimer()
@@ -120,12 +133,6 @@ def sample_on_ray(inputs: EditInputs, params: JobParams, ctx: JobContext, decode
             described = _gather([a.describe.remote() for a in actors], ctx, "model loading")
         ctx.progress("load", 1, 1)
         d0 = described[0]
-        touched = [range(windows[g.start].start, windows[g.stop - 1].stop) for g in groups]
-        cover = np.zeros(F_, int)
-        for t in touched:
-            cover[t.start:t.stop] += 1
-        shared = np.flatnonzero(cover > 1)  # frames where two workers' windows overlap: all that travels
-        pos = [torch.from_numpy(np.flatnonzero((shared >= t.start) & (shared < t.stop))) for t in touched]
         frame_index = np.arange(F_) if inputs.frame_index is None else np.asarray(inputs.frame_index)
         setups = []
         for a, g, t, k in zip(actors, groups, touched, pos):

@@ -91,9 +91,8 @@ class ShotRunner:
     def run(self, job_id: str, method: str, params: dict) -> dict[str, Any]:
         from mf_backend.dispatch import run_job
         from mf_backend.jobs import JobContext
-        from mf_backend.protocol.server import JOB_STAGES
 
-        self.ctx = JobContext(job_id=job_id, sink=self._sink, stages=JOB_STAGES.get(method, ()))
+        self.ctx = JobContext(job_id=job_id, sink=self._sink)  # the job sets its stages
         return run_job(method, JobParams.from_dict(params), self.ctx)
 
     def _sink(self, event: dict) -> None:
