@@ -58,6 +58,12 @@ def connect(address: str, gpus: int) -> dict[str, Any]:
             if address != "auto" and ":" not in address:
                 raise InvalidParams(f"ray_address must be local, auto or HOST:PORT; got {address!r}",
                                     "e.g. --ray-address 10.0.0.5:6379")
+            if address != "auto":  # Ray turns token auth on from a token file only for clusters it finds
+                # itself; the same for an explicit address (an explicit RAY_AUTH_MODE still wins)
+                from ray._private.authentication.authentication_token_setup import (
+                    maybe_enable_token_auth_if_token_available)
+
+                maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
             ray.init(address=address, log_to_driver=False)
     return ray.cluster_resources()
 
