@@ -56,7 +56,7 @@ def head(tmp_path_factory):
     finally:  # the head and every Ray process it started share its session (process group)
         os.killpg(proc.pid, signal.SIGTERM)
         try:
-            proc.wait(timeout=30)
+            proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
 
