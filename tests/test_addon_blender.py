@@ -464,7 +464,9 @@ def test_export_in_slices_gives_the_same_frames_and_cleans_up(scene, tmp_path):
         assert exp.render(3) == min(3, left) and exp.frame_s > 0
     assert exp.finish() == whole and calls == 3  # 8 frames as 3 + 3 + 2
     for a, b in zip(strips.frame_files(tmp_path / "whole"), strips.frame_files(tmp_path / "sliced")):
-        assert a.name == b.name and a.read_bytes() == b.read_bytes()
+        # pixels, not bytes: Blender stamps each PNG with its render time, which differs under load
+        assert a.name == b.name
+        assert np.array_equal(cv2.imread(str(a), cv2.IMREAD_UNCHANGED), cv2.imread(str(b), cv2.IMREAD_UNCHANGED))
     assert not (tmp_path / "sliced" / ".render").exists()
     # closed half-way (a cancel): the copy goes, the user's scene is as it was
     exp = strips.StripExport(scene, "source", tmp_path / "half")
