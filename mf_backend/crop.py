@@ -158,6 +158,7 @@ def plan_crop(
     mode: str = "person",
     conf_threshold: float = 0.3,
     smooth_frames: int = 5,
+    boxes: Sequence[np.ndarray] = (),
 ) -> CropPlan:
     """One square crop for the clip.
 
@@ -166,14 +167,15 @@ def plan_crop(
     masks: (F,h,w) in [0,1] (any resolution, e.g. M_r and the predicted target masks M_e), or a list.
     margin: added on each side, as a fraction of the person box's longer side.
     mode: "person" or "letterbox" (the whole frame, padded square; keypoints and masks are ignored).
+    boxes: per-frame boxes (F,4) of masks already measured with `mask_boxes` (masks read a chunk at a time).
     """
     h, w = int(frame_hw[0]), int(frame_hw[1])
     if mode == "letterbox":
         return plan_letterbox((h, w), size)
     if mode != "person":
         raise InvalidParams(f"unknown crop mode {mode!r}", "use 'person' or 'letterbox'")
-    boxes = [_keypoint_boxes(k, conf_threshold) for k in _as_list(keypoints)]
-    boxes += [_mask_boxes(m, (h, w)) for m in _as_list(masks)]
+    boxes = [_keypoint_boxes(k, conf_threshold) for k in _as_list(keypoints)] + list(boxes)
+    boxes += [mask_boxes(m, (h, w)) for m in _as_list(masks)]
     if not boxes:
         raise InvalidParams("plan_crop needs keypoints or masks", "pass the source poses or masks, or use crop='letterbox'")
     n = max(len(b) for b in boxes)
@@ -226,7 +228,7 @@ def _keypoint_boxes(kps: Any, conf_threshold: float) -> np.ndarray:
         return np.stack([np.nanmin(x, 1), np.nanmin(y, 1), np.nanmax(x, 1), np.nanmax(y, 1)], axis=1)
 
 
-def _mask_boxes(masks: np.ndarray, frame_hw: tuple[int, int]) -> np.ndarray:
+def mask_boxes(masks: np.ndarray, frame_hw: tuple[int, int]) -> np.ndarray:
     """(F,4) float box of mask >= 0.5 per frame in full-frame pixels (masks of any resolution); NaN when empty."""
     m = np.asarray(masks) >= 0.5  # (F,h,w)
     f, mh, mw = m.shape

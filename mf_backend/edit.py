@@ -22,16 +22,14 @@ import json
 import logging
 import time
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
-import cv2
 import numpy as np
 import torch
 
 from mf_backend.crop import CropPlan, plan_crop
 from mf_backend.editing.pipeline import decode_latents, run_info, run_sampling
 from mf_backend.editing.sampler import EditInputs, StageTimer
-from mf_backend.errors import BadInputMedia
 from mf_backend.files import atomic_output_dir
 from mf_backend.jobs import JobContext
 from mf_backend.params import JobParams
@@ -51,8 +49,7 @@ STAGES = (("read", 1.0), ("poses", 3.0), ("masks", 6.0), ("load", 2.0), ("editin
 class PreparedClip:
     """Everything the sampler needs for the edited frames, plus how to put them back."""
 
-    source_frames: np.ndarray  # uint8 (F_src,H,W,3) the whole source clip at its own resolution
-    source: Any  # media.Clip: the stored pixels, colour space, exact rate and timecode (for the output)
+    footage: Any  # streaming.Footage: the source, read a chunk at a time (frames, stored pixels, rate, timecode)
     edited: np.ndarray  # int64 indices of the source frames that are edited (contiguous)
     positions: np.ndarray  # float64 (F_src,) driving-clip position per source frame, NaN = not edited
     timing: dict  # policy, fps values and frame range the positions come from (for edit.json)
@@ -61,90 +58,74 @@ class PreparedClip:
     seconds: dict  # wall time of the crop steps: "plan", "crop" (planning + frames, masks and pose inputs)
 
 
-def _read_renders(folder: str, n_src: int, edited: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    """A user pose-render folder with one image per source frame (or per edited frame) → uint8
-    (F_edit,H,W,3) at the source size (resized when the folder has another size of the same aspect)."""
-    from mf_backend.media import read_clip
-
-    data = read_clip(folder).frames
-    if len(data) == n_src:
-        data = data[edited]
-    elif len(data) != len(edited):
-        raise BadInputMedia(f"'{folder}' has {len(data)} frames; the source has {n_src} ({len(edited)} edited)",
-                            "give one file per source frame (frame_0.png ...)")
-    h, w = hw
-    fh, fw = data.shape[1:3]
-    if (fh, fw) == (h, w):
-        return data
-    if abs(fw / fh - w / h) > 0.01:
-        raise BadInputMedia(f"'{folder}' has {fw}x{fh} images; the source is {w}x{h} (another aspect ratio)",
-                            "give pose renders at the source's resolution")
-    return np.stack([cv2.resize(im, (w, h), interpolation=cv2.INTER_LINEAR) for im in data])
-
-
 def prepare_clip(params: JobParams, ctx: JobContext) -> PreparedClip:
     """Read the clips; poses and masks from the user's folders or the prepare stages; the timing map;
-    the crop plan; everything the model sees cropped to size×size."""
+    the crop plan; everything the model sees cropped to size×size. Full-resolution frames, renders and
+    masks pass a chunk at a time (mf_backend/streaming.py); the source is held whole only while the
+    pose or mask models need it."""
+    from mf_backend import streaming
     from mf_backend.chunks import shot_crop
     from mf_backend.media import probe_clip
     from mf_backend.prepare import compute_masks, compute_poses, read_whole_clip, timing_positions
 
     ctx.progress("read", 0, 1, "reading the source clip")
-    source = read_whole_clip(params.source, params.source_fps, params.input_colorspace)
-    frames = source.frames
-    n, h, w = frames.shape[:3]
     user_poses = bool(params.source_poses and params.target_aligned_poses)
     user_masks = bool(params.source_masks and params.predicted_masks)
+    footage = streaming.open_footage(params.source, params.source_fps, params.input_colorspace,
+                                     whole=not (user_poses and user_masks))
+    n, h, w = footage.num_frames, footage.height, footage.width
     prep = None
-    if not (user_poses and user_masks):  # keypoints are needed for the poses and/or the masks
+    if footage.held is not None:  # keypoints are needed for the poses and/or the masks
         ctx.progress("read", 0, 1, "reading the driving clip")
         driving = read_whole_clip(params.driving, params.driving_fps)
-        prep = compute_poses(frames, driving.frames, params, ctx, source.fps, driving.fps)
+        prep = compute_poses(footage.held.frames, driving.frames, params, ctx, footage.fps, driving.fps)
         pos, n_drv, drv_fps = prep.driving_index, len(driving.frames), driving.fps
+        del driving
     else:  # the user's aligned poses hold one pose per source frame: the driving clip's length and
         # fps (probed, not decoded) only decide which frames are edited, as in prepare
         info = probe_clip(params.driving)
         n_drv, drv_fps = info.num_frames, params.driving_fps or info.fps
-        pos = timing_positions(n, source.fps, n_drv, drv_fps, params)
+        pos = timing_positions(n, footage.fps, n_drv, drv_fps, params)
     timing = {"policy": params.timing, "frame_start": params.frame_start, "frame_end": params.frame_end,
-              "source_fps": source.fps, "driving_fps": drv_fps, "driving_frame_count": int(n_drv)}
+              "source_fps": footage.fps, "driving_fps": drv_fps, "driving_frame_count": int(n_drv)}
     edited = np.flatnonzero(~np.isnan(pos))  # contiguous under every policy (timing.py)
     ctx.progress("read", 1, 1)
 
     ctx.progress("masks", 0, 1)
-    M_r, M_e = compute_masks(frames, prep, params, ctx)  # (F_src,H,W) each, the shared masks stage
-    if len(edited) < n:  # full-resolution masks are 8 MB a 1080p frame: no copy unless a range is edited
-        M_r, M_e = M_r[edited], M_e[edited]
+    if user_masks:  # read a chunk at a time, full resolution never held for the clip
+        masks = [streaming.mask_reader(f, n, (h, w)) for f in (params.source_masks, params.predicted_masks)]
+    else:  # (F_src,H,W) each, the shared masks stage
+        masks = [streaming.held(m, 0) for m in compute_masks(footage.held.frames, prep, params, ctx)]
     ctx.progress("masks", 1, 1)
-
-    renders = None
-    if user_poses:  # the user's pose renders are used as images, cropped like the frames
-        renders = [_read_renders(f, n, edited, (h, w)) for f in (params.source_poses, params.target_aligned_poses)]
 
     t0 = time.perf_counter()  # from here on: the crop's own cost (edit.json timings)
     keypoints = None if prep is None else [prep.source.frames(edited), prep.aligned.frames(edited)]
-    shot = shot_crop(params.source_masks, (h, w), edited, params.size) if user_masks and params.crop == "person" else None
-    plan = shot or plan_crop(keypoints, [M_r, M_e], (h, w), params.size, mode=params.crop)  # chunks share the shot's
+    plan = shot_crop(params.source_masks, (h, w), edited, params.size) if user_masks and params.crop == "person" else None
+    if plan is None:  # chunks share the shot's plan (prepare's crop.json)
+        boxes = streaming.mask_boxes(masks, edited, (h, w)) if params.crop == "person" else []
+        plan = plan_crop(keypoints, None, (h, w), params.size, mode=params.crop, boxes=boxes)
     t_plan = time.perf_counter() - t0
-    work = plan.apply(frames[edited])  # (F_edit,S,S,3)
-    M_r_c, M_e_c = plan.apply_masks(M_r), plan.apply_masks(M_e)  # (F_edit,S,S) soft; thresholded at 0.5 downstream
-    if renders is not None:
-        src_poses, tgt_poses = (plan.apply(r) for r in renders)
-    else:  # rendered at the working size from keypoints in crop pixels (DWPose line widths at `size`)
+    readers = {"frames": lambda a, b: footage.read(a, b).frames, "M_r": masks[0], "M_e": masks[1]}
+    if user_poses:  # the user's pose renders are used as images, cropped like the frames
+        for key, folder in (("src_poses", params.source_poses), ("tgt_poses", params.target_aligned_poses)):
+            readers[key] = streaming.render_reader(folder, n, edited, (h, w))
+    crops = streaming.crop_chunks(plan, edited, readers)  # (F_edit,S,S,3) uint8 RGB, (F_edit,S,S) float32 masks
+    footage.held = None  # from here on the source is read again a chunk at a time
+    if not user_poses:  # rendered at the working size from keypoints in crop pixels (DWPose line widths at `size`)
         from mf_backend.pose.render import render_poses
 
-        src_poses = render_poses(plan.apply_keypoints(prep.source.frames(edited)))
-        tgt_poses = render_poses(plan.apply_keypoints(prep.aligned.frames(edited)))
+        crops["src_poses"] = render_poses(plan.apply_keypoints(prep.source.frames(edited)))
+        crops["tgt_poses"] = render_poses(plan.apply_keypoints(prep.aligned.frames(edited)))
     t_crop = time.perf_counter() - t0
-    inputs = EditInputs(torch.from_numpy(work), torch.from_numpy(src_poses), torch.from_numpy(tgt_poses),
-                        torch.from_numpy(M_r_c), torch.from_numpy(M_e_c), frame_index=edited.tolist())
-    return PreparedClip(frames, source, edited, pos, timing, plan, inputs, {"plan": t_plan, "crop": t_crop})
+    inputs = EditInputs(*(torch.from_numpy(crops[k]) for k in ("frames", "src_poses", "tgt_poses", "M_r", "M_e")),
+                        frame_index=edited.tolist())
+    return PreparedClip(footage, edited, pos, timing, plan, inputs, {"plan": t_plan, "crop": t_crop})
 
 
 def edit(params: JobParams, ctx: JobContext) -> dict[str, Any]:
     """The `edit` job (see the module docstring)."""
-    from mf_backend.media import write_video
     from mf_backend.model_choice import choose_model
+    from mf_backend.streaming import write_output
 
     params.require_paths("source", "driving", "out")
     ctx.stages = STAGES
@@ -165,27 +146,23 @@ def edit(params: JobParams, ctx: JobContext) -> dict[str, Any]:
             work, timer, run = _sample_and_decode(clip.inputs, params, ctx)
         ctx.progress("write", 0, 1, "compositing into the source frames")
         t0 = time.perf_counter()
-        output, edited_out, t_comp = write_output(clip, work, params.output_format, tmp, params.chunk,
-                                                  lambda d, t: ctx.progress("write", d, t))
+        crops = {"frames": clip.inputs.frames.numpy(), "M_r": clip.inputs.M_r.numpy(), "M_e": clip.inputs.M_e.numpy()}
+        output, t_comp = write_output(clip.footage, clip.plan, clip.edited, crops, work, params.output_format, tmp,
+                                      params.chunk, tmp / "edit.mp4" if params.preview else None,
+                                      lambda d, t: ctx.progress("write", d, t))
         t_write = time.perf_counter() - t0 - t_comp
-        if params.preview:  # what the model sees: the edited frames in 8-bit sRGB
-            from mf_backend.media_colour import to_working
-
-            preview = clip.source_frames  # in place: the model's frames are not needed any more
-            preview[clip.edited] = to_working(edited_out, output["colorspace"])
-            write_video(preview, tmp / "edit.mp4", fps=clip.timing["source_fps"] or 24.0)
         per_frame_ms = 1000.0 * (clip.seconds["crop"] + t_comp) / len(clip.edited)
         timings = {"prepare": round(t_prep, 3), **{k: round(v, 3) for k, v in timer.seconds.items()},
                    "crop": round(clip.seconds["crop"], 3), "composite": round(t_comp, 3), "write": round(t_write, 3),
                    "crop_composite_ms_per_frame": round(per_frame_ms, 2)}
         info = {**run, "model": choice.name, "weights": run["model"], "notice": choice.notice,
-                "frames": clip.source.num_frames, "width": clip.source.width, "height": clip.source.height, "output": output,
+                "frames": clip.footage.num_frames, "width": clip.footage.width, "height": clip.footage.height, "output": output,
                 "edited_frames": [int(clip.edited[0]), int(clip.edited[-1])],
                 "crop": clip.plan.to_dict(), "timing": {**clip.timing, **_timing_map(clip.positions)},
                 "timings": timings, "params": {k: v for k, v in params.to_dict().items() if k != "extra"}}
         (tmp / "edit.json").write_text(json.dumps(info, indent=2, default=str))
-    h, w = clip.source_frames.shape[1:3]
-    result = {"out": str(final), "frames": clip.source.num_frames, "width": int(w), "height": int(h), "output": output,
+    result = {"out": str(final), "frames": clip.footage.num_frames, "width": clip.footage.width,
+              "height": clip.footage.height, "output": output,
               "edited_frames": info["edited_frames"], "model": choice.name, "size": params.size,
               "steps": params.steps, "timings": timings}
     if params.preview:
@@ -209,38 +186,6 @@ def editing_progress(ctx: JobContext, params: JobParams) -> Callable[[int, int, 
     cost = [float(p.index <= last) + p.repeats * (1.0 + GUIDANCE_COST * p.guidance) for p in plan]
     done = np.concatenate([[0.0], np.cumsum(cost)])
     return lambda d, t, m: ctx.progress("editing", int(round(10 * done[d])), int(round(10 * done[-1])), m)
-
-
-def write_output(clip: PreparedClip, work: np.ndarray, output_format: str, folder, only_edited: bool = False,
-                 progress: Optional[Callable[[int, int], None]] = None) -> tuple[dict, np.ndarray, float]:
-    """Composite the decoded edit (uint8 (F_edit,S,S,3)) into the source in the output's encoding and
-    write every source frame (`only_edited`: the edited ones, a farm chunk) with the matte (media_output),
-    calling progress(done, total) per chunk of frames. Returns the output's description, the edited
-    frames as written and the seconds spent compositing."""
-    from mf_backend.composite import matte
-    from mf_backend.media_movie import CODECS
-    from mf_backend.media_output import OutputWriter, composite_edit, output_chunks, output_encoding
-
-    t0 = time.perf_counter()
-    src = clip.source
-    enc = output_encoding(output_format, src)
-    M_r, M_e = clip.inputs.M_r.numpy(), clip.inputs.M_e.numpy()
-    edited_out = composite_edit(src, clip.edited, work, clip.plan, M_r, M_e, clip.inputs.frames.numpy(), enc)
-    edited_matte = matte(clip.plan, M_r, M_e)
-    t_comp = time.perf_counter() - t0
-    movie_in = src.kind in CODECS and src.start == 0 and not only_edited  # the whole movie: its audio fits
-    writer = OutputWriter(folder, enc, src.num_frames, src.width, src.height, src.rate, src.timecode,
-                          src.path if movie_in else None)
-    try:
-        frames = clip.edited if only_edited else np.arange(src.num_frames)
-        for start, rgb, alpha in output_chunks(src, frames, clip.edited, edited_out, edited_matte, enc):
-            writer.write(rgb, alpha, start)
-            if progress:
-                progress(writer.count, len(frames))
-        return writer.close(), edited_out, t_comp
-    except BaseException:
-        writer.abort()
-        raise
 
 
 def _sample_and_decode(inputs: EditInputs, params: JobParams, ctx: JobContext

@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
 import cv2
 import numpy as np
@@ -224,20 +224,24 @@ def write_masks(masks: np.ndarray, folder: str | os.PathLike, pattern: str = "fr
     return write_frames(binary, folder, pattern, start)
 
 
-def write_video(frames: np.ndarray, path: str | os.PathLike, fps: float, fourcc: str = "mp4v") -> Path:
-    """uint8 RGB (F,H,W,3) → a video file (mp4v in .mp4 by default: readable everywhere, lossy)."""
+def write_video(frames: Iterable[np.ndarray], path: str | os.PathLike, fps: float, fourcc: str = "mp4v") -> Path:
+    """uint8 RGB frames (H,W,3) (an (F,H,W,3) array or any iterable, e.g. a generator of a long clip's
+    frames) → a video file (mp4v in .mp4 by default: readable everywhere, lossy)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    f, h, w = frames.shape[:3]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), float(fps), (w, h))
-    if not writer.isOpened():
-        raise BadInputMedia(f"could not open '{path}' for writing with codec {fourcc}",
-                            "write a frame folder instead, or use .mp4/.avi")
+    writer = None
     try:
         for frame in frames:
+            if writer is None:
+                h, w = frame.shape[:2]
+                writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), float(fps), (w, h))
+                if not writer.isOpened():
+                    raise BadInputMedia(f"could not open '{path}' for writing with codec {fourcc}",
+                                        "write a frame folder instead, or use .mp4/.avi")
             writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
     finally:
-        writer.release()
+        if writer is not None:
+            writer.release()
     return path
 
 

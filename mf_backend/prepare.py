@@ -51,11 +51,17 @@ def read_whole_clip(path: str, fps: Optional[float] = None, colorspace: Optional
     from mf_backend.media import probe_clip, read_clip
 
     clip = read_clip(path, fps=fps, colorspace=colorspace)
-    claimed = probe_clip(path).num_frames
-    if claimed > clip.num_frames + max(1, claimed // 50):  # containers may round their count by a frame
-        raise BadInputMedia(f"'{path}' says it has {claimed} frames but only {clip.num_frames} decode",
-                            "the file is truncated or damaged: re-export or re-copy it")
+    check_decoded(path, probe_clip(path).num_frames, clip.num_frames)
     return clip
+
+
+def check_decoded(path: str, claimed: int, decoded: int) -> int:
+    """`decoded`, unless fewer frames decode than the file claims: an error (containers may round their
+    count by a frame)."""
+    if claimed > decoded + max(1, claimed // 50):
+        raise BadInputMedia(f"'{path}' says it has {claimed} frames but only {decoded} decode",
+                            "the file is truncated or damaged: re-export or re-copy it")
+    return decoded
 
 
 def read_inputs(params: JobParams, ctx: JobContext):

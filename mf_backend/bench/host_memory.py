@@ -3,8 +3,9 @@
 `python -m mf_backend bench host-memory --frames 24 120` writes a 1920×1080 clip of each length (the
 frames of a 6-frame synthetic pair, repeated; its poses and masks as user folders, so no pose or mask
 model runs), edits it with a tiny random model at a small working size (1 step), and prints the peak
-RSS of each run (a fresh process each, so the figures do not mix). What grows with the clip is the
-full-resolution work (read, masks, crop, composite, write); the model's share is constant.
+RSS of each run (a fresh process each, so the figures do not mix) and its growth per added frame. The
+full-resolution work (read, masks, crop, composite, write) passes a chunk of frames at a time
+(mf_backend/streaming.py), so only the working-size crops and latents grow with the clip.
 """
 
 from __future__ import annotations
@@ -26,15 +27,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep", help="folder to keep the clips in (default: a temporary folder, removed)")
 
 
-def _write_case(root: Path, frames: int) -> dict[str, str]:
-    """The pair's folders at `frames` frames: each file of the 6-frame pair copied in a cycle."""
+def write_case(root: Path, frames: int, hw: tuple[int, int] = (H, W)) -> dict[str, str]:
+    """The pair's folders at `frames` frames of hw=(H, W): each file of the 6-frame pair copied in a cycle
+    (edit params: source, driving and the user's pose and mask folders)."""
     from mf_backend.files import frame_pattern
     from mf_backend.media import write_frames, write_masks
     from mf_backend.synthetic import make_pair
 
     base = root / "base"
     if not base.exists():
-        pair = make_pair(0, frames=BASE, size=(H, W), x_frac=0.3, height_frac=0.55)
+        pair = make_pair(0, frames=BASE, size=hw, x_frac=0.3, height_frac=0.55)
         write_frames(pair.source.frames, base / "source_images")
         write_frames(pair.source.pose_renders, base / "source_poses")
         write_frames(pair.target_aligned_poses, base / "target_aligned_poses")
@@ -70,8 +72,9 @@ def run(args: argparse.Namespace) -> int:
         model = root / "tiny"
         if not model.exists():
             save_models(build_models("tiny", seed=0), model)
+        first = None  # (frames, MB) of the first run: the growth per added frame is measured from it
         for n in args.frames:
-            params = {**_write_case(root, n), "out": str(root / f"out{n}"), "model": str(model), "size": args.size,
+            params = {**write_case(root, n), "out": str(root / f"out{n}"), "model": str(model), "size": args.size,
                       "steps": 1, "device": "cpu", "precision": "fp32", "pose_extractor": "decode", "threads": 1}
             shutil.rmtree(params["out"], ignore_errors=True)
             r = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(params)], capture_output=True, text=True)
@@ -79,8 +82,10 @@ def run(args: argparse.Namespace) -> int:
                 print(f"{n} frames: failed\n{r.stderr[-2000:]}", file=sys.stderr)
                 return 1
             m = json.loads(r.stdout.strip().splitlines()[-1])
-            print(f"{n:5d} frames at {W}x{H}: peak RSS {m['peak_rss_mb']:8.0f} MB  "
-                  f"({m['peak_rss_mb'] / n:6.1f} MB/frame)  {m['seconds']:6.1f} s", flush=True)
+            mb = m["peak_rss_mb"]
+            first = first or (n, mb)
+            growth = f"{(mb - first[1]) / (n - first[0]):+6.2f} MB per frame over {first[0]}" if n != first[0] else ""
+            print(f"{n:5d} frames at {W}x{H}: peak RSS {mb:8.0f} MB  {m['seconds']:6.1f} s  {growth}", flush=True)
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)

@@ -20,16 +20,14 @@ def compute_masks(source_frames: np.ndarray, prep, params, ctx) -> tuple[np.ndar
     """
     from mf_backend.masks.predict import predict_masks
     from mf_backend.masks.source import source_masks
-    from mf_backend.media import read_masks
-
     n, h, w = source_frames.shape[:3]
     if params.source_masks:
-        M_r = _fit(read_masks(params.source_masks), n, h, w, params.source_masks)
+        M_r = read_mask_range(params.source_masks, n, h, w)
     else:
         with ctx.part(0.0, 0.4):  # measured: M_r ≈ 40% of the stage, M_e 60% (docs/masks.md)
             M_r = source_masks(source_frames, "auto", params.models_dir, poses=prep.source, ctx=ctx)
     if params.predicted_masks:
-        return M_r, _fit(read_masks(params.predicted_masks), n, h, w, params.predicted_masks)
+        return M_r, read_mask_range(params.predicted_masks, n, h, w)
     M_e = M_r.copy()
     edited = np.nonzero(~np.isnan(prep.driving_index))[0]
     if len(edited):
@@ -53,15 +51,22 @@ def write_mask_folders(M_r: np.ndarray, M_e: np.ndarray, folder: Path, ctx=None)
     return {"source_masks": "source_masks", "predicted_masks": "predicted_masks"}
 
 
-def _fit(masks: np.ndarray, n: int, h: int, w: int, where: str) -> np.ndarray:
-    """A user mask folder must have one mask per source frame; resized (nearest) to the frame size."""
+def read_mask_range(folder: str, n: int, h: int, w: int, a: int = 0, b: int | None = None) -> np.ndarray:
+    """Masks a..b-1 (default: all) of a user mask folder, which must hold one mask per source frame (n),
+    → float32 (b-a,H,W) in {0,1}, resized (nearest) to the frame size. The edit reads them a chunk at a
+    time (mf_backend/streaming.py): a 1080p clip's masks as float32 are 8 MB a frame."""
     import cv2
 
     from mf_backend.errors import BadInputMedia
+    from mf_backend.media import list_frame_files, read_masks
 
-    if len(masks) != n:
-        raise BadInputMedia(f"'{where}' has {len(masks)} masks for {n} source frames",
+    if not Path(folder).expanduser().is_dir():
+        read_masks(folder)  # its error names the folder
+    count = len(list_frame_files(Path(folder).expanduser()))
+    if count != n:
+        raise BadInputMedia(f"'{folder}' has {count} masks for {n} source frames",
                             "give one mask per source frame (frame_0.png ...)")
+    masks = read_masks(folder, frame_range=(a, (n if b is None else b) - 1))
     if masks.shape[1:] != (h, w):
         masks = np.stack([cv2.resize(m, (w, h), interpolation=cv2.INTER_NEAREST) for m in masks])
     return (masks >= 0.5).astype(np.float32)
