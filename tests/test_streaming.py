@@ -53,3 +53,29 @@ def test_edit_peak_memory_does_not_grow_with_frames(tmp_path, tiny_folder):
     src = read_clip(tmp_path / f"f{LONG}" / "source_images").frames
     assert out.shape == src.shape and result["edited_frames"] == [0, LONG - 1]
     assert np.array_equal(out[:, :, :100], src[:, :, :100])  # the person stands right of x=100 (x_frac 0.3)
+
+
+def test_footage_counts_the_frames_that_decode_without_holding_them(tmp_path):
+    """A movie whose container claims more frames than decode is refused up front (as a whole read is),
+    and a chunk read past what decodes is a named error, not a short clip."""
+    import cv2
+
+    from mf_backend.errors import BadInputMedia
+    from mf_backend.streaming import Footage, open_footage
+
+    whole = tmp_path / "whole.avi"
+    w = cv2.VideoWriter(str(whole), cv2.VideoWriter_fourcc(*"MJPG"), 24, (64, 48))
+    rng = np.random.default_rng(0)
+    for _ in range(24):
+        w.write(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
+    w.release()
+    footage = open_footage(str(whole))
+    assert (footage.num_frames, footage.height, footage.width, footage.fps) == (24, 48, 64, 24.0)
+    assert footage.read(16, 24).num_frames == 8
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with pytest.raises(BadInputMedia, match=r"cut.avi' says it has 24 frames but only 1\d decode"):
+        open_footage(str(cut))
+    short = Footage(str(cut), footage.head, 24)  # as if the container's count had been believed
+    with pytest.raises(BadInputMedia, match=r"cut.avi.* (no decodable frames|do not all decode)"):
+        short.read(16, 24)
