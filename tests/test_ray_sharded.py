@@ -19,13 +19,13 @@ GPUS = 3
 
 @pytest.fixture(scope="module")
 def cluster():
-    from mf_backend.distributed.cluster import connect
+    from mf_backend.distributed.cluster import connect, stop_local
 
     connect("local", GPUS)  # one cluster for the module
     import ray
 
     yield ray
-    ray.shutdown()
+    stop_local()
 
 
 @pytest.fixture(scope="module")
@@ -214,3 +214,36 @@ def test_cluster_too_small_fails_before_any_work(cluster, tiny_folder):
         sample_on_ray(_inputs(48), _params(tiny_folder, workers=4, window=8, overlap=2),
                       JobContext(sink=events.append, stages=(("load", 1.0), ("editing", 1.0))))
     assert time.perf_counter() - t0 < 5 and not [e for e in events if e["stage"] == "editing"]
+
+
+def test_protocol_edit_on_ray_reports_progress_and_cancels(tiny_folder, tmp_path):
+    """The add-on's path: `serve` as a real subprocess, `edit` with the Ray parameters (its own local
+    cluster), progress notifications per step, then `cancel`: the job ends cancelled, nothing is left."""
+    from conftest import BackendProcess
+
+    case = _case(tmp_path / "case", 24)
+    params = {**_edit_params(case, tmp_path / "out", tiny_folder, steps=30, workers=2).to_dict(), "job_id": "r1"}
+    params.pop("extra")
+    b = BackendProcess()
+    try:
+        b.send({"jsonrpc": "2.0", "id": "edit", "method": "edit", "params": params})
+        steps = []
+        while len(steps) < 2:
+            msg = b.next_message(timeout=240)
+            assert "method" in msg, msg
+            if msg["params"]["stage"] == "editing":
+                steps.append(msg["params"]["message"])
+        t0 = time.monotonic()
+        b.send({"jsonrpc": "2.0", "id": "c", "method": "cancel", "params": {"job_id": "r1"}})
+        answers = {}
+        while len(answers) < 2:
+            msg = b.next_message(timeout=60)
+            if "id" in msg:
+                answers[msg["id"]] = (msg, time.monotonic())
+        err, t_end = answers["edit"]
+        print(f"\nprotocol: {steps[-1]!r}; cancel -> {err['error']['data']['type']} after {t_end - t0:.2f} s")
+        assert "on 2 workers" in steps[-1]
+        assert err["error"]["code"] == -32003 and t_end - t0 < 10
+        assert _no_output(tmp_path)
+    finally:
+        b.close()

@@ -9,9 +9,12 @@ cluster (`ray start --head ...`, or the cluster of a `ray job submit`).
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import signal
 import time
+from pathlib import Path
 from typing import Any
 
 from mf_backend.errors import ClusterTooSmall, InvalidParams
@@ -34,6 +37,7 @@ def _ray():
 
 def connect(address: str, gpus: int) -> dict[str, Any]:
     """Join (or start, for "local") the cluster; returns its resources. Idempotent within a process."""
+    global _local_node
     loopback = address == "local" or address.split(":")[0] in ("127.0.0.1", "localhost")
     if loopback:
         # Ray resolves 127.0.0.1 to the machine's routable IP unless this is off (its macOS/Windows
@@ -49,6 +53,8 @@ def connect(address: str, gpus: int) -> dict[str, Any]:
         if address == "local":
             ray.init(address="local", num_gpus=gpus, num_cpus=max(gpus, os.cpu_count() or 1), include_dashboard=False,
                      object_store_memory=LOCAL_OBJECT_STORE_BYTES, log_to_driver=False)
+            _local_node = ray._private.worker._global_node
+            atexit.register(stop_local)
             gcs = ray.get_runtime_context().gcs_address
             if not gcs.startswith("127.0.0.1:"):
                 ray.shutdown()
@@ -66,6 +72,39 @@ def connect(address: str, gpus: int) -> dict[str, Any]:
                 maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
             ray.init(address=address, log_to_driver=False)
     return ray.cluster_resources()
+
+
+def _children(pids: set[int]) -> set[int]:
+    out = set()
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1]) in pids:
+                out.add(int(proc.name))
+        except (OSError, ValueError, IndexError):
+            pass
+    return out
+
+
+_local_node = None  # the Ray node of a local cluster this process started
+
+
+def stop_local(graceful: bool = True) -> None:
+    """Stop the local cluster this process started, if any (`graceful`: ray.shutdown first), then kill
+    what is left of it: Ray leaves the raylet's dashboard and runtime-env agents running after
+    ray.shutdown and after os._exit (as `serve` ends). Called at exit."""
+    global _local_node
+    node, _local_node = _local_node, None
+    if node is None:
+        return
+    own = {p.process.pid for procs in node.all_processes.values() for p in procs}
+    pids = own | _children({p.process.pid for p in node.all_processes.get("raylet", [])})
+    if graceful:
+        _ray().shutdown()
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass  # gone already
 
 
 def reserve_gpus(n: int, timeout_s: float = READY_TIMEOUT_S):

@@ -232,6 +232,8 @@ def serve(defaults: Optional[dict[str, Any]] = None) -> int:
         log.warning("exiting with a job still running (its step did not end within %.1f s)", EOF_GRACE_S)
     # End now: not after a running step, and not through the interpreter's shutdown, which takes
     # seconds with torch loaded (the client is gone or said shutdown; every answer is written).
+    if "mf_backend.distributed.cluster" in sys.modules:  # a local Ray cluster an edit started here
+        sys.modules["mf_backend.distributed.cluster"].stop_local(graceful=False)  # os._exit skips exit hooks
     logging.shutdown()
     for stream in (out, sys.stdout, sys.stderr):
         stream.flush()
