@@ -97,6 +97,10 @@ class JobContext:
             t_mid, f_mid = next(s for s in samples if s[0] >= (t0 + now) / 2)
             if self._fraction > f_mid and now > t_mid:
                 return round((now - t_mid) / (self._fraction - f_mid) * (1.0 - self._fraction), 1)
+        elif now - t0 >= MIN_RATE_SECONDS / 4 and self._fraction > samples[0][1]:
+            # early in a stage its own rate so far: the job's mean would count earlier stages that were
+            # near-instant (user-given poses or masks) and promise far too little
+            return round((now - t0) / (self._fraction - samples[0][1]) * (1.0 - self._fraction), 1)
         if self._fraction > 0.01:
             return round((now - self.started) / self._fraction * (1.0 - self._fraction), 1)
         return None

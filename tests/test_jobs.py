@@ -313,18 +313,20 @@ def test_a_truncated_video_is_refused_not_edited_with_what_decodes(tmp_path, cas
 
 def test_eta_is_within_2x_of_the_truth_after_the_first_tenth(tmp_path, case, tiny_folder):
     """Every ETA sent after 10 % of the job's time is within 2x of the time that really remained (the last
-    two seconds aside, where the decode/write share of a tiny model is noise)."""
+    two seconds aside, where the decode/write share of a tiny model is noise). 60 steps: on an idle machine
+    12 steps ended in 1.6 s, leaving no ETA to check."""
     from mf_backend.dispatch import run_job
     from mf_backend.jobs import JobContext
     from mf_backend.params import JobParams
 
     events = []
     t0 = time.monotonic()
-    run_job("edit", JobParams.from_dict(_params(case, tmp_path / "out", model=str(tiny_folder), steps=12, threads=1)),
+    run_job("edit", JobParams.from_dict(_params(case, tmp_path / "out", model=str(tiny_folder), steps=60, threads=1)),
             JobContext(sink=lambda e: events.append((time.monotonic(), e))))
     t1 = time.monotonic()
     ratios = [(e["eta_s"] / (t1 - t), e["stage"]) for t, e in events
               if t - t0 > 0.1 * (t1 - t0) and t1 - t > 2.0 and e["eta_s"] is not None]
+    assert ratios, f"job {t1 - t0:.1f} s: no ETA between its first tenth and its last 2 s"
     print(f"job {t1 - t0:.1f} s; ETA/true over {len(ratios)} events: "
           f"{min(r for r, _ in ratios):.2f}..{max(r for r, _ in ratios):.2f}")
     assert ratios and all(0.5 <= r <= 2.0 for r, _ in ratios), ratios
