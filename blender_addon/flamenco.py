@@ -67,7 +67,9 @@ def job_settings(context: Any) -> dict[str, Any]:
     # results beside the saved .blend, as for local edits; unsaved: beside the source clip (workers reach both)
     job_dir = results.result_dir(bpy.data.filepath or source_path, f"{_safe(source_name)}_farm")
     params = properties.job_params(mf)
-    edit_flags = {k: v for k, v in params.items() if k not in ("model", "steps", "seed", "size", "timing", "pose_extractor")}
+    # the CLI has one flag per field, the advanced group's included (--checkpoint, --w-fg ...)
+    flat = {**{k: v for k, v in params.items() if k != "advanced"}, **params["advanced"]}
+    edit_flags = {k: v for k, v in flat.items() if k not in ("model", "steps", "seed", "size", "timing", "pose_extractor")}
     return {
         "source": source_path, "driving": driving_path, "output": str(job_dir / "edited"),
         "frame_start": first - offset, "frame_end": end - 1 - offset,

@@ -12,6 +12,7 @@ from typing import Any
 import bpy
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
 
+TERMS = ("fg", "over", "body", "com")  # the consistency guidance's energies (mf_backend.params.TERMS)
 
 
 class MotionFollowerSettings(bpy.types.PropertyGroup):
@@ -51,14 +52,14 @@ class MotionFollowerSettings(bpy.types.PropertyGroup):
         ("low", "Low", "Checkpoint every block, decode 2 frames at a time (about 10 GB, 17 % slower)")])
     compile: BoolProperty(name="Compile the model", default=False,
                           description="torch.compile the model layer by layer: the first step takes longer")
-    use_fg: BoolProperty(name="Foreground", default=True)
-    use_over: BoolProperty(name="Overlap", default=True)
-    use_body: BoolProperty(name="Body", default=True)
-    use_com: BoolProperty(name="Common", default=True)
-    w_fg: FloatProperty(name="Foreground weight", default=4.0, min=0.0, max=100.0)
-    w_over: FloatProperty(name="Overlap weight", default=1.2, min=0.0, max=100.0)
-    w_body: FloatProperty(name="Body weight", default=6.0, min=0.0, max=100.0)
-    w_com: FloatProperty(name="Common weight", default=1.2, min=0.0, max=100.0)
+    # consistency guidance (the Advanced sub-panel): the reference's weights; 0 turns a term off
+    w_fg: FloatProperty(name="Foreground", default=4.0, min=0.0, max=100.0,
+                        description="Weight of the foreground energy (0: off, e.g. when the person turns around)")
+    w_over: FloatProperty(name="Overlap", default=1.2, min=0.0, max=100.0,
+                          description="Weight of the overlap energy (0: off)")
+    w_body: FloatProperty(name="Body", default=6.0, min=0.0, max=100.0, description="Weight of the body energy (0: off)")
+    w_com: FloatProperty(name="Common", default=1.2, min=0.0, max=100.0,
+                         description="Weight of the common-region energy (0: off)")
     timing: EnumProperty(name="Timing", default="hold-last", items=[
         ("hold-last", "Hold last", "A shorter driving clip holds its last pose, so the whole source is edited"),
         ("loop", "Loop", "A shorter driving clip loops"),
@@ -84,16 +85,14 @@ class MotionFollowerSettings(bpy.types.PropertyGroup):
 def job_params(mf: MotionFollowerSettings) -> dict[str, Any]:
     """The backend's JobParams fields the settings `mf` set (paths are added by run.py). A function, not a
     method: a Python method on a PropertyGroup makes bpy 4.2 crash at exit."""
-    p: dict[str, Any] = {k: getattr(mf, k) for k in (
-        "guidance_scale", "seed", "camera", "timing", "output_format",
-        "use_fg", "use_over", "use_body", "use_com", "w_fg", "w_over", "w_body", "w_com")}
+    p: dict[str, Any] = {k: getattr(mf, k) for k in ("guidance_scale", "seed", "camera", "timing", "output_format")}
     p.update({k: getattr(mf, k) for k in ("steps", "size") if getattr(mf, k)})  # 0: the backend picks the model's
     p["model"] = bpy.path.abspath(mf.model_folder) if mf.model == "folder" else mf.model
     if mf.driving_is_pose:
         p["pose_extractor"] = "decode"
-    p["low_memory"] = mf.memory == "low"
-    p["checkpoint"] = "auto" if mf.memory == "low" else mf.memory
-    p["compile"] = "blocks" if mf.compile else "none"
+    p["advanced"] = {"checkpoint": "low-memory" if mf.memory == "low" else mf.memory,
+                     "compile": "blocks" if mf.compile else "none",
+                     **{f"w_{t}": getattr(mf, f"w_{t}") for t in TERMS}}
     return p
 
 
@@ -103,7 +102,12 @@ def settings_of(mf: MotionFollowerSettings) -> dict[str, Any]:
 
 
 def apply_settings(mf: MotionFollowerSettings, values: dict[str, Any]) -> list[str]:
-    """Set the panel from settings_of's dict; returns the keys it could not use (renamed, out of range)."""
+    """Set the panel from settings_of's dict; returns the keys it could not use (renamed, out of range).
+    Strips made by earlier versions have use_fg ... switches: off becomes the weight 0."""
+    values = dict(values)
+    for t in TERMS:
+        if values.pop(f"use_{t}", True) is False:
+            values[f"w_{t}"] = 0.0
     skipped = []
     for k, v in values.items():
         try:

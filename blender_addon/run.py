@@ -212,7 +212,8 @@ def advance(run: EditRun, budget_s: Optional[float] = None) -> None:
         if run.handshake is None:
             src, drv = (e.finish() for e in run.exports)
             run.first_frame, run.count = src["first"], src["count"]
-            run.params.update(source_fps=src["fps"], driving_fps=drv["fps"], input_colorspace=src["colorspace"])
+            run.params["advanced"].update(source_fps=src["fps"], driving_fps=drv["fps"],
+                                          input_colorspace=src["colorspace"])
             client = ensure_client(bpy.context, initialize=False)
             if STATE.backend_info is None:
                 run.handshake = client.send_initialize()
@@ -310,8 +311,9 @@ def finish_edit(run: EditRun) -> tuple[Optional[bool], str]:
             meta = {k: run.params[k] for k in ("seed", "steps", "guidance_scale", "size") if k in run.params}
             meta.update({k: result[k] for k in ("steps", "size") if k in result})  # the values used
             meta.update(source=run.source, driving=run.driving, model=str(result.get("model", run.params.get("model"))))
-            if result.get("notice") and str(result["notice"]) not in run.warnings:
-                run.warnings.append(str(result["notice"]))
+            for note in [result.get("notice")] + list(result.get("warnings") or []):  # e.g. unknown params keys
+                if note and str(note) not in run.warnings:
+                    run.warnings.append(str(note))
             strip, message = _import(run, scene, out, f"MotionFollower{' preview' if run.preview else ''} seed {seed}", meta,
                                      result.get("output"))
             strip[SETTINGS_KEY] = json.dumps({**run.settings, "source_strip": run.source, "seed": seed,

@@ -79,17 +79,6 @@ class SEQUENCER_PT_motionfollower(bpy.types.Panel):
         col.prop(mf, "size")
         col.prop(mf, "camera")
         col.prop(mf, "timing")
-        col.prop(mf, "memory")
-        col.prop(mf, "compile")
-
-        box = layout.box()
-        box.label(text="Consistency guidance")
-        for term in ("fg", "over", "body", "com"):
-            row = box.row(align=True)
-            row.prop(mf, f"use_{term}", text="")
-            sub = row.row(align=True)
-            sub.active = getattr(mf, f"use_{term}")
-            sub.prop(mf, f"w_{term}")
 
         box = layout.box()
         box.prop(mf, "use_frame_range")
@@ -101,6 +90,29 @@ class SEQUENCER_PT_motionfollower(bpy.types.Panel):
         box.prop(mf, "keep_inputs")
         if state.client is not None and not state.running:
             layout.operator("motionfollower.stop_backend", icon="X")
+
+
+class SEQUENCER_PT_motionfollower_advanced(bpy.types.Panel):
+    """Expert settings (the job's `advanced` group), closed by default: the defaults are the reference's."""
+
+    bl_label = "Advanced"
+    bl_idname = "SEQUENCER_PT_motionfollower_advanced"
+    bl_parent_id = SEQUENCER_PT_motionfollower.bl_idname
+    bl_space_type = "SEQUENCE_EDITOR"
+    bl_region_type = "UI"
+    bl_category = "MotionFollower"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    def draw(self, context):
+        mf = strips.vse_scene(context).motionfollower
+        col = self.layout.column(align=True)
+        col.prop(mf, "memory")
+        col.prop(mf, "compile")
+        box = self.layout.box()
+        box.label(text="Consistency guidance (0: a term off)")
+        col = box.column(align=True)
+        for term in ("fg", "over", "body", "com"):
+            col.prop(mf, f"w_{term}")
 
 
 def draw_estimate(layout, state, scene, mf) -> None:
@@ -146,9 +158,14 @@ def draw_progress(layout, state) -> None:
         row.operator("motionfollower.cancel", text="Cancel all", icon="CANCEL").everything = True
 
 
+PANELS = (SEQUENCER_PT_motionfollower, SEQUENCER_PT_motionfollower_advanced)  # parent first
+
+
 def register() -> None:
-    bpy.utils.register_class(SEQUENCER_PT_motionfollower)
+    for panel in PANELS:
+        bpy.utils.register_class(panel)
 
 
 def unregister() -> None:
-    bpy.utils.unregister_class(SEQUENCER_PT_motionfollower)
+    for panel in reversed(PANELS):
+        bpy.utils.unregister_class(panel)

@@ -9,7 +9,6 @@ their own commands (synth, train-seg, train, bench) through `register(subparsers
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib
 import json
 import sys
@@ -18,7 +17,8 @@ from typing import Any, Optional
 
 from mf_backend import __version__
 from mf_backend.errors import MFError, translate_exception
-from mf_backend.params import GROUPS, JobParams, job_fields
+from mf_backend.params import (ADVANCED_GROUPS, GROUPS, AdvancedParams, JobParams, advanced_fields, job_fields, nest,
+                                user_fields)
 
 EXTENSIONS = (
     "mf_backend.synthetic.cli",
@@ -31,15 +31,19 @@ EXTENSIONS = (
 
 
 GROUP_TITLES = {"inputs": "inputs and output", "model": "model and device", "sampling": "sampling",
-                "footage": "real footage", "speed": "speed and memory (docs/performance.md)",
-                "advanced": "advanced: consistency-guidance research knobs (defaults are the reference's)"}
+                "footage": "real footage",
+                "overrides": "advanced: overrides of the files' values, mask predictor, chunks (protocol: "
+                             "params.advanced)",
+                "speed": "advanced: speed and memory (docs/performance.md, docs/scale-out.md)",
+                "guidance": "advanced: consistency-guidance research knobs (defaults are the reference's)"}
 
 
 def _add_job_arguments(p: argparse.ArgumentParser, job: str, required: tuple[str, ...]) -> None:
-    """One flag per JobParams field the job uses (--guidance-scale for guidance_scale, --camera/--no-camera
-    for bools), grouped as in params.GROUPS, with the field's help and allowed values."""
-    hints = typing.get_type_hints(JobParams)
-    groups = {g: p.add_argument_group(GROUP_TITLES[g]) for g in GROUPS}
+    """One flag per JobParams field the job uses, the advanced group's included (--guidance-scale for
+    guidance_scale, --camera/--no-camera for bools), in the help sections of params.GROUPS and
+    ADVANCED_GROUPS, with the field's help and allowed values."""
+    hints = {**typing.get_type_hints(JobParams), **typing.get_type_hints(AdvancedParams)}
+    groups = {g: p.add_argument_group(GROUP_TITLES[g]) for g in GROUPS + ADVANCED_GROUPS}
     for f in job_fields(job):
         flag = "--" + f.name.replace("_", "-")
         hint = hints[f.name]
@@ -59,7 +63,7 @@ def _add_job_arguments(p: argparse.ArgumentParser, job: str, required: tuple[str
 
 def _add_setting_arguments(p: argparse.ArgumentParser, names: tuple[str, ...]) -> None:
     """Server-wide settings (serve, doctor): the JobParams fields of the same name, same help and values."""
-    fields = {f.name: f for f in dataclasses.fields(JobParams)}
+    fields = {f.name: f for f in user_fields()}
     hints = typing.get_type_hints(JobParams)
     for name in names:
         f = fields[name]
@@ -69,9 +73,8 @@ def _add_setting_arguments(p: argparse.ArgumentParser, names: tuple[str, ...]) -
 
 
 def job_params_from_args(args: argparse.Namespace) -> JobParams:
-    names = {f.name for f in dataclasses.fields(JobParams)} - {"extra"}
-    given = {k: v for k, v in vars(args).items() if k in names and v is not None}
-    return JobParams.from_dict(given)
+    names = {f.name for f in user_fields() + advanced_fields()}
+    return JobParams.from_dict(nest({k: v for k, v in vars(args).items() if k in names and v is not None}))
 
 
 def _print_progress(event: dict[str, Any]) -> None:
@@ -159,7 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
         ("edit", "the whole edit: prepare, score-guided sampling, decode, write frames"),
         ("demo", "the main job: a synthetic clip edited with the embedded demo model"),
     ):
-        p = sub.add_parser(name, help=helptext, description=helptext)
+        usage = " ".join(f"--{r} {r.upper()}" for r in REQUIRED[name])
+        p = sub.add_parser(name, help=helptext, description=helptext,
+                           usage=f"%(prog)s {usage} [options]  (options by section below)")
         _add_job_arguments(p, name, REQUIRED[name])
         p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
         p.set_defaults(func=cmd_job)

@@ -38,11 +38,11 @@ def prepare_pair(pair, params: JobParams, ctx: Optional[JobContext] = None) -> t
     from mf_backend.masks.predict import model_available
 
     src = pair.source
-    predictor = params.mask_predictor
-    if predictor == "auto" and params.tta_steps == 0:  # "auto" adds test-time adaptation: minutes on a CPU
+    predictor, tta_steps = params.advanced.mask_predictor, params.advanced.tta_steps
+    if predictor == "auto" and tta_steps == 0:  # "auto" adds test-time adaptation: minutes on a CPU
         predictor = "model" if model_available() else "geometric"
     M_e, info = predict_masks(src.frames, src.masks, src.poses, pair.target_aligned.poses,
-                              predictor=predictor, tta_steps=params.tta_steps,
+                              predictor=predictor, tta_steps=tta_steps,
                               target_renders=pair.target_aligned.pose_renders, ctx=ctx)
     inputs = EditInputs(torch.from_numpy(np.ascontiguousarray(src.frames)),
                         torch.from_numpy(np.ascontiguousarray(src.pose_renders)),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from typing import Any, Callable
 
 from mf_backend.errors import InvalidParams
 from mf_backend.jobs import JobContext
@@ -38,20 +38,28 @@ def use_threads(threads: int) -> int:
 
 
 def run_job(method: str, params: JobParams, ctx: JobContext) -> dict[str, Any]:
-    """Run `prepare`, `edit` or `demo`; returns the JSON-able result (paths are absolute strings)."""
+    """Run `prepare`, `edit` or `demo`; returns the JSON-able result (paths are absolute strings), with
+    `warnings` (unknown or deprecated params keys, also logged) when there are any."""
     check_params(method, params)
+    for note in params.warnings:
+        log.warning("%s: %s", method, note)
     threads = use_threads(params.threads)
     log.info("%s → %s (%d CPU threads; log file: %s)", method, params.out_path, threads, log_file())
+    result = _job(method)(params, ctx)
+    return {**result, "warnings": list(params.warnings)} if params.warnings else result
+
+
+def _job(method: str) -> Callable[[JobParams, JobContext], dict[str, Any]]:
     if method == "prepare":
         from mf_backend.prepare import prepare
 
-        return prepare(params, ctx)
+        return prepare
     if method == "edit":
         from mf_backend.edit import edit
 
-        return edit(params, ctx)
+        return edit
     if method == "demo":
         from mf_backend.demo import demo
 
-        return demo(params, ctx)
+        return demo
     raise InvalidParams(f"unknown job kind {method!r}")

@@ -71,20 +71,20 @@ def prepare_clip(params: JobParams, ctx: JobContext) -> PreparedClip:
     ctx.progress("read", 0, 1, "reading the source clip")
     user_poses = bool(params.source_poses and params.target_aligned_poses)
     user_masks = bool(params.source_masks and params.predicted_masks)
-    footage = streaming.open_footage(params.source, params.source_fps, params.input_colorspace,
+    footage = streaming.open_footage(params.source, params.advanced.source_fps, params.advanced.input_colorspace,
                                      whole=not (user_poses and user_masks))
     n, h, w = footage.num_frames, footage.height, footage.width
     prep = None
     if footage.held is not None:  # keypoints are needed for the poses and/or the masks
         ctx.progress("read", 0, 1, "reading the driving clip")
-        driving = read_whole_clip(params.driving, params.driving_fps)
+        driving = read_whole_clip(params.driving, params.advanced.driving_fps)
         prep = compute_poses(footage.held.frames, driving.frames, params, ctx, footage.fps, driving.fps)
         pos, n_drv, drv_fps = prep.driving_index, len(driving.frames), driving.fps
         del driving
     else:  # the user's aligned poses hold one pose per source frame: the driving clip's length and
         # fps (probed, not decoded) only decide which frames are edited, as in prepare
         info = probe_clip(params.driving)
-        n_drv, drv_fps = info.num_frames, params.driving_fps or info.fps
+        n_drv, drv_fps = info.num_frames, params.advanced.driving_fps or info.fps
         pos = timing_positions(n, footage.fps, n_drv, drv_fps, params)
     timing = {"policy": params.timing, "frame_start": params.frame_start, "frame_end": params.frame_end,
               "source_fps": footage.fps, "driving_fps": drv_fps, "driving_frame_count": int(n_drv)}
@@ -138,7 +138,7 @@ def edit(params: JobParams, ctx: JobContext) -> dict[str, Any]:
     with atomic_output_dir(final) as tmp:
         clip = prepare_clip(params, ctx)
         t_prep = time.perf_counter() - t0
-        if params.distributed == "ray":  # sampled and decoded by Ray workers, one GPU each
+        if params.advanced.distributed == "ray":  # sampled and decoded by Ray workers, one GPU each
             from mf_backend.distributed.sharded import edit_on_ray
 
             work, timer, run = edit_on_ray(clip.inputs, params, ctx)
@@ -148,7 +148,7 @@ def edit(params: JobParams, ctx: JobContext) -> dict[str, Any]:
         t0 = time.perf_counter()
         crops = {"frames": clip.inputs.frames.numpy(), "M_r": clip.inputs.M_r.numpy(), "M_e": clip.inputs.M_e.numpy()}
         output, t_comp = write_output(clip.footage, clip.plan, clip.edited, crops, work, params.output_format, tmp,
-                                      params.chunk, tmp / "edit.mp4" if params.preview else None,
+                                      params.advanced.chunk, tmp / "edit.mp4" if params.preview else None,
                                       lambda d, t: ctx.progress("write", d, t))
         t_write = time.perf_counter() - t0 - t_comp
         per_frame_ms = 1000.0 * (clip.seconds["crop"] + t_comp) / len(clip.edited)

@@ -89,7 +89,7 @@ def translate_exception(exc: BaseException) -> MFError:
     if name == "OutOfMemoryError" or "out of memory" in text.lower():
         return OutOfMemory(
             f"out of memory: {text.splitlines()[0] if text else name}",
-            "use fewer frames per window, a lower resolution, --precision fp16/bf16 or --low-memory",
+            "use fewer frames per window, a lower resolution, --precision fp16/bf16 or --checkpoint low-memory",
         )
     if isinstance(exc, FileNotFoundError):
         return BadInputMedia(f"file not found: {exc.filename or text}", "check the path and try again")

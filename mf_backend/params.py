@@ -1,11 +1,15 @@
 """The parameters of a `prepare`, `edit` or `demo` job: one dataclass shared by the CLI, the protocol and
 the add-on.
 
+`JobParams` holds what a video editor sets (at most 25 fields); everything else (overrides of what the
+files say, expert speed and memory settings, the consistency guidance's research knobs) lives in ONE
+nested group, `JobParams.advanced` (`AdvancedParams`), whose defaults are the reference's.
+
 `JobParams.from_dict` validates a JSON object (protocol `params`, add-on settings) and raises
 InvalidParams naming the offending field; the CLI builds the same dict from its flags. Each field
-carries its help text, its allowed values, its group and the jobs it applies to (`FieldInfo`), so the
-CLI's `--help`, the per-command flags and docs/protocol.md all come from here. `validate()` checks
-every range before any work starts.
+carries its help text, its allowed values, its group and the jobs it applies to (`_f`), so the CLI's
+`--help`, the per-command flags and docs/protocol.md all come from here. `validate()` checks every
+range and choice before any work starts.
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 POSE_EXTRACTORS = ("auto", "mediapipe", "dwpose", "decode")
 MASK_PREDICTORS = ("auto", "model", "geometric")
-CHECKPOINT_CHOICES = ("auto", "none", "hires", "down", "all")  # or a comma list of blocks: "down0,up2"
+# or a comma list of blocks: "down0,up2"; "low-memory" also decodes 2 frames at a time and offloads CLIP/VAE
+CHECKPOINT_CHOICES = ("auto", "none", "hires", "down", "all", "low-memory")
 COMPILE_SCOPES = ("none", "blocks", "full")
 DISTRIBUTED = ("none", "ray")  # docs/scale-out.md
 OUTPUT_FORMATS = ("auto", "png", "png16", "exr", "prores", "prores4444", "dnxhr", "h264")  # docs/footage.md
@@ -38,11 +43,17 @@ _BLOCK_NAME = re.compile(r"^(down\d+|up\d+|mid|down\*|up\*)$")
 SEED_MAX = 2**31 - 1  # Blender's IntProperty range, and every RNG we seed accepts it
 SIZE_MAX = 2048  # working resolution; the released model is trained at 512
 MAX_THREADS = 256
+TERMS = ("fg", "over", "body", "com")  # the consistency guidance's energies (method.md §B)
 
 ALL_JOBS = ("prepare", "edit", "demo")
 EDITS = ("edit", "demo")  # jobs that sample
 FOOTAGE = ("prepare", "edit")  # jobs on the user's clips
-GROUPS = ("inputs", "model", "sampling", "footage", "speed", "advanced")  # help sections, in order
+GROUPS = ("inputs", "model", "sampling", "footage")  # help sections of the top-level fields, in order
+ADVANCED_GROUPS = ("overrides", "speed", "guidance")  # help sections of `advanced`, in order
+# the flat keys of earlier releases: still accepted (mapped, with a warning in the job's reply) until 0.3
+LEGACY_UNTIL = "0.3"
+LEGACY_SWITCHES = {f"use_{t}": f"w_{t}" for t in TERMS}  # use_X false -> w_X 0
+LEGACY_LOW_MEMORY = "low_memory"  # true -> checkpoint "low-memory"
 
 
 def _f(default: Any, help: str, group: str, jobs: tuple[str, ...] = ALL_JOBS,
@@ -50,6 +61,88 @@ def _f(default: Any, help: str, group: str, jobs: tuple[str, ...] = ALL_JOBS,
     """A field with its help text, help group, the jobs that use it and its allowed values."""
     meta = {"help": help, "group": group, "jobs": jobs, "choices": choices}
     return field(default=default, metadata=meta)
+
+
+@dataclass
+class AdvancedParams:
+    """The advanced group (`params.advanced`, `"advanced": {...}` in the protocol, its own `--help` sections).
+
+    Nothing here needs setting for a normal edit: every default is the reference's (or the file's own
+    value). Three kinds of knobs:
+
+    * overrides of what the files say (frame rates, colour space), the mask predictor and its test-time
+      adaptation, and `chunk` (set by the Flamenco job type);
+    * expert speed and memory: activation `checkpoint`ing (`low-memory` for small GPUs), `compile`, the
+      sliding `window`/`overlap` of long clips, and Ray scale-out (`distributed`, `ray_address`,
+      `workers`; docs/scale-out.md);
+    * the consistency guidance's research knobs (method.md §B): the four energy weights `w_*` (None =
+      the chosen semantics' own weight, 0 = the term off), `energy_scale` (0 = no guidance),
+      `guidance_semantics` (the reference code's regions or the paper's) and `estimator_weights`.
+    """
+
+    # overrides of the files' own values, and the mask predictor
+    source_fps: Optional[float] = _f(None, "source frame rate, overriding the file's (e.g. for frame folders)",
+                                     "overrides", FOOTAGE)
+    driving_fps: Optional[float] = _f(None, "driving frame rate, overriding the file's", "overrides", FOOTAGE)
+    input_colorspace: Optional[str] = _f(None, "the source's colour space, an OCIO or Blender name such as 'Linear "
+                                               "Rec.709' or 'ACEScg' (default: from the file; EXR scene-linear "
+                                               "Rec.709, else sRGB)", "overrides", FOOTAGE)
+    mask_predictor: str = _f("auto", "predicted target masks M_e: the shipped model (with test-time "
+                                     "adaptation when 'auto') or the geometric warp", "overrides", ALL_JOBS,
+                             MASK_PREDICTORS)
+    tta_steps: int = _f(0, "test-time adaptation steps of the mask predictor on the source clip, 0..10000 "
+                           "(0 with 'auto' = the predictor's own default)", "overrides", ALL_JOBS)
+    chunk: bool = _f(False, "write only the edited frames: one chunk of a longer shot, put together by "
+                            "merge-chunks (docs/flamenco.md)", "overrides", ("edit",))
+    # speed and memory (docs/performance.md)
+    checkpoint: str = _f("auto", "activation checkpointing of the guidance pass: auto (fastest that fits the "
+                                 "GPU), none, hires, down, all, blocks like 'down0,up2', or low-memory (every "
+                                 "block, decode 2 frames at a time, CLIP and the VAE on the host while the UNet "
+                                 "runs: about 9.5 GiB at 512²)", "speed", EDITS)
+    compile: str = _f("none", "torch.compile the UNet layer by layer ('blocks') or whole ('full'); the first "
+                              "step is slower", "speed", EDITS, COMPILE_SCOPES)
+    window: int = _f(24, "frames per window for long clips, 1..32 (the motion modules see at most 32)",
+                     "speed", EDITS)
+    overlap: int = _f(4, "frames shared by neighbouring windows, 0..window-1", "speed", EDITS)
+    distributed: str = _f("none", "'ray': the clip's windows split over `workers` Ray actors, one GPU each "
+                                  "(docs/scale-out.md)", "speed", ("edit",), DISTRIBUTED)
+    ray_address: str = _f("local", "'local' (a 127.0.0.1 cluster on this machine), 'auto', or HOST:PORT", "speed",
+                          ("edit",))
+    workers: int = _f(1, "Ray workers (one GPU each), 1..256", "speed", ("edit",))
+    # consistency guidance: research knobs (method.md §B)
+    w_fg: Optional[float] = _f(None, "weight of the foreground energy, >= 0 (0 = off; default 4.0)", "guidance",
+                               EDITS)
+    w_over: Optional[float] = _f(None, "weight of the overlap energy, >= 0 (0 = off; default 1.2 with code "
+                                       "semantics, 6.0 with paper)", "guidance", EDITS)
+    w_body: Optional[float] = _f(None, "weight of the body energy, >= 0 (0 = off; default 6.0 with code "
+                                       "semantics, 2.4 with paper)", "guidance", EDITS)
+    w_com: Optional[float] = _f(None, "weight of the common-region energy, >= 0 (0 = off; default 1.2)",
+                                "guidance", EDITS)
+    energy_scale: float = _f(4.0, "scale of the consistency guidance, >= 0 (0 = no guidance, no replay)",
+                             "guidance", EDITS)
+    guidance_semantics: str = _f("code", "energy regions as the reference code has them, or as the paper "
+                                         "writes them (with the paper's weights)", "guidance", EDITS,
+                                 GUIDANCE_SEMANTICS)
+    estimator_weights: str = _f("shared", "the guidance's feature estimator: the denoising UNet itself, or the "
+                                          "reference's second UNet (released weights only)", "guidance", EDITS,
+                                ESTIMATOR_WEIGHTS)
+
+    def validate(self) -> None:
+        _choices(self)
+        if self.checkpoint not in CHECKPOINT_CHOICES and not all(
+                _BLOCK_NAME.match(n.strip()) for n in self.checkpoint.split(",")):
+            raise InvalidParams(f"advanced.checkpoint must be one of {', '.join(CHECKPOINT_CHOICES)} or a comma "
+                                f"list of blocks like 'down0,up2'; got {self.checkpoint!r}", "leave it at 'auto'")
+        _range("workers", self.workers, 1, 256, "one worker per GPU")
+        _range("window", self.window, 1, 32, "the motion modules see at most 32 frames")
+        _range("overlap", self.overlap, 0, self.window - 1, "4 is a good overlap")
+        _range("tta_steps", self.tta_steps, 0, 10000, "0 uses the mask predictor's default")
+        _range("energy_scale", self.energy_scale, 0.0, 1000.0, "4.0 is the reference; 0 turns guidance off")
+        for t in TERMS:
+            _range(f"w_{t}", getattr(self, f"w_{t}"), 0.0, 1000.0, "0 turns the term off; leave it out for the "
+                                                                  "reference's weight")
+        for name in ("source_fps", "driving_fps"):
+            _range(name, getattr(self, name), 0.001, 1000.0, "e.g. 24, 25, 29.97, 30, 60")
 
 
 @dataclass
@@ -99,103 +192,52 @@ class JobParams:
                      TIMING_POLICIES)
     frame_start: Optional[int] = _f(None, "first source frame to edit (0-based, inclusive)", "footage", FOOTAGE)
     frame_end: Optional[int] = _f(None, "last source frame to edit (inclusive)", "footage", FOOTAGE)
-    source_fps: Optional[float] = _f(None, "source frame rate, overriding the file's (e.g. for frame folders)",
-                                     "footage", FOOTAGE)
-    driving_fps: Optional[float] = _f(None, "driving frame rate, overriding the file's", "footage", FOOTAGE)
     pose_extractor: str = _f("auto", "'auto' = DWPose when its weights are in the models folder, else "
                                      "mediapipe; 'decode' = the driving clip is already pose renders",
                              "footage", FOOTAGE, POSE_EXTRACTORS)
-    mask_predictor: str = _f("auto", "predicted target masks M_e: the shipped model (with test-time "
-                                     "adaptation when 'auto') or the geometric warp", "footage", ALL_JOBS,
-                             MASK_PREDICTORS)
     output_format: str = _f("auto", "output format; 'auto' = the source's (a movie: the same codec family, exact "
                                     "fps and timecode; EXR: EXR; 16-bit: png16; else png)", "footage", ("edit",),
                             OUTPUT_FORMATS)
-    input_colorspace: Optional[str] = _f(None, "the source's colour space, an OCIO or Blender name such as 'Linear "
-                                               "Rec.709' or 'ACEScg' (default: from the file; EXR scene-linear "
-                                               "Rec.709, else sRGB)", "footage", FOOTAGE)
     preview: bool = _f(False, "also write edit.mp4, a preview video of the result", "footage", ("edit",))
-    chunk: bool = _f(False, "write only the edited frames: one chunk of a longer shot, put together by "
-                            "merge-chunks (docs/flamenco.md)", "footage", ("edit",))
-    # speed and memory (docs/performance.md)
-    low_memory: bool = _f(False, "checkpoint every block, decode 2 frames at a time, keep CLIP and the VAE on "
-                                 "the host while the UNet runs (about 9.5 GiB at 512²); overrides checkpoint",
-                          "speed", EDITS)
-    checkpoint: str = _f("auto", "activation checkpointing of the guidance pass: auto (fastest that fits the "
-                                 "GPU), none, hires, down, all, or blocks like 'down0,up2'", "speed", EDITS)
-    compile: str = _f("none", "torch.compile the UNet layer by layer ('blocks') or whole ('full'); the first "
-                              "step is slower", "speed", EDITS, COMPILE_SCOPES)
-    distributed: str = _f("none", "'ray': the clip's windows split over `workers` Ray actors, one GPU each "
-                                  "(docs/scale-out.md)", "speed", ("edit",), DISTRIBUTED)
-    ray_address: str = _f("local", "'local' (a 127.0.0.1 cluster on this machine), 'auto', or HOST:PORT", "speed",
-                          ("edit",))
-    workers: int = _f(1, "Ray workers (one GPU each), 1..256", "speed", ("edit",))
-    window: int = _f(24, "frames per window for long clips, 1..32 (the motion modules see at most 32)",
-                     "speed", EDITS)
-    overlap: int = _f(4, "frames shared by neighbouring windows, 0..window-1", "speed", EDITS)
-    # advanced: research knobs (method.md; defaults are the reference's)
-    w_fg: float = _f(4.0, "weight of the foreground energy (0 = off)", "advanced", EDITS)
-    w_over: float = _f(1.2, "weight of the overlap energy (0 = off)", "advanced", EDITS)
-    w_body: float = _f(6.0, "weight of the body energy (0 = off)", "advanced", EDITS)
-    w_com: float = _f(1.2, "weight of the common-region energy (0 = off)", "advanced", EDITS)
-    use_fg: bool = _f(True, "switch the foreground energy (same as w_fg 0)", "advanced", EDITS)
-    use_over: bool = _f(True, "switch the overlap energy", "advanced", EDITS)
-    use_body: bool = _f(True, "switch the body energy", "advanced", EDITS)
-    use_com: bool = _f(True, "switch the common-region energy", "advanced", EDITS)
-    energy_scale: float = _f(4.0, "scale of the consistency guidance, >= 0 (0 = no guidance, no replay)",
-                             "advanced", EDITS)
-    guidance_semantics: str = _f("code", "energy regions as the reference code has them, or as the paper "
-                                         "writes them", "advanced", EDITS, GUIDANCE_SEMANTICS)
-    estimator_weights: str = _f("shared", "the guidance's feature estimator: the denoising UNet itself, or the "
-                                          "reference's second UNet (released weights only)", "advanced", EDITS,
-                                ESTIMATOR_WEIGHTS)
-    tta_steps: int = _f(0, "test-time adaptation steps of the mask predictor on the source clip, 0..10000 "
-                           "(0 with 'auto' = the predictor's own default)", "advanced", ALL_JOBS)
-    extra: dict = field(default_factory=dict)  # forward-compatible, ignored keys are reported
+    # the advanced group, and what from_dict could not use
+    advanced: AdvancedParams = field(default_factory=AdvancedParams)
+    extra: dict = field(default_factory=dict)  # unknown keys: ignored, reported in `warnings`
+    warnings: list = field(default_factory=list)  # unknown and deprecated keys, for the job's reply and log
 
     @classmethod
     def from_dict(cls, d: Any) -> "JobParams":
+        """Top-level fields plus "advanced": {...}; the flat keys of earlier releases are mapped (LEGACY_UNTIL)."""
         if not isinstance(d, dict):
             raise InvalidParams("params must be a JSON object", "send params as {\"source\": ..., ...}")
-        hints = typing.get_type_hints(cls)
-        kwargs: dict[str, Any] = {}
-        unknown = {}
-        for key, value in d.items():
-            if key not in hints or key == "extra":
-                unknown[key] = value
-                continue
-            kwargs[key] = _coerce(key, hints[key], value)
-        p = cls(**kwargs)
+        adv_in = d.get("advanced", {})
+        if not isinstance(adv_in, dict):
+            raise InvalidParams("parameter 'advanced' must be a JSON object", "send advanced as {\"w_fg\": 4.0, ...}")
+        top, adv, unknown, notes = _split(d, adv_in)
+        p = cls(**{k: _coerce(k, _HINTS[k], v) for k, v in top.items()},
+                advanced=AdvancedParams(**{k: _coerce(f"advanced.{k}", _ADV_HINTS[k], v) for k, v in adv.items()}))
         p.extra = unknown
+        p.warnings = notes + [f"unknown parameter '{k}' ignored" for k in unknown]
         p.validate()
         return p
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The JSON form from_dict reads back (without `extra` and `warnings`)."""
+        d = dataclasses.asdict(self)
+        del d["extra"], d["warnings"]
+        return d
+
+    def with_advanced(self, **changes: Any) -> "JobParams":
+        """A copy with some advanced fields changed (dataclasses.replace one level down)."""
+        return dataclasses.replace(self, advanced=dataclasses.replace(self.advanced, **changes))
 
     def validate(self) -> None:
         """Every field's type-independent rules: choices and ranges (types are checked by from_dict)."""
-        for f in dataclasses.fields(self):
-            choices = f.metadata.get("choices")
-            if choices:
-                _choice(f.name, getattr(self, f.name), choices)
-        if self.checkpoint not in CHECKPOINT_CHOICES and not all(
-                _BLOCK_NAME.match(n.strip()) for n in self.checkpoint.split(",")):
-            raise InvalidParams(f"checkpoint must be one of {', '.join(CHECKPOINT_CHOICES)} or a comma list of "
-                                f"blocks like 'down0,up2'; got {self.checkpoint!r}", "leave it at 'auto'")
+        _choices(self)
+        self.advanced.validate()
         _range("steps", self.steps, 1, 1000, "50 is the reference; 25 is faster")
         _range("seed", self.seed, 0, SEED_MAX, "any whole number in this range")
         _range("threads", self.threads, 0, MAX_THREADS, "0 picks a share of the cores")
-        _range("workers", self.workers, 1, 256, "one worker per GPU")
-        _range("window", self.window, 1, 32, "the motion modules see at most 32 frames")
-        _range("overlap", self.overlap, 0, self.window - 1, "4 is a good overlap")
-        _range("tta_steps", self.tta_steps, 0, 10000, "0 uses the mask predictor's default")
         _range("guidance_scale", self.guidance_scale, 0.0, 50.0, "3.5 or 7.0 as in the reference")
-        _range("energy_scale", self.energy_scale, 0.0, 1000.0, "4.0 is the reference; 0 turns guidance off")
-        for name in ("w_fg", "w_over", "w_body", "w_com"):
-            _range(name, getattr(self, name), 0.0, 1000.0, "0 turns the term off; the defaults are the reference's")
-        for name in ("source_fps", "driving_fps"):
-            _range(name, getattr(self, name), 0.001, 1000.0, "e.g. 24, 25, 29.97, 30, 60")
         for name in ("frame_start", "frame_end"):
             _range(name, getattr(self, name), 0, 10**7, "frames are counted from 0")
         if self.size is not None and (self.size < 32 or self.size > SIZE_MAX or self.size % 32):
@@ -219,9 +261,74 @@ class JobParams:
         return Path(self.out).expanduser().resolve()
 
 
+_INTERNAL = ("advanced", "extra", "warnings")
+_HINTS = {k: v for k, v in typing.get_type_hints(JobParams).items() if k not in _INTERNAL}
+_ADV_HINTS = typing.get_type_hints(AdvancedParams)
+
+
+def user_fields() -> list[dataclasses.Field]:
+    """The top-level fields a user sets (not `advanced`, `extra`, `warnings`)."""
+    return [f for f in dataclasses.fields(JobParams) if f.name not in _INTERNAL]
+
+
+def advanced_fields() -> list[dataclasses.Field]:
+    return list(dataclasses.fields(AdvancedParams))
+
+
 def job_fields(job: str) -> list[dataclasses.Field]:
-    """The fields a job uses (its CLI flags), in declaration order."""
-    return [f for f in dataclasses.fields(JobParams) if job in f.metadata.get("jobs", ())]
+    """The fields a job uses (its CLI flags): the top-level ones, then the advanced ones, in declaration order."""
+    return [f for f in user_fields() + advanced_fields() if job in f.metadata["jobs"]]
+
+
+def nest(flat: dict[str, Any]) -> dict[str, Any]:
+    """{name: value} over both levels (the CLI's flags) -> from_dict's form, the advanced names nested."""
+    top = {k: v for k, v in flat.items() if k not in _ADV_HINTS}
+    adv = {k: v for k, v in flat.items() if k in _ADV_HINTS}
+    return {**top, "advanced": adv} if adv else top
+
+
+def _split(d: dict, adv_in: dict) -> tuple[dict, dict, dict, list[str]]:
+    """(top-level, advanced, unknown, deprecation notes) of a params object; legacy flat keys moved."""
+    top, adv, forced, unknown, notes = {}, {}, {}, {}, []
+    for key, value in d.items():
+        if key in _HINTS:
+            top[key] = value
+        elif key in _ADV_HINTS:
+            adv[key] = value
+            notes.append(f"'{key}' at the top level of params is deprecated (accepted until {LEGACY_UNTIL}): "
+                         f"send it as advanced.{key}")
+        elif key in LEGACY_SWITCHES:
+            w = LEGACY_SWITCHES[key]
+            if value is False:
+                forced[w] = 0.0  # wins over a flat w_X (old clients sent both)
+            elif value is not True:
+                raise InvalidParams(f"parameter '{key}' must be of type bool, got {type(value).__name__}",
+                                    f"leave {key} out and set advanced.{w} (0 = off)")
+            notes.append(f"'{key}' is deprecated (accepted until {LEGACY_UNTIL}): set advanced.{w} to 0 to turn "
+                         f"the term off")
+        elif key == LEGACY_LOW_MEMORY:
+            if value is True:
+                forced["checkpoint"] = "low-memory"  # low_memory overrode checkpoint
+            elif value is not False:
+                raise InvalidParams(f"parameter '{key}' must be of type bool, got {type(value).__name__}",
+                                    "leave it out and set advanced.checkpoint to 'low-memory'")
+            notes.append(f"'{key}' is deprecated (accepted until {LEGACY_UNTIL}): set advanced.checkpoint to "
+                         f"'low-memory'")
+        elif key != "advanced":
+            unknown[key] = value
+    adv.update(forced)
+    for key, value in adv_in.items():  # the nested form wins over the legacy flat keys
+        if key in _ADV_HINTS:
+            adv[key] = value
+        else:
+            unknown[f"advanced.{key}"] = value
+    return top, adv, unknown, notes
+
+
+def _choices(obj: Any) -> None:
+    for f in dataclasses.fields(obj):
+        if f.metadata.get("choices"):
+            _choice(f.name, getattr(obj, f.name), f.metadata["choices"])
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -248,7 +355,6 @@ def _coerce(key: str, hint: Any, value: Any) -> Any:
         bool: isinstance(value, bool),
         int: isinstance(value, int) and not isinstance(value, bool),
         float: isinstance(value, (int, float)) and not isinstance(value, bool),
-        dict: isinstance(value, dict),
     }.get(hint, True)
     if not ok:
         name = getattr(hint, "__name__", str(hint))

@@ -74,7 +74,7 @@ def check_extractor_weights(params: JobParams) -> None:
             raise WeightsMissing(f"pose_extractor 'dwpose' needs its weights in '{folder / 'DWPose'}'",
                                  f"put {' and '.join(DWPOSE_FILES)} there (huggingface.co/yzd-v/DWPose), or use "
                                  "pose_extractor 'auto' or 'mediapipe'")
-    if params.mask_predictor == "model" and not params.predicted_masks:
+    if params.advanced.mask_predictor == "model" and not params.predicted_masks:
         from mf_backend.masks.model import default_weights_dir
         from mf_backend.masks.predict import model_available
 

@@ -67,9 +67,9 @@ def check_decoded(path: str, claimed: int, decoded: int) -> int:
 def read_inputs(params: JobParams, ctx: JobContext):
     """→ (source Clip, driving Clip) from video files or frame folders."""
     ctx.progress("read", 0, 2, "reading the source clip")
-    source = read_whole_clip(params.source, params.source_fps, params.input_colorspace)
+    source = read_whole_clip(params.source, params.advanced.source_fps, params.advanced.input_colorspace)
     ctx.progress("read", 1, 2, "reading the driving clip")
-    driving = read_whole_clip(params.driving, params.driving_fps)
+    driving = read_whole_clip(params.driving, params.advanced.driving_fps)
     ctx.progress("read", 2, 2)
     return source, driving
 

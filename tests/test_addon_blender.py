@@ -157,22 +157,28 @@ def test_registers_panel_operators_and_scene_settings(addon):
 
     mf = bpy.context.scene.motionfollower
     p = job_params(mf)
-    assert {"seed", "guidance_scale", "w_fg", "use_com", "camera", "model"} <= set(p)
+    assert {"seed", "guidance_scale", "camera", "model", "advanced"} <= set(p)
+    assert {"w_fg", "w_com", "checkpoint", "compile"} <= set(p["advanced"]) and "use_com" not in p["advanced"]
     assert "steps" not in p and "size" not in p  # 0 by default: the backend uses the model's own
     mf.steps, mf.size = 30, 256
     assert (job_params(mf)["steps"], job_params(mf)["size"]) == (30, 256)
     mf.steps = mf.size = 0
     from mf_backend.params import JobParams  # the add-on's settings are valid backend params
 
-    JobParams.from_dict({**p, "source": "s", "driving": "d", "out": "o"})
-    assert (p["checkpoint"], p["low_memory"], p["compile"]) == ("auto", False, "none")
-    for memory in ("none", "hires", "low"):
+    assert not JobParams.from_dict({**p, "source": "s", "driving": "d", "out": "o"}).warnings  # nothing deprecated
+    assert (p["advanced"]["checkpoint"], p["advanced"]["compile"]) == ("auto", "none")
+    for memory, checkpoint in (("none", "none"), ("hires", "hires"), ("low", "low-memory")):
         mf.memory = memory
         jp = JobParams.from_dict({**job_params(mf), "source": "s", "driving": "d", "out": "o"})
-        assert jp.low_memory == (memory == "low") and jp.checkpoint in ("auto", memory)
-    mf.memory, mf.compile = "auto", True
-    assert JobParams.from_dict({**job_params(mf), "source": "s", "driving": "d", "out": "o"}).compile == "blocks"
-    mf.compile = False
+        assert jp.advanced.checkpoint == checkpoint
+    mf.memory, mf.compile, mf.w_body = "auto", True, 0.0
+    jp = JobParams.from_dict({**job_params(mf), "source": "s", "driving": "d", "out": "o"})
+    assert jp.advanced.compile == "blocks" and jp.advanced.w_body == 0.0
+    mf.compile, mf.w_body = False, 6.0
+    from blender_addon.properties import apply_settings  # a strip made before 0.2: use_body off -> w_body 0
+
+    assert apply_settings(mf, {"use_body": False, "w_body": 6.0, "use_fg": True}) == [] and mf.w_body == 0.0
+    mf.w_body = 6.0
 
 
 def test_export_respects_trims_and_leaves_the_scene_alone(scene, tmp_path):
@@ -242,6 +248,11 @@ def check_call(func: str, kw: dict) -> None:
     assert kw.get("icon", "NONE") in ICONS, f"no icon {kw['icon']!r}"
 
 
+def _geometric(params: dict) -> dict:
+    """The add-on's job params with the geometric M_e predictor (no CPU training in tests)."""
+    return {**params, "advanced": {**params["advanced"], "mask_predictor": "geometric"}}
+
+
 class FakeLayout:
     """Records draw calls and checks that every property, operator, argument and icon the panel uses exists."""
 
@@ -283,10 +294,10 @@ class FakeLayout:
         self.log.append(("progress", factor, text))
 
 
-def draw_panel() -> list:
+def draw_panel(name: str = "SEQUENCER_PT_motionfollower") -> list:
     log: list = []
     panel = type("P", (), {"layout": FakeLayout(log)})()
-    bpy.types.SEQUENCER_PT_motionfollower.draw(panel, bpy.context)
+    getattr(bpy.types, name).draw(panel, bpy.context)
     return log
 
 
@@ -295,7 +306,10 @@ def test_panel_draws_idle_running_and_failed(scene, addon):
     from blender_addon import run as mfrun
 
     log = draw_panel()
-    assert ("operator", "motionfollower.edit") in log and ("prop", "w_body") in log
+    assert ("operator", "motionfollower.edit") in log and ("prop", "w_body") not in log
+    advanced = bpy.types.SEQUENCER_PT_motionfollower_advanced  # a sub-panel, closed until opened
+    assert advanced.bl_parent_id == "SEQUENCER_PT_motionfollower" and "DEFAULT_CLOSED" in advanced.bl_options
+    assert {("prop", "w_body"), ("prop", "memory"), ("prop", "compile")} <= set(draw_panel(advanced.__name__))
     assert not any(e[0] == "progress" for e in log)
 
     job = client.Job(job_id="j", method="edit", request_id=1)
@@ -404,7 +418,7 @@ def test_modal_path_esc_cancels_through_the_backend(scene, addon, tmp_path, smal
     from blender_addon import run as mfrun
 
     job_params = properties.job_params
-    monkeypatch.setattr(properties, "job_params", lambda mf: {**job_params(mf), "mask_predictor": "geometric"})
+    monkeypatch.setattr(properties, "job_params", lambda mf: _geometric(job_params(mf)))
     person_clips(scene, tmp_path)
     scene.motionfollower.steps = 200
     scene.motionfollower.model, scene.motionfollower.model_folder = "folder", small_model
@@ -552,7 +566,8 @@ HEADLESS = textwrap.dedent("""
     prefs.python, prefs.jobs_dir = {python!r}, {jobs!r}
     from blender_addon import properties as P
     _job_params = P.job_params
-    P.job_params = lambda mf: {{**_job_params(mf), "mask_predictor": "geometric"}}  # M_e without CPU training
+    _geo = lambda p: {{**p, "advanced": {{**p["advanced"], "mask_predictor": "geometric"}}}}
+    P.job_params = lambda mf: _geo(_job_params(mf))  # M_e without CPU training
     sc = bpy.context.scene
     sc.render.resolution_x = sc.render.resolution_y = 64
     sc.view_settings.view_transform = "AgX"
@@ -735,7 +750,7 @@ def test_queue_and_variations_add_one_strip_per_source_and_seed(scene, addon, sm
     from blender_addon import run as mfrun
 
     job_params = properties.job_params
-    monkeypatch.setattr(properties, "job_params", lambda mf: {**job_params(mf), "mask_predictor": "geometric"})
+    monkeypatch.setattr(properties, "job_params", lambda mf: _geometric(job_params(mf)))
     person_clips(scene, tmp_path)
     ed = scene.sequence_editor
     ed.strips.new_movie("second", str(tmp_path / "person.avi"), channel=3, frame_start=30)
@@ -782,7 +797,7 @@ def test_preview_is_a_short_low_step_pass(scene, addon, small_model, tmp_path, m
     from blender_addon import run as mfrun
 
     job_params = properties.job_params
-    monkeypatch.setattr(properties, "job_params", lambda mf: {**job_params(mf), "mask_predictor": "geometric"})
+    monkeypatch.setattr(properties, "job_params", lambda mf: _geometric(job_params(mf)))
     monkeypatch.setattr(mfrun, "PREVIEW_FRAMES", 3)
     person_clips(scene, tmp_path)
     mf = scene.motionfollower

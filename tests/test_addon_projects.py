@@ -65,7 +65,8 @@ assert addon_utils.enable("motionfollower", default_set=True) is not None
 # the job folder is the default one, in $TMPDIR (this test's own), so the add-on's start cleans it
 from motionfollower import properties as P, run as R, strips as S
 _job_params = P.job_params
-P.job_params = lambda mf: {{**_job_params(mf), "mask_predictor": "geometric"}}  # M_e without CPU training
+_geo = lambda p: {{**p, "advanced": {{**p["advanced"], "mask_predictor": "geometric"}}}}
+P.job_params = lambda mf: _geo(_job_params(mf))  # M_e without CPU training
 
 def make_scene(steps=1):
     sc = bpy.context.scene

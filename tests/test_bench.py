@@ -55,7 +55,7 @@ def test_bench_is_a_group_with_quality_action():
     from mf_backend.params import JobParams
 
     v = variants(JobParams(), ["copy_source", "no_guidance", "no_fg", "full_guidance"])
-    assert v["copy_source"] is None and v["no_guidance"].energy_scale == 0 and v["no_fg"].use_fg is False
+    assert v["copy_source"] is None and v["no_guidance"].advanced.energy_scale == 0 and v["no_fg"].advanced.w_fg == 0
 
 
 def test_every_benchmark_is_a_bench_action(capsys):

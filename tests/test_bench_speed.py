@@ -203,10 +203,10 @@ def test_bench_flops_counts_the_passes_of_the_reference_schedule():
 
 def test_bench_flops_counting_each_kind_of_step_once_is_exact():
     from mf_backend.bench.flops import count_edit_flops
-    from mf_backend.params import JobParams
+    from mf_backend.params import AdvancedParams, JobParams
 
     # 8 steps: guidance, SDE, replay (step 4), camera K/V injection (from step 4); two windows
-    params = JobParams(steps=8, size=64, camera=True, window=2, overlap=1)
+    params = JobParams(steps=8, size=64, camera=True, advanced=AdvancedParams(window=2, overlap=1))
     once = count_edit_flops("tiny", 3, 64, params, device="cpu")
     every = count_edit_flops("tiny", 3, 64, params, device="cpu", once_per_kind=False)
     assert once["flop"] == every["flop"] > 0 and once["unet_frames"] == every["unet_frames"]

@@ -26,14 +26,14 @@ def test_demo_pipeline_on_a_short_clip(tmp_path):
     from mf_backend.demo import edit_inputs, prepare_pair, quality
     from mf_backend.model_choice import choose_model
     from mf_backend.models.loading import load_models
-    from mf_backend.params import JobParams
+    from mf_backend.params import AdvancedParams, JobParams
     from mf_backend.synthetic import make_pair
 
     torch.manual_seed(0)
     models = load_models("demo")
     size = choose_model("demo", None).size
     pair = make_pair(seed=7, frames=4, size=size)
-    params = JobParams(steps=4, mask_predictor="geometric")
+    params = JobParams(steps=4, advanced=AdvancedParams(mask_predictor="geometric"))
     inputs, info = prepare_pair(pair, params)
     assert info["predictor"] == "geometric"
     a = edit_inputs(models, inputs, params)

@@ -88,7 +88,7 @@ def _conv_features(seed: int = 0):
 def _sign_check(feats, z, z_rec, masks, semantics):
     fr = {k: v.detach() for k, v in feats(z_rec).items()}
     for term in TERMS:
-        w = GuidanceWeights(**{f"use_{t}": t == term for t in TERMS})
+        w = GuidanceWeights(**{t: None if t == term else 0.0 for t in TERMS})  # the others off
         g = ConsistencyGuidance(w, semantics=semantics)
         G, before = g.gradient(feats, z, fr, masks)
         assert torch.isfinite(G).all() and G.abs().max() > 0, term
@@ -166,7 +166,24 @@ def test_paper_semantics_uses_paper_weights_by_default():
     g = ConsistencyGuidance(GuidanceWeights(), semantics="paper")
     assert (g.weights.over, g.weights.body) == (6.0, 2.4)
     g = ConsistencyGuidance(GuidanceWeights(over=3.0), semantics="paper")
-    assert (g.weights.over, g.weights.body) == (3.0, 6.0)
+    assert (g.weights.over, g.weights.body) == (3.0, 2.4)  # an explicit weight wins, the others stay the paper's
+    g = ConsistencyGuidance(GuidanceWeights(), semantics="code")
+    assert (g.weights.fg, g.weights.over, g.weights.body, g.weights.com) == (4.0, 1.2, 6.0, 1.2)
+
+
+def test_paper_semantics_with_the_body_term_off_keeps_the_papers_overlap_weight():
+    """w_body=0 under "paper" used to leave w_over at the code's 1.2 (the swap needed both at the code's)."""
+    from mf_backend.editing.guidance import guidance_from_params
+    from mf_backend.params import JobParams
+
+    p = JobParams.from_dict({"advanced": {"guidance_semantics": "paper", "w_body": 0}})
+    g = guidance_from_params(p)
+    assert (g.weights.fg, g.weights.over, g.weights.body, g.weights.com) == (4.0, 6.0, 0.0, 1.2)
+    assert not g.weights.active("body") and g.weights.active("over") and g.enabled
+    legacy = guidance_from_params(JobParams.from_dict({"guidance_semantics": "paper", "use_body": False}))
+    assert legacy.weights == g.weights  # the deprecated switch maps to the same weights
+    off = guidance_from_params(JobParams.from_dict({"advanced": {"w_fg": 0, "w_over": 0, "w_body": 0, "w_com": 0}}))
+    assert not off.enabled
 
 
 # ---------------------------------------------------------------------------------------------- windows

@@ -58,7 +58,7 @@ def small_case(tmp_path_factory):
 
 
 def _params(case, out, model, **kw):
-    from mf_backend.params import JobParams
+    from mf_backend.params import JobParams, nest
 
     root = case["root"]
     d = {"source": str(root / "source_images"), "driving": str(root / "driving"), "out": str(out),
@@ -67,7 +67,7 @@ def _params(case, out, model, **kw):
          "source_poses": str(root / "source_poses"), "target_aligned_poses": str(root / "target_aligned_poses"),
          "source_masks": str(root / "source_masks"), "predicted_masks": str(root / "predicted_masks")}
     d.update(kw)
-    return JobParams.from_dict({k: v for k, v in d.items() if v is not None})
+    return JobParams.from_dict(nest({k: v for k, v in d.items() if v is not None}))
 
 
 def _run(params):

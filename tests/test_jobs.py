@@ -73,13 +73,17 @@ def _params(case, out, **kw) -> dict:
     ("mask_predictor", "sam", "mask_predictor must be one of"),
     ("device", "tpu", "device must be one of"),
     ("precision", "fp8", "precision must be one of"),
+    ("checkpoint", "everything", "checkpoint must be one of"),
+    ("window", 33, "window must be in"),
+    ("w_fg", -0.5, "w_fg must be in"),
+    ("guidance_semantics", "both", "guidance_semantics must be one of"),
 ])
 def test_every_range_is_checked_before_any_work(field, value, words):
     from mf_backend.errors import InvalidParams
-    from mf_backend.params import JobParams
+    from mf_backend.params import JobParams, nest
 
     with pytest.raises(InvalidParams, match=words):
-        JobParams.from_dict({"source": "s", "driving": "d", "out": "o", field: value})
+        JobParams.from_dict(nest({"source": "s", "driving": "d", "out": "o", field: value}))
 
 
 def test_preflight_names_the_users_files(tmp_path, case):
@@ -165,7 +169,7 @@ def test_cancel_stops_at_the_next_sub_pass(tiny_folder):
     from mf_backend.errors import Cancelled
     from mf_backend.jobs import JobContext
     from mf_backend.models.loading import load_models
-    from mf_backend.params import JobParams
+    from mf_backend.params import AdvancedParams, JobParams
 
     g = torch.Generator().manual_seed(0)
     img = lambda: torch.randint(0, 256, (4, 64, 64, 3), generator=g, dtype=torch.uint8)  # noqa: E731
@@ -186,7 +190,7 @@ def test_cancel_stops_at_the_next_sub_pass(tiny_folder):
                 ctx.cancel()
 
     with pytest.raises(Cancelled):
-        run_sampling(models, inputs, JobParams(steps=5, size=64, window=2, overlap=0),
+        run_sampling(models, inputs, JobParams(steps=5, size=64, advanced=AdvancedParams(window=2, overlap=0)),
                      lambda d, t, m: steps_done.append(d) if d > 0 else None, Timer("cpu", should_stop=ctx.check_cancelled))
     names = [n for n, _ in entered]
     assert names.count("reconstruction") == 1 and names[-2] == "reconstruction"  # stopped at the next sub-pass
@@ -201,7 +205,8 @@ def test_cancel_stops_at_the_next_sub_pass(tiny_folder):
 def test_edit_progress_is_monotone_never_jumps_and_reports_the_model_used(tmp_path, case):
     """A whole served-style edit through the dispatcher with the demo model's defaults: progress never goes
     back and never jumps by more than one stage's share; the result and edit.json name the model actually
-    used, its default size and steps, and say that the demo model cannot edit real people."""
+    used, its default size and steps, and say that the demo model cannot edit real people. A deprecated flat
+    key and an unknown one (with the default's value: the same edit) come back as `warnings`."""
     from mf_backend.dispatch import run_job
     from mf_backend.edit import STAGES
     from mf_backend.jobs import JobContext
@@ -209,10 +214,12 @@ def test_edit_progress_is_monotone_never_jumps_and_reports_the_model_used(tmp_pa
 
     events = []
     params = JobParams.from_dict({k: v for k, v in _params(case, tmp_path / "out", model="demo", steps=None,
-                                                             size=None, preview=True).items() if v is not None})
+                                                             size=None, preview=True, window=24,
+                                                             colour="blue").items() if v is not None})
     res = run_job("edit", params, JobContext(sink=events.append))
     assert res["model"] == "demo" and (res["size"], res["steps"]) == (64, 25)
     assert_matches_docs("edit", {"job_id": "e", **res}, optional=("video", "notice"))
+    assert len(res["warnings"]) == 2 and "advanced.window" in res["warnings"][0] and "'colour'" in res["warnings"][1]
     assert "demo model" in res["notice"] and "cannot edit real people" in res["notice"]
     info = json.loads((tmp_path / "out" / "edit.json").read_text())
     assert info["model"] == "demo" and info["notice"] == res["notice"]
@@ -230,13 +237,23 @@ def test_cli_help_describes_each_commands_own_flags():
     run = lambda *a: subprocess.run([sys.executable, "-m", "mf_backend", *a], capture_output=True,  # noqa: E731
                                     text=True, cwd=str(REPO), env=env, timeout=120).stdout
     prepare, edit = run("prepare", "--help"), run("edit", "--help")
-    assert "--guidance-scale" not in prepare and "--steps" not in prepare and "--tta-steps" in prepare
+    sampling = ("--steps", "--guidance-scale", "--seed", "--model ", "--precision", "--size", "--w-fg", "--energy-scale",
+                "--guidance-semantics", "--estimator-weights", "--checkpoint", "--compile", "--window", "--workers",
+                "--output-format", "--preview", "--chunk")
+    assert not [flag for flag in sampling if flag in prepare], prepare  # prepare samples nothing
+    assert "--tta-steps" in prepare and "--mask-predictor" in prepare and "--source-fps" in prepare
     assert "{auto,mediapipe,dwpose,decode}" in prepare and "source clip: a video file" in prepare
-    assert "--guidance-scale" in edit and "advanced" in edit and "{trim,loop,hold-last,stretch}" in edit
+    assert "--guidance-scale" in edit and "{trim,loop,hold-last,stretch}" in edit
+    # the advanced group: its own help sections, after the everyday ones, with allowed values
+    sections = [line for line in edit.splitlines() if line and not line.startswith(" ") and line.endswith(":")]
+    assert [s.split(":")[0] for s in sections[-3:]] == ["advanced"] * 3 and "real footage:" in sections
+    assert edit.index("advanced: consistency-guidance") < edit.index("--w-fg") and "{code,paper}" in edit
+    assert "low-memory" in edit.split("--checkpoint CHECKPOINT")[1]
     from mf_backend.params import job_fields
 
-    for f in job_fields("edit"):  # every flag has a description
-        assert f.metadata["help"] and "--" + f.name.replace("_", "-") in edit
+    for job, text in (("edit", edit), ("prepare", prepare)):  # every flag has a description
+        for f in job_fields(job):
+            assert f.metadata["help"] and "--" + f.name.replace("_", "-") in text
 
 
 def test_frame_range_keeps_the_alignment_anchored_to_the_edited_frames_at_1080p(tmp_path):

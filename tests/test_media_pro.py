@@ -40,14 +40,14 @@ def case(tmp_path_factory):
 def _edit(case, source, out, model, **kw) -> dict:
     from mf_backend.edit import edit
     from mf_backend.jobs import JobContext
-    from mf_backend.params import JobParams
+    from mf_backend.params import JobParams, nest
 
     root = case["root"]
-    params = JobParams.from_dict({
+    params = JobParams.from_dict(nest({
         "source": str(source), "driving": str(root / "driving"), "out": str(out), "model": str(model),
         "device": "cpu", "precision": "fp32", "steps": 2, "size": SIZE, "seed": 1, "pose_extractor": "decode",
         "source_poses": str(root / "source_poses"), "target_aligned_poses": str(root / "target_aligned_poses"),
-        "source_masks": str(root / "source_masks"), "predicted_masks": str(root / "predicted_masks"), **kw})
+        "source_masks": str(root / "source_masks"), "predicted_masks": str(root / "predicted_masks"), **kw}))
     res = edit(params, JobContext())
     assert json.loads((params.out_path / "edit.json").read_text())["output"] == res["output"]
     return res

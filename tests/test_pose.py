@@ -156,7 +156,7 @@ def test_blazepose_mapping_and_protagonist():
 def test_prepare_end_to_end_with_pose_render_driving(tmp_path):
     from mf_backend.jobs import JobContext
     from mf_backend.media import write_frames
-    from mf_backend.params import JobParams
+    from mf_backend.params import AdvancedParams, JobParams
     from mf_backend.prepare import prepare
 
     # source given as pose renders too (no mediapipe accuracy needed), driving: a smaller, moving person
@@ -165,7 +165,7 @@ def test_prepare_end_to_end_with_pose_render_driving(tmp_path):
     events = []
     # geometric M_e keeps this pose test fast; the DiT predictor path is covered in test_masks.py
     params = JobParams(source=str(tmp_path / "src"), driving=str(tmp_path / "drv"), out=str(tmp_path / "out"),
-                       mask_predictor="geometric")
+                       advanced=AdvancedParams(mask_predictor="geometric"))
     result = prepare(params, JobContext(sink=events.append))
     out = Path(result["out"])
     for kind in ("source_poses", "target_poses", "target_aligned_poses"):

@@ -63,8 +63,13 @@ def test_job_param_errors(backend, tmp_path):
     assert err["code"] == E.BAD_INPUT_MEDIA and "nope.mp4" in err["message"] and err["data"]["hint"]
     r = backend.request("prepare", {"steps": "ten"}, req_id=3)
     assert r["error"]["code"] == E.INVALID_PARAMS and "steps" in r["error"]["message"]
-    r = backend.request("edit", {"guidance_semantics": "sideways"}, req_id=4)
+    r = backend.request("edit", {"advanced": {"guidance_semantics": "sideways"}}, req_id=4)
     assert r["error"]["code"] == E.INVALID_PARAMS and "guidance_semantics" in r["error"]["message"]
+    for key, params in (("pose_extractor", {"pose_extractor": "bogus"}),  # before any work, the right class
+                        ("mask_predictor", {"advanced": {"mask_predictor": "bogus"}})):
+        r = backend.request("prepare", {"source": str(tmp_path / "nope.mp4"), "driving": str(tmp_path / "d"),
+                                        "out": str(tmp_path / "o"), **params}, req_id=f"bogus-{key}")
+        assert r["error"]["code"] == E.INVALID_PARAMS and key in r["error"]["message"], r
     r = backend.request("edit", {"steps": 10}, req_id=5)
     assert r["error"]["code"] == E.INVALID_PARAMS and "source" in r["error"]["message"]
     assert not (tmp_path / "o").exists()
@@ -128,8 +133,9 @@ def _hostile_lines() -> list[tuple[bytes, bool]]:
              ("seed", "x"), ("guidance_scale", "high"), ("guidance_scale", [1]), ("size", 33), ("size", 0),
              ("camera", "True"), ("camera", 1), ("window", 64), ("overlap", -1), ("align", "sideways"),
              ("timing", "pingpong"), ("crop", 1), ("device", "tpu"), ("precision", "fp8"), ("source", 5),
-             ("out", ["a"]), ("w_fg", "4"), ("use_fg", "yes"), ("frame_start", "a"), ("models_dir", 7),
-             ("estimator_weights", "both")]
+             ("out", ["a"]), ("w_fg", "4"), ("use_fg", "yes"), ("low_memory", 1), ("frame_start", "a"),
+             ("models_dir", 7), ("estimator_weights", "both"), ("advanced", "x"), ("advanced", {"w_fg": "4"}),
+             ("advanced", {"window": 64}), ("advanced", {"mask_predictor": "bogus"}), ("pose_extractor", "bogus")]
     for i, (key, value) in enumerate(wrong):
         for method in ("edit", "prepare"):
             cases.append((json.dumps({"jsonrpc": "2.0", "id": f"w{method}{i}", "method": method,

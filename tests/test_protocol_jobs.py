@@ -14,7 +14,7 @@ def test_prepare_job_reports_progress_and_writes_layout(tmp_path):
     try:
         b.send({"jsonrpc": "2.0", "id": "p", "method": "prepare",
                 "params": {"job_id": "prep-1", "source": str(src), "driving": str(drv), "out": str(out),
-                           "mask_predictor": "geometric"}})
+                           "advanced": {"mask_predictor": "geometric"}}})
         r = b.response("p", timeout=240, on_notification=events.append)
         assert "result" in r, r
         assert r["result"]["job_id"] == "prep-1"

@@ -47,11 +47,11 @@ def _inputs(frames: int, size: int = 64):
 
 
 def _params(model, **kw):
-    from mf_backend.params import JobParams
+    from mf_backend.params import JobParams, nest
 
-    return JobParams.from_dict({"model": str(model), "device": "cpu", "precision": "fp32", "size": 64,
-                                "steps": 4, "seed": 5, "window": 16, "overlap": 4, "distributed": "ray",
-                                "ray_address": "local", "workers": GPUS, **kw})
+    return JobParams.from_dict(nest({"model": str(model), "device": "cpu", "precision": "fp32", "size": 64,
+                                     "steps": 4, "seed": 5, "window": 16, "overlap": 4, "distributed": "ray",
+                                     "ray_address": "local", "workers": GPUS, **kw}))
 
 
 def _descends_from(pid: int, ancestor: int) -> bool:
@@ -223,7 +223,6 @@ def test_protocol_edit_on_ray_reports_progress_and_cancels(tiny_folder, tmp_path
 
     case = _case(tmp_path / "case", 24)
     params = {**_edit_params(case, tmp_path / "out", tiny_folder, steps=30, workers=2).to_dict(), "job_id": "r1"}
-    params.pop("extra")
     b = BackendProcess()
     try:
         b.send({"jsonrpc": "2.0", "id": "edit", "method": "edit", "params": params})

@@ -10,7 +10,7 @@ from mf_backend.editing.memory import GIB, estimate_gib, plan_memory, resolve_me
 from mf_backend.errors import InvalidParams
 from mf_backend.models import compile as mf_compile
 from mf_backend.models.config import get_config
-from mf_backend.params import JobParams
+from mf_backend.params import AdvancedParams, JobParams
 
 OFFICIAL = get_config("official")
 
@@ -47,19 +47,21 @@ def test_estimates_scale_with_frames_area_and_precision():
 
 def test_resolve_plan_off_cuda_and_explicit_choices():
     cpu = torch.device("cpu")
-    assert resolve_memory_plan("auto", False, OFFICIAL, 24, 512, cpu, torch.float32).checkpoint == "none"
-    assert resolve_memory_plan("auto", True, OFFICIAL, 24, 512, cpu, torch.float32).checkpoint == "all"
-    explicit = resolve_memory_plan("down0,up2", False, OFFICIAL, 24, 512, cpu, torch.float32)
+    assert resolve_memory_plan("auto", OFFICIAL, 24, 512, cpu, torch.float32).checkpoint == "none"
+    low = resolve_memory_plan("low-memory", OFFICIAL, 24, 512, cpu, torch.float32)
+    assert (low.checkpoint, low.decode_batch, low.offload) == ("all", 2, False)  # offload on CUDA only
+    explicit = resolve_memory_plan("down0,up2", OFFICIAL, 24, 512, cpu, torch.float32)
     assert (explicit.checkpoint, explicit.decode_batch) == ("down0,up2", 8)
 
 
 def test_job_params_validate_checkpoint_and_compile():
-    JobParams(checkpoint="down0, up2,mid").validate()
-    JobParams(compile="blocks").validate()
+    for checkpoint in ("down0, up2,mid", "low-memory", "auto"):
+        JobParams(advanced=AdvancedParams(checkpoint=checkpoint)).validate()
+    JobParams(advanced=AdvancedParams(compile="blocks")).validate()
     with pytest.raises(InvalidParams, match="checkpoint"):
-        JobParams(checkpoint="everything").validate()
+        JobParams(advanced=AdvancedParams(checkpoint="everything")).validate()
     with pytest.raises(InvalidParams, match="compile"):
-        JobParams(compile="fast").validate()
+        JobParams(advanced=AdvancedParams(compile="fast")).validate()
 
 
 # ---------------------------------------------------------------------------- regional compile
@@ -136,13 +138,13 @@ def test_run_sampling_with_compile_gives_the_same_edit_and_reports_its_memory_pl
     ref = run_sampling(models, random_inputs(2, 64, 0), params)
     assert ref.info["memory"]["checkpoint"] == "none" and ref.info["memory"]["reason"] == "not a CUDA device"
     try:
-        out = run_sampling(models, random_inputs(2, 64, 0), JobParams(steps=3, size=64, seed=3, compile="blocks"))
+        out = run_sampling(models, random_inputs(2, 64, 0), params.with_advanced(compile="blocks"))
         assert any("_mf_eager_forward" in m.__dict__ for m in models.unet.modules())
     finally:
         mf_compile.uncompile_unet(models.unet)
         torch._dynamo.reset()
     torch.testing.assert_close(out.latents, ref.latents, rtol=1e-4, atol=1e-5)
-    low = run_sampling(models, random_inputs(2, 64, 0), JobParams(steps=3, size=64, seed=3, low_memory=True))
+    low = run_sampling(models, random_inputs(2, 64, 0), params.with_advanced(checkpoint="low-memory"))
     assert low.info["memory"]["checkpoint"] == "all" and low.info["memory"]["decode_batch"] == 2
     assert not low.info["memory"]["offload"]  # nothing to offload to on a CPU
     torch.testing.assert_close(low.latents, ref.latents, rtol=1e-4, atol=1e-5)

@@ -93,7 +93,7 @@ def count_edit_flops(config: str = "official", frames: int = 24, size: int = 512
     with torch.device(device):
         models = build_models(config).eval()
     models.requires_grad_(False)
-    estimator = None if params.estimator_weights == "shared" else copy.deepcopy(models.unet)
+    estimator = None if params.advanced.estimator_weights == "shared" else copy.deepcopy(models.unet)
     settings = replace(sampler_settings(params, "none"), **(settings_overrides or {}))
     t0 = time.perf_counter()
     repeated: dict[str, float] = {}

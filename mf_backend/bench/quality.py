@@ -15,22 +15,21 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
-from mf_backend.params import JobParams
+from mf_backend.params import AdvancedParams, JobParams
 
 TERMS = ("fg", "over", "body", "com")
 
 
 def variants(base: JobParams, which: list[str]) -> dict[str, JobParams | None]:
     """name -> params (None = copy the source)."""
-    all_: dict[str, JobParams | None] = {"copy_source": None, "no_guidance": replace(base, energy_scale=0.0),
+    all_: dict[str, JobParams | None] = {"copy_source": None, "no_guidance": base.with_advanced(energy_scale=0.0),
                                          "full_guidance": base}
     for t in TERMS:
-        all_[f"no_{t}"] = replace(base, **{f"use_{t}": False})
+        all_[f"no_{t}"] = base.with_advanced(**{f"w_{t}": 0.0})
     return {k: v for k, v in all_.items() if k in which}
 
 
@@ -41,7 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="demo")
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--guidance-scale", type=float, default=3.5)
-    p.add_argument("--energy-scale", type=float, default=JobParams.energy_scale)
+    p.add_argument("--energy-scale", type=float, default=AdvancedParams.energy_scale)
     p.add_argument("--guidance-semantics", default="code", choices=("code", "paper"))
     p.add_argument("--mask-predictor", default="model", choices=("model", "geometric", "gt"),
                    help="M_e: the predictor, the geometric fallback, or the ground-truth mask")
@@ -66,9 +65,9 @@ def run_quality(args: argparse.Namespace) -> dict[str, Any]:
     device = resolve_device(args.device)
     models = load_models(args.model, None, device, torch.float32)
     size = choose_model(args.model, None).size
-    base = JobParams(steps=args.steps, guidance_scale=args.guidance_scale, energy_scale=args.energy_scale,
-                     guidance_semantics=args.guidance_semantics, seed=args.seed,
-                     mask_predictor="model" if args.mask_predictor == "gt" else args.mask_predictor)
+    advanced = AdvancedParams(energy_scale=args.energy_scale, guidance_semantics=args.guidance_semantics,
+                              mask_predictor="model" if args.mask_predictor == "gt" else args.mask_predictor)
+    base = JobParams(steps=args.steps, guidance_scale=args.guidance_scale, seed=args.seed, advanced=advanced)
     table: dict[str, list[dict[str, float]]] = {k: [] for k in which}
     t0 = time.perf_counter()
     for i in range(args.pairs):

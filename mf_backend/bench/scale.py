@@ -50,8 +50,8 @@ def run(args: argparse.Namespace) -> int:
         folder = save_models(build_models("tiny", seed=0), f"{tmp}/tiny")
         params = JobParams.from_dict({
             "model": str(folder), "device": "cpu", "precision": "fp32", "size": args.size, "steps": args.steps,
-            "window": args.window, "overlap": args.overlap, "distributed": "ray", "ray_address": args.ray_address,
-            "workers": args.workers})
+            "advanced": {"window": args.window, "overlap": args.overlap, "distributed": "ray",
+                         "ray_address": args.ray_address, "workers": args.workers}})
         t0 = time.perf_counter()
         one = run_sampling(load_models(str(folder), None, "cpu", torch.float32),
                            random_inputs(args.frames, args.size), params)

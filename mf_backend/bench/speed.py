@@ -136,7 +136,7 @@ def run_variant(models, inputs_fn: Callable[[], Any], params, variant: Variant, 
     _apply_model_switches(models, variant, original)
     try:
         frames = inputs_fn().num_frames
-        mem = memory_plan(models, replace(params, checkpoint=variant.checkpoint), frames)
+        mem = memory_plan(models, params.with_advanced(checkpoint=variant.checkpoint), frames)
         decode_batch = mem.decode_batch if variant.checkpoint == "auto" else variant.decode_batch
         settings = replace(sampler_settings(params, mem.checkpoint), **variant_switches(variant))
         guidance = guidance_from_params(params)

@@ -105,27 +105,28 @@ def _blend_shared(parts: list, pos: list[torch.Tensor], count: int) -> tuple[tor
 
 
 def sample_on_ray(inputs: EditInputs, params: JobParams, ctx: JobContext, decode: bool = True) -> ShardedResult:
-    """Both branches over the whole clip on `params.workers` Ray workers (see the module docstring)."""
+    """Both branches over the whole clip on `params.advanced.workers` Ray workers (see the module docstring)."""
     import ray
 
     from mf_backend.distributed import cluster
     from mf_backend.distributed.worker import CLIP_BATCH, WindowWorker
 
     F_ = inputs.num_frames
-    windows, groups, touched, shared, pos = shard_plan(F_, params.window, params.overlap, params.workers)
+    adv = params.advanced
+    windows, groups, touched, shared, pos = shard_plan(F_, adv.window, adv.overlap, adv.workers)
     n = len(groups)
-    if n < params.workers:
-        log.warning("the clip has %d windows: %d workers instead of %d", len(windows), n, params.workers)
+    if n < adv.workers:
+        log.warning("the clip has %d windows: %d workers instead of %d", len(windows), n, adv.workers)
     weights = window_weights(windows)
     plan = build_schedule(params.steps, guidance=guidance_from_params(params).enabled, camera=params.camera)
     timer = StageTimer()
-    ctx.progress("load", 0, 1, f"reserving {n} GPUs on Ray ({params.ray_address})")
-    cluster.connect(params.ray_address, n)
+    ctx.progress("load", 0, 1, f"reserving {n} GPUs on Ray ({adv.ray_address})")
+    cluster.connect(adv.ray_address, n)
     pg = cluster.reserve_gpus(n)  # all n or a clear error, before any work
     actors: list = []
     try:
         remote = ray.remote(WindowWorker)
-        worker_params = {**params.to_dict(), "distributed": "none", "extra": {}}
+        worker_params = params.with_advanced(distributed="none").to_dict()
         run_id = uuid.uuid4().hex[:8]  # named actors: visible in `ray list actors`, findable by tests
         actors = [remote.options(name=f"mf-window-{run_id}-{i}", **cluster.actor_options(pg, i)).remote(worker_params)
                   for i in range(n)]
@@ -185,7 +186,7 @@ def sample_on_ray(inputs: EditInputs, params: JobParams, ctx: JobContext, decode
         for k in ("reconstruction", "editing", "guidance"):  # the slowest worker's figure per stage
             timer.seconds[k] = max(w.get(k, 0.0) for w in worker_timings)
         info = {**d0, "memory": memory, "workers": n, "windows": len(windows),
-                "windows_per_worker": [len(g) for g in groups], "ray_address": params.ray_address,
+                "windows_per_worker": [len(g) for g in groups], "ray_address": adv.ray_address,
                 "sync_ms_per_step": round(float(np.median(sync_ms)), 2),
                 "sync_bytes_per_step": int(np.median(sync_bytes))}
         info.pop("pid", None)

@@ -66,11 +66,16 @@ def load_jobs(path: str) -> list[Shot]:
         raise InvalidParams(f"jobs file '{p}' has no jobs", 'write [{"source": ..., "driving": ..., "out": ...}]')
     shots, outs = [], set()
     for i, job in enumerate(jobs):
+        both = defaults.get("advanced"), job.get("advanced")
         job = {**defaults, **job}
+        if all(isinstance(a, dict) for a in both):  # the job's advanced values win key by key
+            job["advanced"] = {**both[0], **both[1]}
         job_id, method = str(job.pop("job_id", f"job{i + 1}")), job.pop("method", "edit")
         try:
             params = JobParams.from_dict(job)
             check_params(method, params)
+            for note in params.warnings:
+                log.warning("jobs file '%s', job %s: %s", p, job_id, note)
         except MFError as exc:
             raise InvalidParams(f"jobs file '{p}', job {job_id}: {exc.message}", exc.hint) from exc
         if params.out_path in outs or job_id in {s.job_id for s in shots}:
@@ -159,7 +164,7 @@ class ShotQueue:
         s.attempts += 1
         s.started = time.time()
         s.runner = remote.remote()
-        s.ref = s.runner.run.remote(s.job_id, s.method, {**s.params.to_dict(), "extra": {}})
+        s.ref = s.runner.run.remote(s.job_id, s.method, s.params.to_dict())
         self._set(s, "running")
 
     def _stop(self, ray, s: Shot, state: str, **extra) -> None:

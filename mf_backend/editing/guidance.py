@@ -14,8 +14,8 @@ Which of M_body / M_over is pulled depends on `semantics` (method.md §B.5):
   reconstruction on M_body = M_r(1-M_e), over is PUSHED apart on M_over = (1-M_r)(1-M_e).
 * "paper" (DragonDiffusion lineage, what the paper's description implies): over is PULLED on M_over
   (background kept), body is PUSHED on M_body (vacated region in-painted). The supplement's weights
-  for these roles are w_over = 6.0, w_body = 2.4 (`PAPER_WEIGHTS`); `GuidanceWeights.for_semantics`
-  switches to them when the weights were left at the code defaults.
+  for these roles are w_over = 6.0, w_body = 2.4 (`PAPER_WEIGHTS`); a weight left at None takes its
+  semantics' default (`GuidanceWeights.for_semantics`), an explicit number wins (0 = off).
 
 Region means are taken at feature resolution with area weights. This equals the reference's nearest
 up-sampling of both features and masks to 2x the size of up block 2's output (128^2 at 512 px),
@@ -27,7 +27,7 @@ average (the reference would produce NaN); a term with no valid frame contribute
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Callable, Mapping, Optional
 
 import torch
@@ -48,24 +48,22 @@ PUSH = {"code": ("over",), "paper": ("body",)}
 
 @dataclass(frozen=True)
 class GuidanceWeights:
-    fg: float = CODE_WEIGHTS["fg"]
-    over: float = CODE_WEIGHTS["over"]
-    body: float = CODE_WEIGHTS["body"]
-    com: float = CODE_WEIGHTS["com"]
-    use_fg: bool = True  # the paper turns fg off for clips whose orientation changes a lot
-    use_over: bool = True
-    use_body: bool = True
-    use_com: bool = True
+    """The four energies' weights; None = the semantics' own weight (CODE_WEIGHTS or PAPER_WEIGHTS), a number
+    wins (0 turns the term off, e.g. fg for clips whose orientation changes a lot, as the paper does)."""
+
+    fg: Optional[float] = None
+    over: Optional[float] = None
+    body: Optional[float] = None
+    com: Optional[float] = None
 
     def for_semantics(self, semantics: str) -> "GuidanceWeights":
-        """Paper semantics with the weights still at the code defaults -> the paper's weights."""
-        if semantics == "paper" and (self.over, self.body) == (CODE_WEIGHTS["over"], CODE_WEIGHTS["body"]):
-            log.info("guidance semantics 'paper': using the paper's weights w_over=6.0, w_body=2.4")
-            return replace(self, over=PAPER_WEIGHTS["over"], body=PAPER_WEIGHTS["body"])
-        return self
+        """Every weight a number: the ones left at None from the semantics' defaults."""
+        defaults = PAPER_WEIGHTS if semantics == "paper" else CODE_WEIGHTS
+        return GuidanceWeights(**{t: defaults[t] if getattr(self, t) is None else float(getattr(self, t))
+                                  for t in defaults})
 
     def active(self, term: str) -> bool:
-        return getattr(self, f"use_{term}") and getattr(self, term) != 0.0
+        return getattr(self, term) != 0.0
 
 
 class RegionMasks:
@@ -265,8 +263,7 @@ class ConsistencyGuidance:
 
 
 def guidance_from_params(params) -> ConsistencyGuidance:
-    """ConsistencyGuidance configured by the JobParams fields w_*, use_*, energy_scale, guidance_semantics."""
-    w = GuidanceWeights(fg=params.w_fg, over=params.w_over, body=params.w_body, com=params.w_com,
-                        use_fg=params.use_fg, use_over=params.use_over, use_body=params.use_body,
-                        use_com=params.use_com)
-    return ConsistencyGuidance(w, energy_scale=params.energy_scale, semantics=params.guidance_semantics)
+    """ConsistencyGuidance configured by the JobParams advanced fields w_*, energy_scale, guidance_semantics."""
+    a = params.advanced
+    w = GuidanceWeights(fg=a.w_fg, over=a.w_over, body=a.w_body, com=a.w_com)
+    return ConsistencyGuidance(w, energy_scale=a.energy_scale, semantics=a.guidance_semantics)

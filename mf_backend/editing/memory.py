@@ -113,11 +113,12 @@ def plan_memory(config, frames: int, size: int, dtype: torch.dtype, free_bytes: 
                       "use a shorter window, a smaller size, or close other GPU programs")
 
 
-def resolve_memory_plan(checkpoint: str, low_memory: bool, config, frames: int, size: int, device: torch.device,
+def resolve_memory_plan(checkpoint: str, config, frames: int, size: int, device: torch.device,
                         dtype: torch.dtype, camera: bool = False) -> MemoryPlan:
-    """What an edit runs with: low_memory -> "all"; an explicit preset as given; "auto" planned on CUDA."""
-    if low_memory:
-        return MemoryPlan("all", 2, offload=torch.device(device).type == "cuda", reason="low_memory")
+    """What an edit runs with (the job's `checkpoint`): "low-memory" -> "all", decode 2 frames at a time and
+    offload on CUDA; another preset or block list as given; "auto" planned on CUDA."""
+    if checkpoint == "low-memory":
+        return MemoryPlan("all", 2, offload=torch.device(device).type == "cuda", reason="low-memory")
     if checkpoint != "auto":
         return MemoryPlan(checkpoint, 8, reason="as requested")
     if torch.device(device).type != "cuda":

@@ -28,14 +28,15 @@ log = logging.getLogger(__name__)
 def sampler_settings(params: JobParams, checkpoint: str) -> SamplerSettings:
     """The sampler's settings from the job; `checkpoint` is the resolved preset (memory_plan(...).checkpoint)."""
     return SamplerSettings(steps=params.steps, guidance_scale=params.guidance_scale, seed=params.seed,
-                           camera=params.camera, window=params.window, overlap=params.overlap,
+                           camera=params.camera, window=params.advanced.window, overlap=params.advanced.overlap,
                            checkpoint=checkpoint)
 
 
 def memory_plan(models, params: JobParams, num_frames: int) -> MemoryPlan:
     """Checkpointing and decode batch for this job on this device (editing/memory.py)."""
-    return resolve_memory_plan(params.checkpoint, params.low_memory, models.config, min(num_frames, params.window),
-                               params.size, models.device, models.dtype, params.camera)
+    a = params.advanced
+    return resolve_memory_plan(a.checkpoint, models.config, min(num_frames, a.window), params.size, models.device,
+                               models.dtype, params.camera)
 
 
 @torch.no_grad()
@@ -78,15 +79,15 @@ def build_sampler(models, params: JobParams, num_frames: int, progress=None, tim
 
         params = replace(params, steps=choose_model(str(models.source), None).steps)
     models.requires_grad_(False)  # guidance differentiates w.r.t. the latent only
-    if estimator is None and params.estimator_weights != "shared":
+    if estimator is None and params.advanced.estimator_weights != "shared":
         from mf_backend.models.estimator import build_estimator
 
-        estimator = build_estimator(models, params.estimator_weights, params.models_dir, params.seed)
+        estimator = build_estimator(models, params.advanced.estimator_weights, params.models_dir, params.seed)
         estimator.requires_grad_(False)
     plan = memory_plan(models, params, num_frames)  # after the estimator: its weights are resident
-    if params.compile != "none":
-        log.info("torch.compile (%s): the first step compiles and is slower", params.compile)
-        models.unet = compile_unet(models.unet, params.compile)
+    if params.advanced.compile != "none":
+        log.info("torch.compile (%s): the first step compiles and is slower", params.advanced.compile)
+        models.unet = compile_unet(models.unet, params.advanced.compile)
     sampler = MotionEditSampler(models, guidance_from_params(params), sampler_settings(params, plan.checkpoint),
                                 estimator, progress, timer)
     return sampler, plan

@@ -33,8 +33,8 @@ def compute_masks(source_frames: np.ndarray, prep, params, ctx) -> tuple[np.ndar
     if len(edited):
         with ctx.part(0.4, 1.0):
             M_e[edited], _ = predict_masks(source_frames[edited], M_r[edited], prep.source.frames(edited),
-                                           prep.aligned.frames(edited), params.mask_predictor,
-                                           tta_steps=params.tta_steps, ctx=ctx)
+                                           prep.aligned.frames(edited), params.advanced.mask_predictor,
+                                           tta_steps=params.advanced.tta_steps, ctx=ctx)
     return M_r, M_e
 
 
