@@ -90,9 +90,11 @@ def job_params(mf: MotionFollowerSettings) -> dict[str, Any]:
     p["model"] = bpy.path.abspath(mf.model_folder) if mf.model == "folder" else mf.model
     if mf.driving_is_pose:
         p["pose_extractor"] = "decode"
+    # weights left at their defaults are left out: the backend's exact reference values (the panel's are float32)
+    changed = {f"w_{t}": getattr(mf, f"w_{t}") for t in TERMS
+               if getattr(mf, f"w_{t}") != mf.bl_rna.properties[f"w_{t}"].default}
     p["advanced"] = {"checkpoint": "low-memory" if mf.memory == "low" else mf.memory,
-                     "compile": "blocks" if mf.compile else "none",
-                     **{f"w_{t}": getattr(mf, f"w_{t}") for t in TERMS}}
+                     "compile": "blocks" if mf.compile else "none", **changed}
     return p
 
 

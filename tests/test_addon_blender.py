@@ -158,7 +158,7 @@ def test_registers_panel_operators_and_scene_settings(addon):
     mf = bpy.context.scene.motionfollower
     p = job_params(mf)
     assert {"seed", "guidance_scale", "camera", "model", "advanced"} <= set(p)
-    assert {"w_fg", "w_com", "checkpoint", "compile"} <= set(p["advanced"]) and "use_com" not in p["advanced"]
+    assert set(p["advanced"]) == {"checkpoint", "compile"}  # weights at their defaults: the backend's exact ones
     assert "steps" not in p and "size" not in p  # 0 by default: the backend uses the model's own
     mf.steps, mf.size = 30, 256
     assert (job_params(mf)["steps"], job_params(mf)["size"]) == (30, 256)
@@ -173,7 +173,7 @@ def test_registers_panel_operators_and_scene_settings(addon):
         assert jp.advanced.checkpoint == checkpoint
     mf.memory, mf.compile, mf.w_body = "auto", True, 0.0
     jp = JobParams.from_dict({**job_params(mf), "source": "s", "driving": "d", "out": "o"})
-    assert jp.advanced.compile == "blocks" and jp.advanced.w_body == 0.0
+    assert jp.advanced.compile == "blocks" and jp.advanced.w_body == 0.0 and jp.advanced.w_over is None
     mf.compile, mf.w_body = False, 6.0
     from blender_addon.properties import apply_settings  # a strip made before 0.2: use_body off -> w_body 0
 

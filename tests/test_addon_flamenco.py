@@ -106,6 +106,7 @@ def test_without_a_manager_it_says_so_and_saves_the_job(scene, prefs):
     assert (s["frame_start"], s["frame_end"]) == (1, 7)  # media frames 1..7 show (frame 0 is trimmed off)
     assert (s["steps"], s["size"], s["timing"]) == (20, 256, "loop")
     assert "--guidance-scale 3.5" in s["edit_args"] and "--camera" not in s["edit_args"].split()
+    assert "--checkpoint auto" in s["edit_args"] and "--w-" not in s["edit_args"]  # advanced flags, defaults left out
     assert Path(s["output"]).parent == path.parent
     assert path.parent.parent == Path(s["source"]).parent / "motionfollower"  # unsaved .blend: beside the source
 
