@@ -14,10 +14,12 @@ def test_prepare_job_reports_progress_and_writes_layout(tmp_path):
     try:
         b.send({"jsonrpc": "2.0", "id": "p", "method": "prepare",
                 "params": {"job_id": "prep-1", "source": str(src), "driving": str(drv), "out": str(out),
-                           "advanced": {"mask_predictor": "geometric"}}})
+                           "mask_predictor": "geometric"}})  # the flat key of 0.1: mapped, with a warning
         r = b.response("p", timeout=240, on_notification=events.append)
         assert "result" in r, r
         assert r["result"]["job_id"] == "prep-1"
+        warnings = r["result"].pop("warnings")
+        assert len(warnings) == 1 and "advanced.mask_predictor" in warnings[0] and "deprecated" in warnings[0]
         assert_matches_docs("prepare", r["result"])  # docs/protocol.md shows this reply
         assert r["result"]["folders"]["source_masks"] == str(out / "source_masks")
         for kind in ("source_poses", "target_poses", "target_aligned_poses"):
