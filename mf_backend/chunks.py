@@ -41,12 +41,15 @@ from mf_backend.media import list_frame_files, read_clip, write_frames
 SHOT_CROP = "crop.json"  # written by prepare beside its pose and mask folders
 
 
-def write_shot_crop(folder: Path, prep: Any, M_r: np.ndarray, M_e: np.ndarray) -> None:
+def write_shot_crop(folder: Path, prep: Any, masks: Sequence[Any], frame_hw: tuple[int, int]) -> None:
     """prepare: the person crop of the whole shot, planned as a one-piece edit of it would plan it
-    (keypoints and masks of the edited frames), for its chunks to share. Its working size is the edit's."""
+    (keypoints and masks of the edited frames; `masks`: the M_r and M_e Readers of masks/stage.py), for
+    its chunks to share. Its working size is the edit's."""
+    from mf_backend.streaming import mask_boxes
+
     edited = np.flatnonzero(~np.isnan(prep.driving_index))
-    masks = [np.asarray(m, np.float32)[edited] for m in (M_r, M_e)]  # (F_edit,H,W)
-    plan = plan_crop([prep.source.frames(edited), prep.aligned.frames(edited)], masks, masks[0].shape[1:3], size=32)
+    plan = plan_crop([prep.source.frames(edited), prep.aligned.frames(edited)], None, frame_hw, size=32,
+                     boxes=mask_boxes(list(masks), edited, frame_hw))
     geometry = {k: v for k, v in plan.to_dict().items() if k != "size"}
     (Path(folder) / SHOT_CROP).write_text(json.dumps({**geometry, "edited_frames": [int(edited[0]), int(edited[-1])]}))
 

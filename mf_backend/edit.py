@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -58,44 +60,34 @@ class PreparedClip:
     seconds: dict  # wall time of the crop steps: "plan", "crop" (planning + frames, masks and pose inputs)
 
 
-def prepare_clip(params: JobParams, ctx: JobContext) -> PreparedClip:
-    """Read the clips; poses and masks from the user's folders or the prepare stages; the timing map;
-    the crop plan; everything the model sees cropped to size×size. Full-resolution frames, renders and
-    masks pass a chunk at a time (mf_backend/streaming.py); the source is held whole only while the
-    pose or mask models need it."""
+def prepare_clip(params: JobParams, ctx: JobContext, scratch: Path) -> PreparedClip:
+    """Read the clips; poses and masks from the user's folders or the prepare stages (computed masks go
+    to `scratch`); the timing map; the crop plan; everything the model sees cropped to size×size.
+    Full-resolution frames, renders and masks pass a chunk at a time (mf_backend/streaming.py)."""
     from mf_backend import streaming
     from mf_backend.chunks import shot_crop
-    from mf_backend.media import probe_clip
-    from mf_backend.prepare import compute_masks, compute_poses, read_whole_clip, timing_positions
+    from mf_backend.prepare import compute_masks, compute_poses, open_inputs, timing_positions
 
-    ctx.progress("read", 0, 1, "reading the source clip")
+    footage, driving = open_inputs(params, ctx)
+    n, h, w = footage.num_frames, footage.height, footage.width
     user_poses = bool(params.source_poses and params.target_aligned_poses)
     user_masks = bool(params.source_masks and params.predicted_masks)
-    footage = streaming.open_footage(params.source, params.advanced.source_fps, params.advanced.input_colorspace,
-                                     whole=not (user_poses and user_masks))
-    n, h, w = footage.num_frames, footage.height, footage.width
     prep = None
-    if footage.held is not None:  # keypoints are needed for the poses and/or the masks
-        ctx.progress("read", 0, 1, "reading the driving clip")
-        driving = read_whole_clip(params.driving, params.advanced.driving_fps)
-        prep = compute_poses(footage.held.frames, driving.frames, params, ctx, footage.fps, driving.fps)
-        pos, n_drv, drv_fps = prep.driving_index, len(driving.frames), driving.fps
-        del driving
+    if not (user_poses and user_masks):  # keypoints are needed for the poses and/or the masks
+        prep = compute_poses(footage.frames(), driving.frames(), params, ctx, footage.fps, driving.fps)
+        pos = prep.driving_index
     else:  # the user's aligned poses hold one pose per source frame: the driving clip's length and
         # fps (probed, not decoded) only decide which frames are edited, as in prepare
-        info = probe_clip(params.driving)
-        n_drv, drv_fps = info.num_frames, params.advanced.driving_fps or info.fps
-        pos = timing_positions(n, footage.fps, n_drv, drv_fps, params)
+        pos = timing_positions(n, footage.fps, driving.num_frames, driving.fps, params)
     timing = {"policy": params.timing, "frame_start": params.frame_start, "frame_end": params.frame_end,
-              "source_fps": footage.fps, "driving_fps": drv_fps, "driving_frame_count": int(n_drv)}
+              "source_fps": footage.fps, "driving_fps": driving.fps, "driving_frame_count": int(driving.num_frames)}
     edited = np.flatnonzero(~np.isnan(pos))  # contiguous under every policy (timing.py)
-    ctx.progress("read", 1, 1)
 
     ctx.progress("masks", 0, 1)
     if user_masks:  # read a chunk at a time, full resolution never held for the clip
         masks = [streaming.mask_reader(f, n, (h, w)) for f in (params.source_masks, params.predicted_masks)]
-    else:  # (F_src,H,W) each, the shared masks stage
-        masks = [streaming.held(m, 0) for m in compute_masks(footage.held.frames, prep, params, ctx)]
+    else:  # the shared masks stage, written to the scratch folder and read back a chunk at a time
+        masks = list(compute_masks(footage.frames(), prep, params, ctx, scratch))
     ctx.progress("masks", 1, 1)
 
     t0 = time.perf_counter()  # from here on: the crop's own cost (edit.json timings)
@@ -110,7 +102,6 @@ def prepare_clip(params: JobParams, ctx: JobContext) -> PreparedClip:
         for key, folder in (("src_poses", params.source_poses), ("tgt_poses", params.target_aligned_poses)):
             readers[key] = streaming.render_reader(folder, n, edited, (h, w))
     crops = streaming.crop_chunks(plan, edited, readers)  # (F_edit,S,S,3) uint8 RGB, (F_edit,S,S) float32 masks
-    footage.held = None  # from here on the source is read again a chunk at a time
     if not user_poses:  # rendered at the working size from keypoints in crop pixels (DWPose line widths at `size`)
         from mf_backend.pose.render import render_poses
 
@@ -136,7 +127,8 @@ def edit(params: JobParams, ctx: JobContext) -> dict[str, Any]:
         log.warning(choice.notice)
     final = params.out_path
     with atomic_output_dir(final) as tmp:
-        clip = prepare_clip(params, ctx)
+        clip = prepare_clip(params, ctx, tmp / ".masks")
+        shutil.rmtree(tmp / ".masks", ignore_errors=True)  # the computed masks are in the crops now
         t_prep = time.perf_counter() - t0
         if params.advanced.distributed == "ray":  # sampled and decoded by Ray workers, one GPU each
             from mf_backend.distributed.sharded import edit_on_ray

@@ -6,8 +6,10 @@
     out/{source,target,target_aligned}_keypoints.json
     out/crop.json                           the person crop of the edited frames (chunked edits share it)
 
-Built from small stages that return in-memory results, so `edit()` can reuse them without re-reading
-files: `read_inputs` → `compute_poses` → (masks) → `write_poses`.
+    out/source_masks/frame_{k}.png, out/predicted_masks/frame_{k}.png   M_r and M_e (masks/stage.py)
+
+Built from small stages that `edit()` reuses: `open_inputs` → `compute_poses` → `compute_masks` →
+`write_poses`. Frames pass a chunk at a time (mf_backend/frames.py); only keypoints are held for a clip.
 """
 
 from __future__ import annotations
@@ -21,14 +23,16 @@ import numpy as np
 from mf_backend.chunks import write_shot_crop
 from mf_backend.errors import BadInputMedia
 from mf_backend.files import atomic_output_dir, frame_pattern
+from mf_backend.frames import CHUNK, Frames
 from mf_backend.jobs import JobContext
+from mf_backend.masks.stage import compute_masks
 from mf_backend.params import JobParams
 from mf_backend.pose.align import align_poses
 from mf_backend.pose.decode import decode_poses, looks_like_pose_render
 from mf_backend.pose.extract import extract_poses
 from mf_backend.pose.keypoints import PoseSequence
 from mf_backend.pose.render import render_poses
-from mf_backend.masks.stage import compute_masks, write_mask_folders  # noqa: F401 (edit.py uses compute_masks)
+from mf_backend.streaming import Footage, open_footage
 
 # stages of the job and their relative cost (overall fraction and ETA; the masks' adaptation dominates)
 STAGES = (("read", 1.0), ("poses", 6.0), ("masks", 12.0), ("write", 2.0))
@@ -44,32 +48,12 @@ class PosePrep:
     driving_index: np.ndarray  # float64 (F_src,) driving position per source frame, NaN = not edited
 
 
-def read_whole_clip(path: str, fps: Optional[float] = None, colorspace: Optional[str] = None):
-    """The Clip of a video file or frame folder, refused when fewer frames decode than the file claims
-    (a truncated or damaged file would otherwise be edited silently with what is left). `colorspace`:
-    the stored pixels' colour space (None: from the file)."""
-    from mf_backend.media import probe_clip, read_clip
-
-    clip = read_clip(path, fps=fps, colorspace=colorspace)
-    check_decoded(path, probe_clip(path).num_frames, clip.num_frames)
-    return clip
-
-
-def check_decoded(path: str, claimed: int, decoded: int) -> int:
-    """`decoded`, unless fewer frames decode than the file claims: an error (containers may round their
-    count by a frame)."""
-    if claimed > decoded + max(1, claimed // 50):
-        raise BadInputMedia(f"'{path}' says it has {claimed} frames but only {decoded} decode",
-                            "the file is truncated or damaged: re-export or re-copy it")
-    return decoded
-
-
-def read_inputs(params: JobParams, ctx: JobContext):
-    """→ (source Clip, driving Clip) from video files or frame folders."""
-    ctx.progress("read", 0, 2, "reading the source clip")
-    source = read_whole_clip(params.source, params.advanced.source_fps, params.advanced.input_colorspace)
-    ctx.progress("read", 1, 2, "reading the driving clip")
-    driving = read_whole_clip(params.driving, params.advanced.driving_fps)
+def open_inputs(params: JobParams, ctx: JobContext) -> tuple[Footage, Footage]:
+    """→ (source, driving) Footage of video files or frame folders: counted, not decoded."""
+    ctx.progress("read", 0, 2, "opening the source clip")
+    source = open_footage(params.source, params.advanced.source_fps, params.advanced.input_colorspace)
+    ctx.progress("read", 1, 2, "opening the driving clip")
+    driving = open_footage(params.driving, params.advanced.driving_fps)
     ctx.progress("read", 2, 2)
     return source, driving
 
@@ -81,15 +65,12 @@ def resolve_align_mode(params: JobParams) -> str:
     return "per-frame" if params.camera else "first-frame"
 
 
-def _poses_of(frames: np.ndarray, params: JobParams, fps: Optional[float], ctx: JobContext,
+def _poses_of(frames: Frames, params: JobParams, fps: Optional[float], ctx: JobContext,
               user_folder: Optional[str] = None) -> PoseSequence:
     """Keypoints of a clip: a user-supplied pose folder, a clip that is already pose renders, or extraction."""
     if user_folder:
-        from mf_backend.media import read_clip
-
-        renders = read_clip(user_folder).frames
-        seq = decode_poses(renders, fps, ctx)
-        return seq.scaled(frames.shape[2], frames.shape[1])
+        seq = decode_poses(open_footage(user_folder).frames(), fps, ctx)
+        return seq.scaled(frames.width, frames.height)
     if params.pose_extractor == "decode" or (params.pose_extractor == "auto" and looks_like_pose_render(frames)):
         return decode_poses(frames, fps, ctx)  # renders: exact already, no smoothing
     return extract_poses(frames, params.pose_extractor, params.models_dir, fps, ctx)  # filtered over time
@@ -109,11 +90,13 @@ def timing_positions(n_source: int, source_fps: Optional[float], n_driving: int,
     return pos
 
 
-def compute_poses(source_frames: np.ndarray, driving_frames: np.ndarray, params: JobParams, ctx: JobContext,
-                  source_fps: Optional[float] = None, driving_fps: Optional[float] = None) -> PosePrep:
-    """Source and driving frames (F,H,W,3) uint8 → PosePrep (extract/decode, timing map, align)."""
+def compute_poses(source_frames: Frames | np.ndarray, driving_frames: Frames | np.ndarray, params: JobParams,
+                  ctx: JobContext, source_fps: Optional[float] = None, driving_fps: Optional[float] = None) -> PosePrep:
+    """Source and driving frames (F,H,W,3) uint8, read a chunk at a time → PosePrep (extract/decode,
+    timing map, align)."""
     from mf_backend.timing import resample_pose_sequence
 
+    source_frames, driving_frames = Frames.of(source_frames), Frames.of(driving_frames)
     src = _poses_of(source_frames, params, source_fps, ctx, params.source_poses)
     drv = _poses_of(driving_frames, params, driving_fps, ctx)
     pos = timing_positions(len(src), source_fps, len(drv), driving_fps, params)
@@ -143,7 +126,8 @@ def write_poses(prep: PosePrep, folder: Path, ctx: JobContext) -> dict[str, Any]
              ("target_aligned_poses", "target_aligned_keypoints.json", prep.aligned))
     for i, (kind, json_name, seq) in enumerate(items):
         ctx.progress("write", i, len(items), f"writing {kind}")
-        write_frames(render_poses(seq), folder / kind, frame_pattern(len(seq)))
+        for a in range(0, len(seq), CHUNK):  # full-resolution renders, a chunk at a time
+            write_frames(render_poses(seq.frames(slice(a, a + CHUNK))), folder / kind, frame_pattern(len(seq)), start=a)
         seq.save(folder / json_name)
         out[kind] = kind
         out[kind.replace("poses", "keypoints")] = json_name
@@ -152,20 +136,18 @@ def write_poses(prep: PosePrep, folder: Path, ctx: JobContext) -> dict[str, Any]
 
 
 def prepare(params: JobParams, ctx: JobContext) -> dict[str, Any]:
-    """The `prepare` job: poses (and masks) of source and driving in the example-case layout under params.out."""
+    """The `prepare` job: poses and masks of source and driving in the example-case layout under params.out."""
     params.require_paths("source", "driving", "out")
     ctx.stages = STAGES
-    source, driving = read_inputs(params, ctx)
-    prep = compute_poses(source.frames, driving.frames, params, ctx, source.fps, driving.fps)
-
-    # masks: M_r and M_e for every source frame (mf_backend/masks/stage.py)
-    M_r, M_e = compute_masks(source.frames, prep, params, ctx)
-
+    source, driving = open_inputs(params, ctx)
+    prep = compute_poses(source.frames(), driving.frames(), params, ctx, source.fps, driving.fps)
     final = params.out_path
     with atomic_output_dir(final) as tmp:
+        # masks: M_r and M_e for every source frame, written as they are made (mf_backend/masks/stage.py)
+        masks = compute_masks(source.frames(), prep, params, ctx, tmp)
         written = write_poses(prep, tmp, ctx)
-        written.update(write_mask_folders(M_r, M_e, tmp, ctx))  # masks step
-        write_shot_crop(tmp, prep, M_r, M_e)  # crop.json: the shot's person crop, shared by chunked edits
+        written.update({"source_masks": "source_masks", "predicted_masks": "predicted_masks"})
+        write_shot_crop(tmp, prep, masks, (source.height, source.width))  # crop.json, shared by chunked edits
     edited = np.flatnonzero(~np.isnan(prep.driving_index))
     return {"out": str(final), "frames": len(prep.source), "edited_frames": [int(edited[0]), int(edited[-1])],
             "align": resolve_align_mode(params),

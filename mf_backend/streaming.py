@@ -1,16 +1,16 @@
 """The full-resolution side of an edit, a chunk of frames at a time: host memory independent of clip length.
 
 Only working-resolution (size×size) arrays are kept for the whole clip: the model's crops of the source
-frames, pose renders and masks. Full-resolution source frames, user pose renders and user masks are read
-CHUNK frames at a time with the readers' random access by frame range (media.read_clip): once to plan
-and crop (read → crop), and once more at write time (read → composite → write). Only when the pose or
-mask models run (no user poses and masks: they see the whole clip) is the source held whole, and only
-until it is cropped. `python -m mf_backend bench host-memory` measures the peak RSS by clip length.
+frames, pose renders and masks, and keypoints. Full-resolution source and driving frames, pose renders
+and masks are read CHUNK frames at a time with the readers' random access by frame range
+(media.read_clip): by the pose and mask models (`Footage.frames()`, mf_backend/frames.py), to plan and
+crop (read → crop), and once more at write time (read → composite → write). The masks the backend
+computes go to a scratch folder as they are made and are read back like the user's own.
+`python -m mf_backend bench host-memory` measures the peak RSS by clip length.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional
 
@@ -18,23 +18,21 @@ import numpy as np
 
 from mf_backend.crop import CropPlan
 from mf_backend.errors import BadInputMedia
+from mf_backend.frames import CHUNK, Frames
 from mf_backend.media import Clip
-
-CHUNK = 16  # frames per full-resolution chunk: 16 1080p RGB frames are 100 MB as uint8
 
 Reader = Callable[[int, int], np.ndarray]  # (a, b) → full-resolution source frames a..b-1 (masks (k,H,W), RGB (k,H,W,3))
 
 
 @dataclass
 class Footage:
-    """The source clip, read a chunk at a time (`held`: the whole clip, while the pose/mask models need it)."""
+    """A clip (source or driving), read a chunk at a time."""
 
     path: str
     head: Clip  # frame 0: colour space, exact rate, timecode, kind and stored dtype (what the output needs)
     num_frames: int
     fps_arg: Optional[float] = None
     colorspace_arg: Optional[str] = None
-    held: Optional[Clip] = None
 
     @property
     def height(self) -> int:
@@ -49,32 +47,26 @@ class Footage:
         return self.head.fps
 
     def read(self, a: int, b: int) -> Clip:
-        """Source frames a..b-1 (stored and working pixels)."""
+        """Frames a..b-1 (stored and working pixels)."""
         from mf_backend.media import read_clip
 
-        if self.held is not None:
-            h = self.held
-            return dataclasses.replace(h, frames=h.frames[a:b], native=None if h.native is None else h.native[a:b], start=a)
         clip = read_clip(self.path, frame_range=(a, b - 1), fps=self.fps_arg, colorspace=self.colorspace_arg)
         if clip.num_frames != b - a:
             raise BadInputMedia(f"'{self.path}': frames {a}..{b - 1} do not all decode ({clip.num_frames} of {b - a})",
                                 "the file is truncated or damaged: re-export or re-copy it")
         return clip
 
+    def frames(self) -> Frames:
+        """The working (uint8 sRGB) frames, for the pose and mask models."""
+        return Frames(self.num_frames, self.height, self.width, self.fps, lambda a, b: self.read(a, b).frames)
 
-def open_footage(path: str, fps: Optional[float] = None, colorspace: Optional[str] = None,
-                 whole: bool = False) -> Footage:
-    """The source clip: its first frame and frame count (`whole`: every frame decoded and held). The count
-    is what decodes, checked as `prepare.read_whole_clip` checks it, without holding the frames."""
+
+def open_footage(path: str, fps: Optional[float] = None, colorspace: Optional[str] = None) -> Footage:
+    """A clip by its first frame and frame count. The count is what decodes: a movie whose last frame
+    does not decode is counted by decoding it, and refused when fewer frames decode than it claims."""
     from mf_backend.media import probe_clip, read_clip
     from mf_backend.media_movie import read_movie
-    from mf_backend.prepare import check_decoded, read_whole_clip
 
-    if whole:
-        clip = read_whole_clip(path, fps, colorspace)
-        head = dataclasses.replace(clip, frames=clip.frames[:1].copy(),  # copies: a view would keep the clip alive
-                                   native=None if clip.native is None else clip.native[:1].copy())
-        return Footage(path, head, clip.num_frames, fps, colorspace, clip)
     n = probe_clip(path).num_frames
     head = read_clip(path, frame_range=(0, 0), fps=fps, colorspace=colorspace)
     if head.kind not in ("png", "png16", "exr") and n > 1:  # a movie: its container's count may not decode
@@ -83,6 +75,15 @@ def open_footage(path: str, fps: Optional[float] = None, colorspace: Optional[st
         except BadInputMedia:
             n = check_decoded(path, n, sum(len(c) for c in read_movie(path)))
     return Footage(path, head, n, fps, colorspace)
+
+
+def check_decoded(path: str, claimed: int, decoded: int) -> int:
+    """`decoded`, unless fewer frames decode than the file claims: an error (a truncated or damaged file
+    would otherwise be edited silently with what is left; containers may round their count by a frame)."""
+    if claimed > decoded + max(1, claimed // 50):
+        raise BadInputMedia(f"'{path}' says it has {claimed} frames but only {decoded} decode",
+                            "the file is truncated or damaged: re-export or re-copy it")
+    return decoded
 
 
 def spans(frames: np.ndarray, chunk: int = CHUNK) -> Iterator[tuple[int, int]]:

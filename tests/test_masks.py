@@ -317,18 +317,19 @@ def test_vote_warps_from_the_nearest_source_pose():
 
 
 def test_self_check_holds_out_frames_and_keeps_the_vote_when_it_wins(tmp_path):
-    from mf_backend.masks.predict import self_check
+    from mf_backend.masks.predict import SourcePool, self_check
 
     frames, masks, poses = _moving_clip(6)
     torch.manual_seed(0)
     model = TargetMaskPredictor(get_seg_config("tiny"))  # untrained: fusing it can only hurt an exact warp
+    pool = SourcePool.of(frames, masks, model.config.resolution)
     seen = []
     import mf_backend.masks.train as train_mod
 
     adapt = train_mod.adapt
     train_mod.adapt = lambda m, f, *a, **k: seen.append(len(f)) or adapt(m, f, *a, **k)
     try:
-        tuned, report = self_check(model, frames, masks, poses, steps=2)
+        tuned, report = self_check(model, pool, poses, steps=2)
     finally:
         train_mod.adapt = adapt
     assert seen == [4]  # adapted on frames 0-3 only: 4-5 are the held-out check

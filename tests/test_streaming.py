@@ -1,11 +1,12 @@
-"""Host memory of an edit does not grow with the clip: the full-resolution stages (read → masks → crop →
-composite → write) pass a chunk of frames at a time (mf_backend/streaming.py), and only working-size
-arrays are kept for the whole clip.
+"""Host memory of an edit does not grow with the clip: the full-resolution stages (read → poses → masks
+→ crop → composite → write) pass a chunk of frames at a time (mf_backend/streaming.py, frames.py), and
+only working-size arrays and keypoints are kept for the whole clip.
 
 The peak of Python-tracked allocations (numpy arrays, cv2 images; tracemalloc) of a whole `edit` is
-measured at two clip lengths, 16 and 80 frames of 360×640, with the user's pose and mask folders (no
-pose or mask model) and the tiny random model. Holding the clip (or its masks as float32) would add
-≥ 0.7 MB for every further frame; the streamed edit adds only its working-size crops.
+measured at two clip lengths, 16 and 80 frames of 360×640, with the tiny random model: once with the
+user's pose and mask folders (no pose or mask model), once as a user starts it (BlazePose poses, the
+driving clip's renders decoded, M_r and M_e computed). Holding the clip (or its masks as float32)
+would add ≥ 0.7 MB for every further frame; the streamed edit adds only its working-size crops.
 """
 
 from __future__ import annotations
@@ -20,16 +21,18 @@ HW, SHORT, LONG = (360, 640), 16, 80
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
-def _edit_peak(root, frames: int, model) -> tuple[int, dict]:
+def _edit_peak(root, frames: int, model, route: str) -> tuple[int, dict]:
     """Peak bytes traced during an edit of `frames` frames, and its result."""
     from mf_backend.bench.host_memory import write_case
     from mf_backend.dispatch import run_job
     from mf_backend.jobs import JobContext
     from mf_backend.params import JobParams
 
-    params = JobParams.from_dict({**write_case(root, frames, HW), "out": str(root / f"out{frames}"),
-                                  "model": str(model), "size": 64, "steps": 1, "device": "cpu",
-                                  "precision": "fp32", "pose_extractor": "decode", "threads": 1})
+    case = write_case(root, frames, HW)
+    if route == "computed":  # the clips only: poses extracted, masks computed
+        case = {"source": case["source"], "driving": case["driving"]}
+    params = JobParams.from_dict({**case, "out": str(root / f"out{frames}"), "model": str(model), "size": 64,
+                                  "steps": 1, "device": "cpu", "precision": "fp32", "threads": 1})
     tracemalloc.start()
     try:
         result = run_job("edit", params, JobContext())
@@ -38,14 +41,15 @@ def _edit_peak(root, frames: int, model) -> tuple[int, dict]:
         tracemalloc.stop()
 
 
-def test_edit_peak_memory_does_not_grow_with_frames(tmp_path, tiny_folder):
+@pytest.mark.parametrize("route", ["user", "computed"])
+def test_edit_peak_memory_does_not_grow_with_frames(tmp_path, tiny_folder, route):
     from mf_backend.media import read_clip
 
-    short, _ = _edit_peak(tmp_path, SHORT, tiny_folder)
-    long, result = _edit_peak(tmp_path, LONG, tiny_folder)
+    short, _ = _edit_peak(tmp_path, SHORT, tiny_folder, route)
+    long, result = _edit_peak(tmp_path, LONG, tiny_folder, route)
     frame_bytes = HW[0] * HW[1] * 3  # one full-resolution RGB frame, uint8
     growth = (long - short) / (LONG - SHORT)
-    print(f"traced peak: {SHORT} frames {short / 2**20:.1f} MB, {LONG} frames {long / 2**20:.1f} MB "
+    print(f"{route}: traced peak: {SHORT} frames {short / 2**20:.1f} MB, {LONG} frames {long / 2**20:.1f} MB "
           f"({growth / 1024:.0f} KB per added frame; a full-resolution frame is {frame_bytes / 1024:.0f} KB)")
     assert growth < 0.25 * frame_bytes, "the edit holds full-resolution data for the whole clip"
     # and the streamed output is complete: every frame, the unedited pixels the source's

@@ -1,11 +1,13 @@
 """Peak host memory (RSS) of a whole `edit` of a 1080p clip, by clip length.
 
-`python -m mf_backend bench host-memory --frames 24 120` writes a 1920×1080 clip of each length (the
-frames of a 6-frame synthetic pair, repeated; its poses and masks as user folders, so no pose or mask
-model runs), edits it with a tiny random model at a small working size (1 step), and prints the peak
-RSS of each run (a fresh process each, so the figures do not mix) and its growth per added frame. The
-full-resolution work (read, masks, crop, composite, write) passes a chunk of frames at a time
-(mf_backend/streaming.py), so only the working-size crops and latents grow with the clip.
+`python -m mf_backend bench host-memory --frames 24 120 600` writes a 1920×1080 clip of each length (the
+frames of a 6-frame synthetic pair, repeated), edits it with a tiny random model at a small working size
+(1 step), and prints the peak RSS of each run (a fresh process each, so the figures do not mix) and its
+growth per added frame. `--route computed` (the default) is an edit as a user starts it: BlazePose
+extracts the source poses, the driving clip (pose renders) is decoded, M_r and M_e are computed;
+`--route user` gives the pair's poses and masks as the user's folders, so no pose or mask model runs.
+The full-resolution work (read, poses, masks, crop, composite, write) passes a chunk of frames at a
+time (mf_backend/streaming.py), so only the working-size crops and latents grow with the clip.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ H, W, BASE = 1080, 1920, 6
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--frames", type=int, nargs="+", default=[24, 120], help="clip lengths to measure")
     p.add_argument("--size", type=int, default=64, help="working size of the tiny model")
+    p.add_argument("--route", choices=("computed", "user"), default="computed",
+                   help="computed: poses and masks by the backend's models; user: the user's pose and mask folders")
     p.add_argument("--keep", help="folder to keep the clips in (default: a temporary folder, removed)")
 
 
@@ -74,8 +78,11 @@ def run(args: argparse.Namespace) -> int:
             save_models(build_models("tiny", seed=0), model)
         first = None  # (frames, MB) of the first run: the growth per added frame is measured from it
         for n in args.frames:
-            params = {**write_case(root, n), "out": str(root / f"out{n}"), "model": str(model), "size": args.size,
-                      "steps": 1, "device": "cpu", "precision": "fp32", "pose_extractor": "decode", "threads": 1}
+            case = write_case(root, n)
+            if args.route == "computed":  # only the clips: the backend extracts poses and computes masks
+                case = {"source": case["source"], "driving": case["driving"]}
+            params = {**case, "out": str(root / f"out{n}"), "model": str(model), "size": args.size,
+                      "steps": 1, "device": "cpu", "precision": "fp32", "threads": 1}
             shutil.rmtree(params["out"], ignore_errors=True)
             r = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(params)], capture_output=True, text=True)
             if r.returncode != 0:
@@ -85,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
             mb = m["peak_rss_mb"]
             first = first or (n, mb)
             growth = f"{(mb - first[1]) / (n - first[0]):+6.2f} MB per frame over {first[0]}" if n != first[0] else ""
-            print(f"{n:5d} frames at {W}x{H}: peak RSS {mb:8.0f} MB  {m['seconds']:6.1f} s  {growth}", flush=True)
+            print(f"{n:5d} frames at {W}x{H} ({args.route}): peak RSS {mb:8.0f} MB  {m['seconds']:6.1f} s  {growth}", flush=True)
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)

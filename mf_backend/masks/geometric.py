@@ -99,35 +99,63 @@ def pose_distance(source_body: np.ndarray, target_body: np.ndarray) -> np.ndarra
     return np.where(both.any(-1), (d * both).sum(-1) / np.maximum(both.sum(-1), 1), np.inf)
 
 
-def _warp_small(mask: np.ndarray, src_body: np.ndarray, dst_body: np.ndarray) -> np.ndarray:
-    """`warp_mask` at ≤ WARP_SIZE px (masks are smooth: same IoU, 3.5x faster at 512²) → (H,W) float32 in [0,1]."""
-    h, w = mask.shape
-    s = min(1.0, WARP_SIZE / max(h, w))
+def warp_scale(hw: tuple[int, int]) -> float:
+    """The factor masks of frame size hw=(H,W) are shrunk by for warping (masks are smooth: same IoU,
+    3.5x faster at 512²)."""
+    return min(1.0, WARP_SIZE / max(hw))
+
+
+def shrink_masks(masks: np.ndarray) -> np.ndarray:
+    """M_r (k,H,W) → float32 (k,h,w) at the warp's size (area-averaged; unchanged up to WARP_SIZE px).
+    Kept for the whole clip instead of the full-resolution masks."""
+    h, w = masks.shape[1:]
+    s = warp_scale((h, w))
     if s == 1.0:
-        return warp_mask(mask, src_body, dst_body)
+        return masks.astype(np.float32)
     size = (max(1, round(w * s)), max(1, round(h * s)))
-    small = cv2.resize(mask.astype(np.float32), size, interpolation=cv2.INTER_AREA)
+    return np.stack([cv2.resize(m.astype(np.float32), size, interpolation=cv2.INTER_AREA) for m in masks])
+
+
+def template_warps(small: np.ndarray, person: np.ndarray, source_body: np.ndarray, target_body: np.ndarray,
+                   hw: tuple[int, int], templates: int = TEMPLATES) -> list[np.ndarray]:
+    """Per target pose, the `templates` source frames with the nearest poses warped onto it, at the warp's
+    size: shrunk source masks (S,h,w) (`shrink_masks`), person (S,) bool (M_r holds a person: source
+    frames without one are never templates), bodies (S,18,3) and (T,18,3) in the full frame's (H,W)
+    pixels → T binary uint8 arrays (k_t,h,w)."""
+    s = warp_scale(hw)
     scale = np.array([s, s, 1.0], np.float32)
-    out = warp_mask(small, src_body * scale, dst_body * scale)
-    return cv2.resize(out, (w, h), interpolation=cv2.INTER_LINEAR)
+    d = pose_distance(source_body, target_body)
+    d[~person] = np.inf
+    order = np.argsort(d, axis=0, kind="stable")[:max(1, templates)]  # (k,T)
+    out = []
+    for t in range(len(target_body)):
+        picks = [int(k) for k in order[:, t] if np.isfinite(d[k, t])] or [int(order[0, t])]
+        dst = target_body[t] if s == 1.0 else target_body[t] * scale
+        out.append(np.stack([warp_mask(small[k], source_body[k] if s == 1.0 else source_body[k] * scale, dst)
+                             for k in picks]).astype(np.uint8))
+    return out
+
+
+def upsample_vote(warps: list[np.ndarray], hw: tuple[int, int]) -> np.ndarray:
+    """`template_warps` of T targets → their average at the full frame size (T,H,W) float32 in [0,1]."""
+    h, w = hw
+    out = np.zeros((len(warps), h, w), np.float32)
+    for t, picks in enumerate(warps):
+        full = [p.astype(np.float32) if p.shape == (h, w) else
+                cv2.resize(p.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR) for p in picks]
+        out[t] = np.mean(full, axis=0)
+    return out
 
 
 def vote_probability(source_masks: np.ndarray, source_body: np.ndarray, target_body: np.ndarray,
                      templates: int = TEMPLATES) -> np.ndarray:
     """Per target pose, the `templates` source frames with the nearest poses are warped onto it and
     averaged: source masks (S,H,W) + bodies (S,18,3), (T,18,3) in the masks' pixels → (T,H,W) in [0,1].
-    Source frames without a person are never templates."""
-    d = pose_distance(source_body, target_body)
-    d[source_masks.reshape(len(source_masks), -1).max(1) < 0.5] = np.inf
-    order = np.argsort(d, axis=0, kind="stable")[:max(1, templates)]  # (k,T)
-    cache: dict[tuple[int, int], np.ndarray] = {}
-    out = np.zeros((len(target_body),) + source_masks.shape[1:], np.float32)
-    for t in range(len(target_body)):
-        picks = [int(k) for k in order[:, t] if np.isfinite(d[k, t])] or [int(order[0, t])]
-        for k in picks:
-            cache[k, t] = _warp_small(source_masks[k], source_body[k], target_body[t])
-        out[t] = np.mean([cache[k, t] for k in picks], axis=0)
-    return out
+    Source frames without a person are never templates. (The edit streams the same steps a chunk of
+    targets at a time: masks/predict.py.)"""
+    hw = source_masks.shape[1:]
+    person = source_masks.reshape(len(source_masks), -1).max(1) >= 0.5
+    return upsample_vote(template_warps(shrink_masks(source_masks), person, source_body, target_body, hw, templates), hw)
 
 
 def geometric_masks(source_masks: np.ndarray, source_poses: PoseSequence, target_poses: PoseSequence,

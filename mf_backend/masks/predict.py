@@ -23,15 +23,18 @@ from __future__ import annotations
 
 import copy
 import logging
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Iterator, Optional
 
 import cv2
 import numpy as np
 import torch
 
 from mf_backend.errors import InvalidParams
-from mf_backend.masks.geometric import TEMPLATES, geometric_masks, pose_distance, vote_probability
+from mf_backend.frames import CHUNK
+from mf_backend.masks.geometric import (TEMPLATES, geometric_masks, pose_distance, shrink_masks, template_warps,
+                                        upsample_vote)
 from mf_backend.masks.model import TargetMaskPredictor, default_weights_dir, load_predictor
 from mf_backend.masks.source import clean_mask
 from mf_backend.pose.keypoints import PoseSequence
@@ -52,17 +55,69 @@ def render_for_model(poses: PoseSequence) -> np.ndarray:
     return render_poses(poses, RENDER_SIZE, RENDER_SIZE)
 
 
+def model_renders(poses: PoseSequence, resolution: int) -> np.ndarray:
+    """`render_for_model` resized to the model's resolution (as `run_model` resizes it), a chunk at a
+    time → uint8 (F,r,r,3): what is kept for a whole clip."""
+    from mf_backend.masks.train import resize_stack
+
+    return np.concatenate([resize_stack(render_for_model(poses.frames(slice(a, a + CHUNK))), resolution)
+                           for a in range(0, len(poses), CHUNK)])
+
+
+@dataclass
+class SourcePool:
+    """The source frames M_e is predicted from, for a whole clip at the predictors' small sizes; the
+    full-resolution M_r is read back a chunk at a time (`read_masks`), so nothing full-size is held."""
+
+    hw: tuple[int, int]  # the full frame (H, W)
+    masks: np.ndarray  # float32 (S,h,w): M_r at the warp's size (geometric.shrink_masks)
+    person: np.ndarray  # bool (S,): M_r holds a person
+    read_masks: Callable[[int, int], np.ndarray]  # full-resolution M_r of pool frames a..b-1 → (k,H,W)
+    frames: Optional[np.ndarray] = None  # uint8 (S,r,r,3): the frames at the model's resolution (with a model)
+    masks_r: Optional[np.ndarray] = None  # float32 (S,r,r): M_r at the model's resolution (for adaptation)
+
+    @classmethod
+    def build(cls, chunks, hw: tuple[int, int], read_masks: Callable[[int, int], np.ndarray],
+              resolution: Optional[int] = None) -> "SourcePool":
+        """From (frames uint8 (k,H,W,3), M_r (k,H,W)) chunks in order; `resolution`: the model's (None: no model)."""
+        from mf_backend.masks.train import resize_stack
+
+        parts: dict[str, list] = {"masks": [], "person": [], "frames": [], "masks_r": []}
+        for rgb, m in chunks:
+            parts["masks"].append(shrink_masks(m))
+            parts["person"].append(m.reshape(len(m), -1).max(1) >= 0.5)
+            if resolution:
+                parts["frames"].append(resize_stack(rgb, resolution))
+                parts["masks_r"].append(resize_stack(m.astype(np.float32), resolution))
+        small = {k: np.concatenate(v) if v else None for k, v in parts.items()}
+        return cls(hw, small["masks"], small["person"], read_masks, small["frames"], small["masks_r"])
+
+    @classmethod
+    def of(cls, frames: np.ndarray, source_masks: np.ndarray, resolution: Optional[int] = None) -> "SourcePool":
+        """A pool of a clip in memory: uint8 (S,H,W,3) frames and M_r (S,H,W)."""
+        chunks = ((frames[a:a + CHUNK], source_masks[a:a + CHUNK]) for a in range(0, len(frames), CHUNK))
+        return cls.build(chunks, source_masks.shape[1:], lambda a, b: source_masks[a:b], resolution)
+
+    def masks_at(self, index: np.ndarray) -> np.ndarray:
+        """Full-resolution M_r (k,H,W) of pool frames `index` (increasing), read as one range."""
+        lo, hi = int(index[0]), int(index[-1]) + 1
+        return self.read_masks(lo, hi)[index - lo]
+
+
 def model_available(weights: Optional[str | Path] = None) -> bool:
     folder = Path(weights) if weights else default_weights_dir()
     return (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
 
 
 @torch.no_grad()
-def run_model(model: TargetMaskPredictor, frames: np.ndarray, pose_renders: np.ndarray, batch: int = 24) -> np.ndarray:
-    """uint8 frames (F,H,W,3) + pose renders (F,H',W',3) → probabilities float32 (F,H,W) at the frame size."""
+def run_model(model: TargetMaskPredictor, frames: np.ndarray, pose_renders: np.ndarray, batch: int = 24,
+              out_hw: Optional[tuple[int, int]] = None) -> np.ndarray:
+    """uint8 frames (F,H,W,3) + pose renders (F,H',W',3) → probabilities float32 (F,H,W) at the frame size
+    (or out_hw: frames may come at the model's resolution already, SourcePool.frames)."""
     from mf_backend.masks.train import iter_chunks, resize_stack, to_inputs
 
-    f, h, w = frames.shape[:3]
+    f = len(frames)
+    h, w = out_hw or frames.shape[1:3]
     r = model.config.resolution
     src_small, pose_small = resize_stack(frames, r), resize_stack(pose_renders, r)
     out = np.empty((f, h, w), np.float32)
@@ -76,9 +131,10 @@ def run_model(model: TargetMaskPredictor, frames: np.ndarray, pose_renders: np.n
     return out
 
 
-def model_masks(model: TargetMaskPredictor, frames: np.ndarray, pose_renders: np.ndarray) -> np.ndarray:
+def model_masks(model: TargetMaskPredictor, frames: np.ndarray, pose_renders: np.ndarray,
+                out_hw: Optional[tuple[int, int]] = None) -> np.ndarray:
     """Binary cleaned M_e (F,H,W) float32 from the model."""
-    prob = run_model(model, frames, pose_renders)
+    prob = run_model(model, frames, pose_renders, out_hw=out_hw)
     return np.stack([clean_mask(p >= 0.5) for p in prob]).astype(np.float32)
 
 
@@ -116,7 +172,6 @@ def guard(pred: np.ndarray, source_masks: np.ndarray, source_poses: PoseSequence
             if out[k].max() < 0.5:  # no person and no skeleton: the whole frame may change
                 out[k] = 1.0
         report[which].append(int(k))
-    log.warning("M_e guard replaced %d frame(s): %s", len(idx), {k: v for k, v in report.items() if v})
     return out, report
 
 
@@ -128,8 +183,8 @@ def iou(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
 
 
-def self_check(model: TargetMaskPredictor, frames: np.ndarray, source_masks: np.ndarray, source_poses: PoseSequence,
-               steps: int = 0, templates: int = TEMPLATES, weight: float = FUSION_WEIGHT,
+def self_check(model: TargetMaskPredictor, pool: SourcePool, source_poses: PoseSequence, steps: int = 0,
+               templates: int = TEMPLATES, weight: float = FUSION_WEIGHT,
                ctx=None) -> tuple[Optional[TargetMaskPredictor], dict]:
     """Does the model improve the geometric vote on this clip? Decided on the clip's own frames.
 
@@ -141,33 +196,44 @@ def self_check(model: TargetMaskPredictor, frames: np.ndarray, source_masks: np.
     """
     from mf_backend.masks.train import adapt
 
-    n, h, w = source_masks.shape
+    n, (h, w) = len(pool.person), pool.hw
     source_body = source_poses.scaled(w, h).body
     keep = np.arange(n - max(1, n // 3))
     held = np.arange(len(keep), n)
-    person = source_masks.reshape(n, -1).max(1) >= 0.5
+    person = pool.person
     if person[keep].sum() < 1 or not person[held].any():
         return None, {"scores": {}, "step": 0, "skipped": "too few source frames with a person"}
     held = held[person[held]]
-    vote = vote_probability(source_masks[keep], source_body[keep], source_body[held], templates)  # (C,H,W)
+    warps = template_warps(pool.masks[keep], person[keep], source_body[keep], source_body[held], pool.hw, templates)
     d = pose_distance(source_body[keep], source_body[held])
     d[~person[keep]] = np.inf
     nearest = keep[np.argmin(d, axis=0)]
-    renders = render_for_model(source_poses)
-    scores = {"vote": float(iou(clean_stack(vote), source_masks[held]).mean())}
+    renders = model_renders(source_poses, model.config.resolution)
+
+    def score(candidate: Optional[TargetMaskPredictor]) -> float:  # mean IoU over the held-out frames, by chunks
+        ious = []
+        for a in range(0, len(held), CHUNK):
+            sl = slice(a, a + CHUNK)
+            prob = upsample_vote(warps[sl], pool.hw)
+            if candidate is not None:
+                prob = (1 - weight) * prob + weight * run_model(candidate, pool.frames[nearest[sl]], renders[held[sl]],
+                                                                out_hw=pool.hw)
+            ious.append(iou(clean_stack(prob), pool.masks_at(held[sl])))
+        return float(np.concatenate(ious).mean())
+
+    scores = {"vote": score(None)}
     best: dict = {"score": scores["vote"], "model": None, "step": 0}
 
     def check(candidate: TargetMaskPredictor, step: int) -> None:
         if step and step not in CHECKPOINTS and step != steps:
             return
-        prob = (1 - weight) * vote + weight * run_model(candidate, frames[nearest], renders[held])
-        scores[f"fusion@{step}"] = score = float(iou(clean_stack(prob), source_masks[held]).mean())
-        if score > best["score"]:
-            best.update(score=score, step=step, model=candidate if step == 0 else copy.deepcopy(candidate))
+        scores[f"fusion@{step}"] = s = score(candidate)
+        if s > best["score"]:
+            best.update(score=s, step=step, model=candidate if step == 0 else copy.deepcopy(candidate))
 
     check(model, 0)
     if steps > 0:
-        adapt(model, frames[keep], renders[keep], source_masks[keep], steps=steps, ctx=ctx, callback=check)
+        adapt(model, pool.frames[keep], renders[keep], pool.masks_r[keep], steps=steps, ctx=ctx, callback=check)
     return best["model"], {"scores": scores, "step": best["step"]}
 
 
@@ -176,49 +242,86 @@ def clean_stack(prob: np.ndarray) -> np.ndarray:
     return np.stack([clean_mask(p >= 0.5) for p in prob]).astype(np.float32)
 
 
-def predict_masks(frames: np.ndarray, source_masks: np.ndarray, source_poses: PoseSequence,
-                  target_poses: PoseSequence, predictor: str = "auto", weights: Optional[str | Path] = None,
-                  tta_steps: int = 0, target_renders: Optional[np.ndarray] = None, templates: int = TEMPLATES,
-                  fusion_weight: float = FUSION_WEIGHT, ctx=None) -> tuple[np.ndarray, dict]:
-    """M_e (F,H,W) float32 {0,1} for source frames (F,H,W,3) uint8, M_r (F,H,W) and keypoints.
-
-    target_renders: the target pose renders (F,H',W',3) if they exist already (else drawn from target_poses).
-    Returns (masks, info) with info = {"predictor": "fusion"|"model"|"geometric", "guard": {...},
-    "tta_steps": n, "self_check": {...}}.
-    """
-    f, h, w = source_masks.shape
+def mask_model(predictor: str = "auto", weights: Optional[str | Path] = None) -> Optional[TargetMaskPredictor]:
+    """The DiT predictor `predictor` uses ("model": required; "auto": when its weights are present), or None."""
     if predictor not in ("auto", "model", "geometric"):
         raise InvalidParams(f"unknown mask_predictor {predictor!r}", "use auto, model or geometric")
     if predictor == "model" or (predictor == "auto" and model_available(weights)):
-        model = load_predictor(weights or default_weights_dir())
-    else:
-        model = None
-    info: dict = {"predictor": "geometric", "tta_steps": 0}
+        return load_predictor(weights or default_weights_dir())
+    return None
+
+
+def predict_mask_chunks(pool: SourcePool, source_poses: PoseSequence, target_poses: PoseSequence,
+                        model: Optional[TargetMaskPredictor], predictor: str = "auto", tta_steps: int = 0,
+                        templates: int = TEMPLATES, fusion_weight: float = FUSION_WEIGHT, ctx=None,
+                        info: Optional[dict] = None, target_renders: Optional[np.ndarray] = None
+                        ) -> Iterator[tuple[int, np.ndarray]]:
+    """M_e a chunk of target frames at a time: (t, float32 (k,H,W) {0,1} of targets t..t+k-1), one target
+    per pool frame (`model`: `mask_model`'s; `target_renders`: the model's target pose renders (T,r,r,3)
+    when they exist already, else drawn from target_poses). `info` is filled with {"predictor": "fusion"|"model"|"geometric",
+    "guard": {...}, "tta_steps": n, "self_check": {...}}."""
+    info = {} if info is None else info
+    info.update(predictor="geometric", tta_steps=0)
     if ctx is not None:
         ctx.progress("masks", 0, 2, "predicted masks")
+    (h, w), n = pool.hw, len(pool.person)
     src_body = source_poses.scaled(w, h).body
     dst_body = target_poses.scaled(w, h).body
-    renders = target_renders if target_renders is not None else None
+    chosen = None
     if predictor == "model":
         if tta_steps > 0:
             from mf_backend.masks.train import adapt
 
-            model = adapt(model, frames, render_for_model(source_poses), source_masks, steps=tta_steps, ctx=ctx)
+            model = adapt(model, pool.frames, model_renders(source_poses, model.config.resolution), pool.masks_r,
+                          steps=tta_steps, ctx=ctx)
             info["tta_steps"] = tta_steps
-        pred = model_masks(model, frames, renders if renders is not None else render_for_model(target_poses))
         info["predictor"] = "model"
-    else:
-        prob = vote_probability(source_masks, src_body, dst_body, templates)
-        if model is not None:
-            chosen, info["self_check"] = self_check(model, frames, source_masks, source_poses, tta_steps, templates,
-                                                    fusion_weight, ctx)
+    elif model is not None:
+        chosen, info["self_check"] = self_check(model, pool, source_poses, tta_steps, templates, fusion_weight, ctx)
+        if chosen is not None:
+            info.update(predictor="fusion", tta_steps=info["self_check"]["step"])
+    report: dict[str, list[int]] = {"geometric": [], "source": [], "skeleton": []}
+    def renders_of(sl: slice, resolution: int) -> np.ndarray:
+        return target_renders[sl] if target_renders is not None else model_renders(target_poses.frames(sl), resolution)
+
+    for a in range(0, n, CHUNK):
+        sl = slice(a, min(a + CHUNK, n))
+        if predictor == "model":
+            pred = model_masks(model, pool.frames[sl], renders_of(sl, model.config.resolution), out_hw=pool.hw)
+        else:
+            prob = upsample_vote(template_warps(pool.masks, pool.person, src_body, dst_body[sl], pool.hw, templates),
+                                 pool.hw)
             if chosen is not None:
-                renders = renders if renders is not None else render_for_model(target_poses)
-                prob = (1 - fusion_weight) * prob + fusion_weight * run_model(chosen, frames, renders)
-                info.update(predictor="fusion", tta_steps=info["self_check"]["step"])
-        pred = clean_stack(prob)
-    pred, info["guard"] = guard(pred, source_masks, source_poses, target_poses,
-                                pred_is_geometric=info["predictor"] == "geometric")
+                prob = (1 - fusion_weight) * prob + fusion_weight * run_model(
+                    chosen, pool.frames[sl], renders_of(sl, chosen.config.resolution), out_hw=pool.hw)
+            pred = clean_stack(prob)
+        pred, replaced = guard(pred, pool.read_masks(sl.start, sl.stop), source_poses.frames(sl),
+                               target_poses.frames(sl), pred_is_geometric=info["predictor"] == "geometric")
+        for kind, frames in replaced.items():
+            report[kind] += [a + k for k in frames]
+        yield a, pred
+    info["guard"] = report
+    if any(report.values()):
+        log.warning("M_e guard replaced %d frame(s): %s", sum(map(len, report.values())),
+                    {k: v for k, v in report.items() if v})
     if ctx is not None:
         ctx.progress("masks", 2, 2)
+
+
+def predict_masks(frames: np.ndarray, source_masks: np.ndarray, source_poses: PoseSequence,
+                  target_poses: PoseSequence, predictor: str = "auto", weights: Optional[str | Path] = None,
+                  tta_steps: int = 0, target_renders: Optional[np.ndarray] = None, templates: int = TEMPLATES,
+                  fusion_weight: float = FUSION_WEIGHT, ctx=None) -> tuple[np.ndarray, dict]:
+    """M_e (F,H,W) float32 {0,1} for source frames (F,H,W,3) uint8, M_r (F,H,W) and keypoints, all in
+    memory (`predict_mask_chunks` put together; target_renders: the target pose renders (F,H',W',3) if
+    they exist already, else drawn from target_poses). Returns (masks, info)."""
+    from mf_backend.masks.train import resize_stack
+
+    model = mask_model(predictor, weights)
+    r = None if model is None else model.config.resolution
+    pool = SourcePool.of(frames, source_masks, r)
+    small = None if target_renders is None or r is None else resize_stack(target_renders, r)
+    info: dict = {}
+    pred = np.concatenate([m for _, m in predict_mask_chunks(pool, source_poses, target_poses, model, predictor,
+                                                             tta_steps, templates, fusion_weight, ctx, info, small)])
     return pred, info

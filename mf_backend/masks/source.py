@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import cv2
 import numpy as np
 
 from mf_backend.errors import InvalidParams, WeightsMissing
+from mf_backend.frames import Frames
 
 log = logging.getLogger(__name__)
 
@@ -50,16 +51,28 @@ def mediapipe_probabilities(frames: np.ndarray, ctx=None) -> np.ndarray:
     return out
 
 
-def person_probabilities(frames: np.ndarray, ctx=None) -> np.ndarray:
-    """uint8 RGB (F,H,W,3) → float32 (F,H,W): BlazePose's segmentation of the person it tracks; frames
-    without a detection take the (temporally smoothed) selfie segmenter's probability."""
-    from mf_backend.pose.extract import blazepose_track
+def person_chunks(frames: Frames | np.ndarray, ctx=None) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """(a, float32 (k,H,W) person probability, the uint8 RGB frames (k,H,W,3)) a chunk at a time:
+    BlazePose's segmentation of the person it tracks; frames without a detection take the selfie
+    segmenter's probability, smoothed over neighbouring frames (the segmenter also sees the frame either
+    side of the chunk, so the centred smoothing is what it is over the whole clip)."""
+    from mf_backend.pose.extract import blazepose_chunks
 
-    landmarks, prob = blazepose_track(frames, segmentation=True, ctx=ctx, stage="masks")
-    missed = landmarks[:, :, 3].max(1) <= 0
-    if missed.any():
-        prob[missed] = temporal_smooth(mediapipe_probabilities(frames, ctx))[missed]
-    return prob
+    frames = Frames.of(frames)
+    for a, landmarks, prob, rgb in blazepose_chunks(frames, segmentation=True, ctx=ctx, stage="masks"):
+        missed = landmarks[:, :, 3].max(1) <= 0
+        if missed.any():
+            b = a + len(rgb)
+            before = frames.read(a - 1, a) if a > 0 else rgb[:0]
+            after = frames.read(b, b + 1) if b < frames.num_frames else rgb[:0]
+            selfie = temporal_smooth(mediapipe_probabilities(np.concatenate([before, rgb, after]), ctx))
+            prob[missed] = selfie[len(before):len(before) + len(rgb)][missed]
+        yield a, prob, rgb
+
+
+def person_probabilities(frames: np.ndarray, ctx=None) -> np.ndarray:
+    """uint8 RGB (F,H,W,3) → float32 (F,H,W): `person_chunks` put together."""
+    return np.concatenate([prob for _, prob, _ in person_chunks(frames, ctx)])
 
 
 def refine_edges(frames: np.ndarray, prob: np.ndarray, radius_512: float = GUIDED_RADIUS_512,
@@ -145,31 +158,45 @@ def soften(masks: np.ndarray, feather_px: float) -> np.ndarray:
     return np.stack([cv2.GaussianBlur(m.astype(np.float32), (0, 0), sigma) for m in masks]).clip(0, 1)
 
 
-def source_masks(frames: np.ndarray, extractor: str = "mediapipe", models_dir: Optional[str] = None,
-                 threshold: float = 0.5, feather_px: float = 0.0, poses=None, ctx=None) -> np.ndarray:
-    """M_r for a clip: uint8 RGB (F,H,W,3) → float32 (F,H,W) in [0,1] (binary unless feather_px > 0).
+def source_mask_chunks(frames: Frames | np.ndarray, extractor: str = "mediapipe", models_dir: Optional[str] = None,
+                       threshold: float = 0.5, feather_px: float = 0.0, poses=None,
+                       ctx=None) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """M_r a chunk at a time: (a, float32 (k,H,W) in [0,1] of frames a..a+k-1, binary unless feather_px > 0;
+    the uint8 RGB frames (k,H,W,3) it was computed from).
 
     extractor: "mediapipe" (default, offline), "sam" (needs SAM weights in the models folder) or
     "auto" (SAM when its weights are present, else mediapipe). poses: the protagonist's PoseSequence
     (any pixel frame), whose joints choose the person's components when the mask has several.
+    The probability is `person_chunks`', its edges refined by a guided filter.
     """
-    frames = np.asarray(frames)
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        raise InvalidParams(f"source_masks expects uint8 (F,H,W,3) frames, got {frames.dtype} {frames.shape}")
+    frames = Frames.of(frames)
     if extractor == "auto":
         extractor = "sam" if find_sam_checkpoint(models_dir) is not None else "mediapipe"
     if extractor not in ("mediapipe", "sam"):
         raise InvalidParams(f"unknown source-mask extractor {extractor!r}", "use 'mediapipe', 'sam' or 'auto'")
-    prob = refine_edges(frames, person_probabilities(frames, ctx))
-    if extractor == "sam":
-        prob = sam_masks(frames, prob >= threshold, models_dir, ctx)
-    bodies = None if poses is None else poses.scaled(frames.shape[2], frames.shape[1]).body
-    masks = clean_masks(prob >= threshold, bodies=bodies, max_hole=SMALL_HOLE)
-    empty = masks.reshape(len(masks), -1).sum(1) == 0
-    if empty.any():
-        log.warning("no person found in %d source frame(s) (e.g. frame %d); their M_r is empty",
-                    int(empty.sum()), int(np.argmax(empty)))
-    return soften(masks, feather_px)
+    sam = load_sam(models_dir) if extractor == "sam" else None
+    bodies = None if poses is None else poses.scaled(frames.width, frames.height).body
+    empty = []
+    for a, prob, rgb in person_chunks(frames, ctx):
+        prob = refine_edges(rgb, prob)
+        if sam is not None:
+            prob = sam_masks(rgb, prob >= threshold, sam, ctx)
+        masks = clean_masks(prob >= threshold, bodies=None if bodies is None else bodies[a:a + len(rgb)],
+                            max_hole=SMALL_HOLE)
+        empty += [a + int(i) for i in np.flatnonzero(masks.reshape(len(masks), -1).sum(1) == 0)]
+        yield a, soften(masks, feather_px), rgb
+    if empty:
+        log.warning("no person found in %d source frame(s) (e.g. frame %d); their M_r is empty", len(empty), empty[0])
+
+
+def source_masks(frames: np.ndarray, extractor: str = "mediapipe", models_dir: Optional[str] = None,
+                 threshold: float = 0.5, feather_px: float = 0.0, poses=None, ctx=None) -> np.ndarray:
+    """M_r for a clip in memory: uint8 RGB (F,H,W,3) → float32 (F,H,W) (`source_mask_chunks` put together)."""
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise InvalidParams(f"source_masks expects uint8 (F,H,W,3) frames, got {frames.dtype} {frames.shape}")
+    return np.concatenate([m for _, m, _ in source_mask_chunks(frames, extractor, models_dir, threshold, feather_px,
+                                                               poses, ctx)])
 
 
 # ------------------------------------------------------------------------------------------ SAM (optional)
@@ -182,8 +209,8 @@ def find_sam_checkpoint(models_dir: Optional[str]) -> Optional[Path]:
     return next((root / c for c in SAM_CHECKPOINTS if (root / c).is_file()), None)
 
 
-def sam_masks(frames: np.ndarray, coarse: np.ndarray, models_dir: Optional[str], ctx=None) -> np.ndarray:
-    """Refine coarse (F,H,W) person masks with SAM, prompted by each coarse mask's bounding box."""
+def load_sam(models_dir: Optional[str]):
+    """SAM's predictor from the models folder (an error that says where to put the weights)."""
     ckpt = find_sam_checkpoint(models_dir)
     if ckpt is None:
         from mf_backend.weights import resolve_models_dir
@@ -202,7 +229,11 @@ def sam_masks(frames: np.ndarray, coarse: np.ndarray, models_dir: Optional[str],
     kind = {"b": "vit_b", "l": "vit_l", "h": "vit_h"}[ckpt.stem.split("_")[2]]
     sam = sam_model_registry[kind]()
     sam.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
-    predictor = SamPredictor(sam.eval())
+    return SamPredictor(sam.eval())
+
+
+def sam_masks(frames: np.ndarray, coarse: np.ndarray, predictor, ctx=None) -> np.ndarray:
+    """Refine coarse (F,H,W) person masks with SAM (`load_sam`), prompted by each coarse mask's bounding box."""
     out = coarse.astype(np.float32)
     for f in range(len(frames)):
         ys, xs = np.nonzero(coarse[f])

@@ -17,6 +17,7 @@ from typing import Optional
 import cv2
 import numpy as np
 
+from mf_backend.frames import Frames
 from mf_backend.pose.keypoints import HAND_EDGES, LIMBS, NUM_BODY, NUM_HAND, PoseSequence
 from mf_backend.pose.render import HAND_EDGE_RGB, JOINT_RADIUS, JOINT_RGB, LIMB_RGB
 
@@ -172,20 +173,22 @@ def _hand_from_edges(labels: np.ndarray, region: np.ndarray, wrist: np.ndarray, 
     return out
 
 
-def decode_poses(frames: np.ndarray, fps: Optional[float] = None, ctx=None) -> PoseSequence:
-    """Pose renders (F,H,W,3) uint8 RGB → PoseSequence in the renders' pixel frame."""
-    frames = np.asarray(frames)
-    seq = PoseSequence.empty(len(frames), frames.shape[2], frames.shape[1], fps)
-    for f, img in enumerate(frames):
-        if ctx is not None:
-            ctx.progress("poses", f, len(frames), "decoding pose renders")
-        seq.body[f], seq.hands[f] = decode_pose(img)
+def decode_poses(frames: Frames | np.ndarray, fps: Optional[float] = None, ctx=None) -> PoseSequence:
+    """Pose renders (F,H,W,3) uint8 RGB, read a chunk at a time → PoseSequence in the renders' pixel frame."""
+    frames = Frames.of(frames)
+    seq = PoseSequence.empty(frames.num_frames, frames.width, frames.height, fps)
+    for a, rgb in frames.chunks():
+        for i, img in enumerate(rgb):
+            if ctx is not None:
+                ctx.progress("poses", a + i, frames.num_frames, "decoding pose renders")
+            seq.body[a + i], seq.hands[a + i] = decode_pose(img)
     return seq
 
 
-def looks_like_pose_render(frames: np.ndarray) -> bool:
+def looks_like_pose_render(frames: Frames | np.ndarray) -> bool:
     """True when the frames are mostly black with palette-coloured strokes (i.e. already pose renders)."""
-    sample = np.asarray(frames[:: max(1, len(frames) // 4)][:4])
+    frames = Frames.of(frames)
+    sample = frames.take(np.arange(frames.num_frames)[:: max(1, frames.num_frames // 4)][:4])
     dark = (sample.max(axis=-1) <= _BLACK_MAX).mean()
     if dark < 0.85:
         return False

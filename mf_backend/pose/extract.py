@@ -1,5 +1,7 @@
 """Keypoint extraction from video frames: mediapipe BlazePose (offline default) or DWPose (ONNX).
 
+Frames come a chunk at a time (mf_backend/frames.py): only keypoints are kept for the whole clip.
+
 Both return a temporally filtered `PoseSequence` of ONE person, the protagonist: the largest, most central person in the
 first frame, then followed over time (nearest to its previous position). BlazePose in video mode
 tracks a single person itself; DWPose detects everyone per frame and `track_protagonist` chooses.
@@ -8,11 +10,12 @@ tracks a single person itself; DWPose detects everyone per frame and `track_prot
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import numpy as np
 
 from mf_backend.errors import BadInputMedia, WeightsMissing
+from mf_backend.frames import Frames
 from mf_backend.pose.keypoints import NUM_BODY, NUM_HAND, PoseSequence
 from mf_backend.pose.smooth import fill_gaps, smooth_poses
 
@@ -40,12 +43,14 @@ def blazepose_to_openpose(landmarks: np.ndarray, width: int, height: int) -> np.
     return body
 
 
-def blazepose_track(frames: np.ndarray, segmentation: bool = False, ctx=None, stage: str = "poses",
-                    smooth_landmarks: bool = False) -> tuple[np.ndarray, Optional[np.ndarray]]:
-    """BlazePose in video mode (tracks one person; smooths its segmentation over time, not its landmarks).
+def blazepose_chunks(frames: Frames | np.ndarray, segmentation: bool = False, ctx=None, stage: str = "poses",
+                     smooth_landmarks: bool = False) -> Iterator[tuple[int, np.ndarray, Optional[np.ndarray], np.ndarray]]:
+    """BlazePose in video mode over a clip a chunk at a time (one tracker: it follows one person across
+    chunks; smooths its segmentation over time, not its landmarks).
 
-    uint8 RGB (F,H,W,3) → (landmarks float32 (F,33,4) = normalised (x, y, z, visibility), zero where no
-    person; person segmentation float32 (F,H,W) in [0,1] of that same person, or None).
+    Yields (a, landmarks float32 (k,33,4) = normalised (x, y, z, visibility), zero where no person;
+    person segmentation float32 (k,H,W) in [0,1] of that same person, or None; the uint8 RGB frames
+    a..a+k-1 (k,H,W,3) it looked at, so a caller can use them without reading them again).
     """
     try:
         from mediapipe.python.solutions import pose as mp_pose
@@ -53,10 +58,7 @@ def blazepose_track(frames: np.ndarray, segmentation: bool = False, ctx=None, st
         raise WeightsMissing("mediapipe (BlazePose) is not installed",
                              "install it with `pip install mediapipe==0.10.21`, or pass --pose-extractor dwpose "
                              "with DWPose weights, or give pose renders as the driving clip") from exc
-    frames = np.asarray(frames)
-    f_count = len(frames)
-    landmarks = np.zeros((f_count, 33, 4), np.float32)
-    seg = np.zeros(frames.shape[:3], np.float32) if segmentation else None
+    frames = Frames.of(frames)
     try:
         # Landmarks unfiltered: mediapipe's filter lags fast limbs like a One-Euro filter does (docs/masks.md:
         # M_e 0.843 → 0.860 on the dev cases, joints nearer the DWPose renders); video mode still tracks one person.
@@ -67,35 +69,48 @@ def blazepose_track(frames: np.ndarray, segmentation: bool = False, ctx=None, st
         raise WeightsMissing(f"BlazePose model (model_complexity=1) could not be loaded: {exc}",
                              "reinstall mediapipe==0.10.21, whose wheel bundles pose_landmark_full.tflite") from exc
     with tracker:
-        for f in range(f_count):  # the graph takes one image at a time
-            if ctx is not None:
-                ctx.progress(stage, f, f_count, "BlazePose")
-            result = tracker.process(np.ascontiguousarray(frames[f]))
-            if result.pose_landmarks is not None:
-                landmarks[f] = [(p.x, p.y, p.z, p.visibility) for p in result.pose_landmarks.landmark]
-                if seg is not None and result.segmentation_mask is not None:
-                    seg[f] = result.segmentation_mask
-    return landmarks, seg
+        for a, rgb in frames.chunks():
+            landmarks = np.zeros((len(rgb), 33, 4), np.float32)
+            seg = np.zeros(rgb.shape[:3], np.float32) if segmentation else None
+            for i in range(len(rgb)):  # the graph takes one image at a time
+                if ctx is not None:
+                    ctx.progress(stage, a + i, len(frames), "BlazePose")
+                result = tracker.process(np.ascontiguousarray(rgb[i]))
+                if result.pose_landmarks is not None:
+                    landmarks[i] = [(p.x, p.y, p.z, p.visibility) for p in result.pose_landmarks.landmark]
+                    if seg is not None and result.segmentation_mask is not None:
+                        seg[i] = result.segmentation_mask
+            yield a, landmarks, seg, rgb
 
 
-def extract_mediapipe(frames: np.ndarray, fps: Optional[float] = None, ctx=None,
+def blazepose_track(frames: Frames | np.ndarray, segmentation: bool = False, ctx=None, stage: str = "poses",
+                    smooth_landmarks: bool = False) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """`blazepose_chunks` put together: (landmarks (F,33,4), segmentation (F,H,W) or None). The whole
+    clip's segmentation is held: for short clips and evaluation; the jobs take the chunks."""
+    parts = list(blazepose_chunks(frames, segmentation, ctx, stage, smooth_landmarks))
+    landmarks = np.concatenate([p[1] for p in parts])
+    return landmarks, np.concatenate([p[2] for p in parts]) if segmentation else None
+
+
+def extract_mediapipe(frames: Frames | np.ndarray, fps: Optional[float] = None, ctx=None,
                       smooth_landmarks: bool = False) -> PoseSequence:
     """frames (F,H,W,3) uint8 RGB → PoseSequence (body only: BlazePose has no 21-point hands)."""
-    frames = np.asarray(frames)
-    f_count, height, width = frames.shape[:3]
-    landmarks, _ = blazepose_track(frames, ctx=ctx, smooth_landmarks=smooth_landmarks)
+    frames = Frames.of(frames)
+    landmarks = np.concatenate([lm for _, lm, _, _ in blazepose_chunks(frames, ctx=ctx,
+                                                                       smooth_landmarks=smooth_landmarks)])
     # Gaps filled only, no temporal filter: a One-Euro filter lagged fast limbs (wrists 10 px → 40-60 px
     # off on the dance cases; docs/masks.md).
-    body = fill_gaps(blazepose_to_openpose(landmarks, width, height))
-    hands = np.zeros((f_count, 2, NUM_HAND, 3), np.float32)
-    return PoseSequence(body, hands, width, height, fps)
+    body = fill_gaps(blazepose_to_openpose(landmarks, frames.width, frames.height))
+    hands = np.zeros((frames.num_frames, 2, NUM_HAND, 3), np.float32)
+    return PoseSequence(body, hands, frames.width, frames.height, fps)
 
 
 def dwpose_available(models_dir: Optional[str | Path]) -> bool:
     return models_dir is not None and all((Path(models_dir) / "DWPose" / n).is_file() for n in DWPOSE_FILES)
 
 
-def extract_dwpose(frames: np.ndarray, models_dir: str | Path, fps: Optional[float] = None, ctx=None) -> PoseSequence:
+def extract_dwpose(frames: Frames | np.ndarray, models_dir: str | Path, fps: Optional[float] = None,
+                   ctx=None) -> PoseSequence:
     """DWPose whole-body (via controlnet-aux's ONNX `Wholebody`) → protagonist's body + hands."""
     folder = Path(models_dir) / "DWPose"
     if not dwpose_available(models_dir):
@@ -107,15 +122,16 @@ def extract_dwpose(frames: np.ndarray, models_dir: str | Path, fps: Optional[flo
         raise WeightsMissing("DWPose needs the controlnet-aux package (and onnxruntime)",
                              "pip install controlnet-aux onnxruntime, or use --pose-extractor mediapipe") from exc
     model = Wholebody(str(folder / DWPOSE_FILES[0]), str(folder / DWPOSE_FILES[1]))
-    frames = np.asarray(frames)
-    f_count, height, width = frames.shape[:3]
+    frames = Frames.of(frames)
+    f_count, height, width = frames.num_frames, frames.height, frames.width
     people: list[np.ndarray] = []  # per frame (N,134,3) in OpenPose order with neck, pixels
-    for f in range(f_count):
-        if ctx is not None:
-            ctx.progress("poses", f, f_count, "DWPose")
-        kp, scores = model(np.ascontiguousarray(frames[f][:, :, ::-1]))  # BGR in
-        kp, scores = np.asarray(kp, np.float32), np.asarray(scores, np.float32)
-        people.append(np.concatenate([kp, scores[..., None]], -1) if len(kp) else np.zeros((0, 134, 3), np.float32))
+    for a, rgb in frames.chunks():
+        for i, image in enumerate(rgb):
+            if ctx is not None:
+                ctx.progress("poses", a + i, f_count, "DWPose")
+            kp, scores = model(np.ascontiguousarray(image[:, :, ::-1]))  # BGR in
+            kp, scores = np.asarray(kp, np.float32), np.asarray(scores, np.float32)
+            people.append(np.concatenate([kp, scores[..., None]], -1) if len(kp) else np.zeros((0, 134, 3), np.float32))
     chosen = track_protagonist([p[:, :NUM_BODY] for p in people], width, height)
     body = np.zeros((f_count, NUM_BODY, 3), np.float32)
     hands = np.zeros((f_count, 2, NUM_HAND, 3), np.float32)
@@ -171,7 +187,7 @@ def track_protagonist(candidates: list[np.ndarray], width: int, height: int) -> 
     return chosen
 
 
-def extract_poses(frames: np.ndarray, extractor: str = "auto", models_dir: Optional[str | Path] = None,
+def extract_poses(frames: Frames | np.ndarray, extractor: str = "auto", models_dir: Optional[str | Path] = None,
                   fps: Optional[float] = None, ctx=None) -> PoseSequence:
     """Dispatch on `extractor` ("auto": DWPose when its weights exist, else BlazePose; "decode": the
     frames are pose renders already)."""
