@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
+import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -60,10 +60,16 @@ class PreparedClip:
     seconds: dict  # wall time of the crop steps: "plan", "crop" (planning + frames, masks and pose inputs)
 
 
-def prepare_clip(params: JobParams, ctx: JobContext, scratch: Path) -> PreparedClip:
-    """Read the clips; poses and masks from the user's folders or the prepare stages (computed masks go
-    to `scratch`); the timing map; the crop plan; everything the model sees cropped to size×size.
-    Full-resolution frames, renders and masks pass a chunk at a time (mf_backend/streaming.py)."""
+def prepare_clip(params: JobParams, ctx: JobContext) -> PreparedClip:
+    """Read the clips; poses and masks from the user's folders or the prepare stages; the timing map;
+    the crop plan; everything the model sees cropped to size×size. Full-resolution frames, renders and
+    masks pass a chunk at a time (mf_backend/streaming.py); computed masks go to a temporary folder and
+    are read back from it, until they are cropped."""
+    with tempfile.TemporaryDirectory(prefix="mf-masks-") as scratch:
+        return _prepare_clip(params, ctx, Path(scratch))
+
+
+def _prepare_clip(params: JobParams, ctx: JobContext, scratch: Path) -> PreparedClip:
     from mf_backend import streaming
     from mf_backend.chunks import shot_crop
     from mf_backend.prepare import compute_masks, compute_poses, open_inputs, timing_positions
@@ -127,8 +133,7 @@ def edit(params: JobParams, ctx: JobContext) -> dict[str, Any]:
         log.warning(choice.notice)
     final = params.out_path
     with atomic_output_dir(final) as tmp:
-        clip = prepare_clip(params, ctx, tmp / ".masks")
-        shutil.rmtree(tmp / ".masks", ignore_errors=True)  # the computed masks are in the crops now
+        clip = prepare_clip(params, ctx)
         t_prep = time.perf_counter() - t0
         if params.advanced.distributed == "ray":  # sampled and decoded by Ray workers, one GPU each
             from mf_backend.distributed.sharded import edit_on_ray

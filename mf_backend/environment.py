@@ -10,6 +10,26 @@ from typing import Any, Optional
 from mf_backend.weights import weights_report
 
 
+MMAP_THRESHOLD = 4 << 20  # bytes: glibc gives blocks this large their own mapping
+
+
+def limit_heap_fragmentation() -> bool:
+    """Fix glibc's mmap threshold (Linux): full-resolution frames and masks (6-8 MB each at 1080p) then
+    get their own mappings, returned to the system when freed. Left dynamic, glibc raises the threshold
+    after the first such block is freed and serves the next ones from the heap, which fragments: the
+    peak RSS of a 120-frame 1080p edit grew by 240 MB (`bench host-memory`). Returns whether it was set."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (e.g. musl): nothing to tune
+        return False
+    M_MMAP_THRESHOLD = -3
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+
+
 def resolve_device(device: str = "auto") -> str:
     import torch
 

@@ -19,6 +19,7 @@ import numpy as np
 from mf_backend.crop import CropPlan
 from mf_backend.errors import BadInputMedia
 from mf_backend.frames import CHUNK, Frames
+from mf_backend.masks.stage import mask_reader  # noqa: F401 (a Reader of a mask folder)
 from mf_backend.media import Clip
 
 Reader = Callable[[int, int], np.ndarray]  # (a, b) → full-resolution source frames a..b-1 (masks (k,H,W), RGB (k,H,W,3))
@@ -141,13 +142,6 @@ def render_reader(folder: str, n_src: int, edited: np.ndarray, hw: tuple[int, in
         return np.stack([cv2.resize(im, (w, h), interpolation=cv2.INTER_LINEAR) for im in data])
 
     return read
-
-
-def mask_reader(folder: str, n_src: int, hw: tuple[int, int]) -> Reader:
-    """A user mask folder (one mask per source frame) as a Reader of float32 (k,H,W) in {0,1}."""
-    from mf_backend.masks.stage import read_mask_range
-
-    return lambda a, b: read_mask_range(folder, n_src, *hw, a, b)
 
 
 def write_output(footage: Footage, plan: CropPlan, edited: np.ndarray, crops: dict[str, np.ndarray], work: np.ndarray,

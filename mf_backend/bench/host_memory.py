@@ -58,6 +58,8 @@ def write_case(root: Path, frames: int, hw: tuple[int, int] = (H, W)) -> dict[st
 
 _CHILD = """
 import json, resource, sys, time
+from mf_backend.environment import limit_heap_fragmentation
+limit_heap_fragmentation()  # as `python -m mf_backend` does
 from mf_backend.dispatch import run_job
 from mf_backend.jobs import JobContext
 from mf_backend.params import JobParams

@@ -31,7 +31,6 @@ def compute_masks(source, prep, params, ctx, folder: Path) -> tuple[Reader, Read
     from mf_backend.masks.predict import SourcePool, mask_model, predict_mask_chunks
     from mf_backend.masks.source import source_mask_chunks
     from mf_backend.media import write_masks
-    from mf_backend.streaming import mask_reader
 
     n, hw = source.num_frames, (source.height, source.width)
     pattern = frame_pattern(n)
@@ -73,6 +72,11 @@ def compute_masks(source, prep, params, ctx, folder: Path) -> tuple[Reader, Read
                 name = pattern.format(k=k)
                 shutil.copyfile(out_r / name, out_e / name)
     return read_r, mask_reader(str(out_e), n, hw)
+
+
+def mask_reader(folder: str, n: int, hw: tuple[int, int]) -> Reader:
+    """A mask folder (one mask per source frame, any size) as a Reader of float32 (k,H,W) {0,1} at hw."""
+    return lambda a, b: read_mask_range(folder, n, *hw, a, b)
 
 
 def read_mask_range(folder: str, n: int, h: int, w: int, a: int = 0, b: int | None = None) -> np.ndarray:
