@@ -83,3 +83,36 @@ def test_footage_counts_the_frames_that_decode_without_holding_them(tmp_path):
     short = Footage(str(cut), footage.head, 24)  # as if the container's count had been believed
     with pytest.raises(BadInputMedia, match=r"cut.avi.* (no decodable frames|do not all decode)"):
         short.read(16, 24)
+
+
+def test_masks_a_chunk_at_a_time_equal_the_whole_clip(monkeypatch, tmp_path):
+    """M_r (BlazePose tracking one person across chunks, the selfie fallback smoothed across a chunk's
+    edge) and M_e (vote at the warp's size, self-check, the model, guard) are the same arrays whether the
+    clip passes as one chunk or in chunks of 3 frames."""
+    import torch
+
+    import mf_backend.frames
+    import mf_backend.masks.predict as predict
+    from mf_backend.masks.model import TargetMaskPredictor, get_seg_config, save_predictor
+    from mf_backend.masks.source import person_probabilities, source_masks
+    from mf_backend.synthetic import make_pair
+
+    pair = make_pair(1, frames=10, size=(288, 512), x_frac=0.4, height_frac=0.6)  # > 256 px: masks shrunk to warp
+    frames = pair.source.frames.copy()
+    frames[5:7] = frames[0, :4, :4].mean((0, 1)).astype(np.uint8)  # nobody in frames 5-6: the selfie fallback
+    src, tgt = pair.source.poses, pair.target_aligned.poses
+    torch.manual_seed(0)
+    save_predictor(TargetMaskPredictor(get_seg_config("tiny")), tmp_path / "seg")
+
+    def masks() -> list[np.ndarray]:
+        M_r = source_masks(frames, poses=src)
+        return [M_r, person_probabilities(frames)] + [predict.predict_masks(frames, M_r, src, tgt, p, weights=tmp_path / "seg")[0]
+                        for p in ("auto", "model")]
+
+    whole = masks()
+    monkeypatch.setattr(mf_backend.frames, "CHUNK", 3)
+    monkeypatch.setattr(predict, "CHUNK", 3)
+    chunked = masks()
+    assert whole[0][5:7].sum() == 0 and whole[0][:5].sum() > 0  # the blanked frames have no person
+    for a, b in zip(whole, chunked):
+        assert np.array_equal(a, b)
