@@ -186,7 +186,8 @@ def begin_edit(context: Any, source: Optional[str] = None, preview: bool = False
     try:
         ensure_client(context, initialize=False)
         run.exports.append(strips.StripExport(scene, source, job_dir / "source", frame_range))
-        run.exports.append(strips.StripExport(scene, mf.driving_strip, job_dir / "driving"))
+        # the driving strip only gives poses: 8-bit PNG whatever its media
+        run.exports.append(strips.StripExport(scene, mf.driving_strip, job_dir / "driving", keep_depth=False))
     except BaseException:
         abort_edit(run)
         raise

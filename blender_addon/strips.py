@@ -1,5 +1,5 @@
-"""VSE strips: export a strip's frames to a PNG folder, import the result (image sequence or movie, in
-its colour space); the 4.2↔5.x shim.
+"""VSE strips: export a strip's frames to a folder at the depth of its media, import the result (image
+sequence or movie, in its colour space); the 4.2↔5.x shim.
 
 Export renders the strip through the sequencer, so the strip's own media comes out as the user
 sees it: offsets and trims, retiming (speed), transform/crop, modifiers and the scene's fps. It
@@ -8,6 +8,11 @@ else) with every other strip muted, the strip at full opacity with its blend mod
 animation (fades), and the view transform set to Standard, then removes the copy: the user's scene,
 its colour management and its frame range are never touched. What the copy drops besides opacity
 and fades (other animated properties) is listed in `StripExport.dropped` for a warning.
+
+The frames keep the precision of the strip's media (`export_depth`): 8-bit media → 8-bit sRGB PNG (as the
+Standard view shows it), 16-bit PNG/TIFF and >8-bit movies → 16-bit sRGB PNG, EXR and scene-linear strips →
+scene-linear Rec.709 EXR (half, or float when the media is float or 16-bit linear), so the backend's
+`output_format="auto"` answers in the same depth and the pixels outside the edit keep their values.
 
 API drift handled here (and only here): `strips`/`strips_all` (4.4+) vs `sequences`/`sequences_all`
 (≤4.3, removed in 5.0), `context.sequencer_scene` (5.x), meta strips' `strips`/`sequences`, layered actions (5.x).
@@ -23,6 +28,8 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 import bpy
+
+from .depth import FORMATS, deepest, media_depth
 
 FRAME_RE = re.compile(r"(\d+)")
 
@@ -96,6 +103,13 @@ def content_range(strip: Any) -> tuple[int, int]:
     return first, end
 
 
+def export_depth(strip: Any) -> str:
+    """The depth that keeps the strip's media (depth.FORMATS); a meta: what keeps all its content."""
+    if strip.type != "META":
+        return media_depth(strip)
+    return deepest({export_depth(s) for s in meta_children(strip) if s.type != "SOUND" and not s.mute})
+
+
 def _fcurves(action: Any) -> list[Any]:
     """An action's F-curves: `Action.fcurves` up to 4.x, channel bags of layered actions on 5.x."""
     legacy = getattr(action, "fcurves", None)
@@ -137,14 +151,15 @@ TMP_SCENE = "MF export (temporary)"
 
 
 class StripExport:
-    """Render one strip alone over its visible range (∩ frame_range, [a, b)) to folder/frame_{k}.png,
+    """Render one strip alone over its visible range (∩ frame_range, [a, b)) to folder/frame_{k}.png|exr,
     a few frames per `render` call, so that the UI's modal timer can run between calls.
+    keep_depth: write at the strip's `export_depth` (the source); False: 8-bit PNG (the driving strip's poses).
 
     The temporary scene copy lives from __init__ to close(); call close() in every case (finish() does).
     """
 
     def __init__(self, scene: "bpy.types.Scene", strip_name: str, folder: Path,
-                 frame_range: Optional[tuple[int, int]] = None):
+                 frame_range: Optional[tuple[int, int]] = None, keep_depth: bool = True):
         strip = find_strip(scene, strip_name)
         if strip is None:
             raise ExportError(f"strip '{strip_name}' not found in scene '{scene.name}'")
@@ -160,7 +175,8 @@ class StripExport:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.render_dir = self.folder / ".render"
         self._had_render_result = "Render Result" in bpy.data.images
-        tmp = _export_scene(scene, strip, self.render_dir)
+        self.depth = export_depth(strip) if keep_depth else "8"
+        tmp = _export_scene(scene, strip, self.render_dir, self.depth)
         self._tmp_name: Optional[str] = tmp.name  # None once closed
         self.fps = tmp.render.fps / tmp.render.fps_base
         self.width, self.height = tmp.render.resolution_x, tmp.render.resolution_y
@@ -191,18 +207,19 @@ class StripExport:
         return n
 
     def finish(self) -> dict[str, Any]:
-        """After the last frame: rename to frame_{k}.png, drop the copy. Returns
-        {"first": timeline frame of frame_0, "count": n, "fps": float, "width": w, "height": h, "colorspace":
-        the frames' colour space (display sRGB: the export renders with the Standard view)}."""
+        """After the last frame: rename to frame_{k}.png|exr, drop the copy. Returns
+        {"first": timeline frame of frame_0, "count": n, "fps": float, "width": w, "height": h, "depth": a key of
+        FORMATS, "colorspace": the frames' colour space (PNG: display sRGB, the Standard view; EXR: LINEAR)}."""
         self.close()
-        rendered = sorted(self.render_dir.glob("f_*.png"), key=lambda p: int(FRAME_RE.findall(p.stem)[-1]))
+        _, _, ext, colorspace = FORMATS[self.depth]
+        rendered = sorted(self.render_dir.glob(f"f_*{ext}"), key=lambda p: int(FRAME_RE.findall(p.stem)[-1]))
         if len(rendered) != self.total:
             raise ExportError(f"expected {self.total} frames of '{self.strip_name}', the render wrote {len(rendered)}")
         for k, p in enumerate(rendered):
-            os.replace(p, self.folder / f"frame_{k}.png")
+            os.replace(p, self.folder / f"frame_{k}{ext}")
         shutil.rmtree(self.render_dir, ignore_errors=True)
         return {"first": self.first, "count": self.total, "fps": self.fps, "width": self.width, "height": self.height,
-                "colorspace": "sRGB"}
+                "depth": self.depth, "colorspace": colorspace}
 
     def close(self) -> None:
         """Remove the temporary scene (and a Render Result the export created). Safe to call twice."""
@@ -215,8 +232,8 @@ class StripExport:
             bpy.data.images.remove(bpy.data.images["Render Result"])
 
 
-def _export_scene(scene: "bpy.types.Scene", strip: Any, render_dir: Path) -> "bpy.types.Scene":
-    """A copy of `scene` that renders only `strip` (and the metas holding it) as plain 8-bit sRGB PNGs."""
+def _export_scene(scene: "bpy.types.Scene", strip: Any, render_dir: Path, depth: str = "8") -> "bpy.types.Scene":
+    """A copy of `scene` that renders only `strip` (and the metas holding it) as plain frames in FORMATS[depth]."""
     inside = {s.name for s in descendants(strip)}  # a meta's content renders as the user set it up
     keep = {strip.name}
     parent = parent_meta(strip)
@@ -255,10 +272,16 @@ def _export_scene(scene: "bpy.types.Scene", strip: Any, render_dir: Path) -> "bp
         im = r.image_settings
         if hasattr(im, "media_type"):  # 5.0 groups formats by media type
             im.media_type = "IMAGE"
-        im.file_format = "PNG"
+        im.file_format, im.color_depth = FORMATS[depth][:2]
         im.color_mode = "RGB"
-        im.color_depth = "8"
-        im.compression = 15
+        if im.file_format == "PNG":
+            im.compression = 15
+        else:  # EXR is written scene-linear; a linear sequencer space makes float strips round-trip exactly
+            im.exr_codec = "ZIP"  # lossless
+            tmp.sequencer_colorspace_settings.name = FORMATS[depth][3]
+            for s in [own, *descendants(own)]:
+                if hasattr(s, "use_float"):  # in a linear sequencer 5.0 skips a byte strip's own colour space
+                    s.use_float = True
         # Frames for a model: no tone mapping (AgX/Filmic would change every pixel).
         tmp.view_settings.view_transform = "Standard"
         tmp.view_settings.look = "None"
@@ -273,9 +296,9 @@ def _export_scene(scene: "bpy.types.Scene", strip: Any, render_dir: Path) -> "bp
 
 
 def export_strip(scene: "bpy.types.Scene", strip_name: str, folder: Path,
-                 frame_range: Optional[tuple[int, int]] = None) -> dict[str, Any]:
+                 frame_range: Optional[tuple[int, int]] = None, keep_depth: bool = True) -> dict[str, Any]:
     """The whole export in one call (scripts, tests): see StripExport."""
-    export = StripExport(scene, strip_name, folder, frame_range)
+    export = StripExport(scene, strip_name, folder, frame_range, keep_depth)
     try:
         export.render(export.total)
         return export.finish()
