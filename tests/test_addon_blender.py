@@ -189,7 +189,7 @@ def test_export_respects_trims_and_leaves_the_scene_alone(scene, tmp_path):
     before = snapshot(scene)
     info = strips.export_strip(scene, "source", tmp_path / "exp")
     assert info == {"first": 12, "count": 5, "fps": 24.0, "width": SIZE, "height": SIZE,
-                    "colorspace": "sRGB"}
+                    "depth": "8", "colorspace": "sRGB"}
     files = strips.frame_files(tmp_path / "exp")
     assert [f.name for f in files] == [f"frame_{k}.png" for k in range(5)]
     assert cv2.imread(str(files[0])).shape == (SIZE, SIZE, 3)  # full resolution despite the 50 % preview
