@@ -5,7 +5,10 @@ an edit of an EXR strip comes back as EXR, in Linear Rec.709, with the pixels ou
 
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +19,7 @@ bpy = pytest.importorskip("bpy", reason="bpy (Blender as a module) is not instal
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+VENV42 = REPO / ".venv42" / "bin" / "python"  # bpy 4.2 LTS, made by .ci/run (see test_addon_projects.py)
 
 from test_addon_blender import N, SIZE, _geometric, addon, edited_strips, person_clips, scene, small_model  # noqa: E402,F401
 
@@ -57,6 +61,9 @@ def test_16bit_png_strip_exports_16bit_png_without_quantising(scene, tmp_path):
     assert len(np.unique(out[0][..., 0])) == 4096  # an 8-bit export has at most 256
     diff = max(int(np.abs(o.astype(np.int32) - f).max()) for o, f in zip(out, frames))
     assert diff <= 1, f"16-bit values moved by {diff}"  # Blender's float round trip: ±1 of 65535
+    meta = scene.sequence_editor.strips.new_meta("meta", channel=9, frame_start=10)  # a meta keeps its content's depth
+    scene.sequence_editor.strips["deep"].move_to_meta(meta)
+    assert strips.export_strip(scene, "meta", tmp_path / "meta")["depth"] == "16"
 
 
 def test_exr_strips_export_scene_linear_exr_exactly(scene, tmp_path):
@@ -150,17 +157,65 @@ def test_edit_of_an_exr_strip_returns_exr_with_the_source_values_outside_the_edi
     assert bpy.ops.motionfollower.edit() == {"FINISHED"}
     (s,) = edited_strips(scene)
     assert s.colorspace_settings.name == "Linear Rec.709" and s["motionfollower_format"] == "exr"
+    assert s.alpha_mode == "STRAIGHT"  # the matte in A, RGB not premultiplied
     files = [Path(bpy.path.abspath(s.directory)) / e.filename for e in s.elements]
     assert len(files) == N and all(f.suffix == ".exr" for f in files)
     import OpenEXR
 
-    kept = 0
-    for f, src in zip(files, frames):
+    # Blender reads the result back as stored: the imported strip, rendered by the export, gives the file's
+    # values where the matte is 1 (elsewhere straight alpha over black)
+    from blender_addon import strips
+
+    assert strips.export_strip(scene, s.name, tmp_path / "back")["depth"] == "half"
+    back = exported(tmp_path / "back", ".exr")
+    kept = inside = 0
+    for f, src, seen in zip(files, frames, back):
         with OpenEXR.File(str(f), separate_channels=True) as exr:
             ch = {k: v.pixels for k, v in exr.channels().items()}
         rgb, alpha = np.stack([ch[c] for c in "RGB"], -1), ch["A"]
         assert rgb.dtype == np.float16
         outside = alpha == 0
         np.testing.assert_array_equal(rgb[outside], src[outside])  # the source's stored values, > 1 included
-        kept += int(outside.sum())
-    assert kept > N * SIZE * SIZE // 4 and max(float(read_image(f).max()) for f in files) > 1.0
+        np.testing.assert_array_equal(seen[alpha == 1], rgb[alpha == 1])
+        kept, inside = kept + int(outside.sum()), inside + int((alpha == 1).sum())
+    assert kept > N * SIZE * SIZE // 4 and inside > 0 and max(float(read_image(f).max()) for f in files) > 1.0
+
+
+EXPORT_42 = textwrap.dedent("""
+    import json, sys
+    sys.path.insert(0, {repo!r})
+    import bpy
+    from blender_addon import strips as S
+    sc = bpy.context.scene
+    sc.render.resolution_x = sc.render.resolution_y = {size}
+    for i, (name, files) in enumerate({sequences!r}.items()):
+        s = S.top_collection(sc).new_image(name, files[0], channel=i + 1, frame_start=1)
+        for f in files[1:]:
+            s.elements.append(f.rsplit("/", 1)[1])
+        s.frame_final_duration = len(files)
+    print("DEPTHS " + json.dumps({{n: S.export_strip(sc, n, {out!r} + "/" + n)["depth"] for n in {sequences!r}}}))
+""")
+
+
+@pytest.mark.skipif(not VENV42.exists(), reason="no .venv42 (bpy 4.2 LTS): .ci/run makes it")
+def test_bpy42_exports_16bit_png_and_exr_without_quantising(tmp_path):
+    """The same export under Blender 4.2 LTS (its own process): 16-bit within ±1, half and float EXR bit for bit."""
+    g = np.arange(SIZE * SIZE, dtype=np.uint16).reshape(SIZE, SIZE) * 16
+    ramp = np.linspace(0, 4, SIZE * SIZE).reshape(SIZE, SIZE)
+    sources = {"p16": [np.stack([g, g[::-1], g], -1)] * 2, "half": [np.stack([ramp] * 3, -1).astype(np.float16)] * 2,
+               "float": [np.stack([ramp, ramp / 3, ramp], -1).astype(np.float32)] * 2}
+    sequences = {n: [str(f) for f in write_sequence(tmp_path / n, frames, ".png" if n == "p16" else ".exr")]
+                 for n, frames in sources.items()}
+    script = tmp_path / "export42.py"
+    script.write_text(EXPORT_42.format(repo=str(REPO), size=SIZE, sequences=sequences, out=str(tmp_path / "out")))
+    p = subprocess.run([str(VENV42), str(script)], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    depths = json.loads(next(line for line in p.stdout.splitlines() if line.startswith("DEPTHS "))[7:])
+    assert depths == {"p16": "16", "half": "half", "float": "float"}
+    for name, frames in sources.items():
+        out = exported(tmp_path / "out" / name, ".png" if name == "p16" else ".exr")
+        assert len(out) == 2 and out[0].dtype == frames[0].dtype
+        if name == "p16":
+            assert int(np.abs(out[1].astype(np.int32) - frames[1]).max()) <= 1
+        else:
+            np.testing.assert_array_equal(out[1], frames[1])
