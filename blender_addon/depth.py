@@ -57,8 +57,14 @@ def _exr_is_float(path: Path) -> bool:
 def _file_depth(path: Path) -> str:
     """"8", "16" (16-bit PNG/TIFF, a >8-bit movie: Blender decodes them to float), "half" or "float" (EXR)."""
     if path.suffix.lower() == ".exr":
-        return "float" if _exr_is_float(path) else "half"
-    image = bpy.data.images.load(str(path), check_existing=False)
+        try:
+            return "float" if _exr_is_float(path) else "half"
+        except (OSError, ValueError, struct.error):  # a header this reader does not follow: float keeps either
+            return "float"
+    try:
+        image = bpy.data.images.load(str(path), check_existing=False)
+    except RuntimeError:  # a file Blender cannot read renders as Blender shows it (magenta): no depth to keep
+        return "8"
     try:
         return "16" if image.is_float else "8"
     finally:
