@@ -209,7 +209,7 @@ class StripExport:
     def finish(self) -> dict[str, Any]:
         """After the last frame: rename to frame_{k}.png|exr, drop the copy. Returns
         {"first": timeline frame of frame_0, "count": n, "fps": float, "width": w, "height": h, "depth": a key of
-        FORMATS, "colorspace": the frames' colour space (PNG: display sRGB, the Standard view; EXR: LINEAR)}."""
+        FORMATS, "colorspace": the frames' colour space (PNG: display sRGB, the Standard view; EXR: Linear Rec.709)}."""
         self.close()
         _, _, ext, colorspace = FORMATS[self.depth]
         rendered = sorted(self.render_dir.glob(f"f_*{ext}"), key=lambda p: int(FRAME_RE.findall(p.stem)[-1]))
