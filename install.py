@@ -114,7 +114,7 @@ def install_backend(venv: Path, torch_kind: str, with_dwpose: bool, with_bpy: bo
     else:
         step("DWPose (controlnet-aux) not requested: poses come from mediapipe (pass --with-dwpose to try)")
 
-    run([str(py), "-c", "import mf_backend, torch, diffusers, transformers, cv2, numpy, mediapipe, av, OpenEXR, PyOpenColorIO"],
+    run([str(py), "-c", "import mf_backend, torch, diffusers, transformers, cv2, numpy, mediapipe, av, OpenEXR, PyOpenColorIO, timecode"],
         "check the backend imports", "delete the venv folder and run install.py again")
     return py
 

@@ -9,7 +9,8 @@ exact values (mf_backend/media_output.py). Masks are float32 (F,H,W) in [0,1] an
 (the example-case layout), else by natural sort ("img2" before "img10"). Grey images are expanded to
 RGB and an alpha channel is dropped (with a logged note): the model sees the picture as shown.
 
-Colour (mf_backend/media_colour.py): EXR is scene-linear Rec.709 unless its header names a space,
+Colour (mf_backend/media_colour.py): EXR is scene-linear Rec.709 unless its header names a space (its
+header also gives the rate and timecode: `framesPerSecond`, `timeCode`),
 everything else sRGB; `colorspace` overrides. Every failure a user can cause raises BadInputMedia
 naming the file and what to do.
 """
@@ -30,7 +31,8 @@ import numpy as np
 
 from mf_backend import media_colour as colour
 from mf_backend.errors import BadInputMedia
-from mf_backend.media_images import IMAGE_EXTS, MAX_SIDE, check_size, exr_colorspace, read_image  # noqa: F401
+from mf_backend.media_images import IMAGE_EXTS, MAX_SIDE, check_size, read_image  # noqa: F401
+from mf_backend.media_images import exr_clip_attributes, exr_colorspace, exr_header
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +46,7 @@ class Clip:
     """A decoded clip. `start` is the index in the file of frames[0] (non-zero after a frame_range)."""
 
     frames: np.ndarray  # uint8 (F,H,W,3) RGB in the working space (sRGB)
-    fps: Optional[float]  # None for frame folders unless the caller gave one
+    fps: Optional[float]  # None for frame folders unless the caller gave one (or an EXR header does)
     path: str
     start: int = 0
     native: Optional[np.ndarray] = None  # (F,H,W,3) the stored pixels when they are not `frames` (None: they are)
@@ -52,6 +54,7 @@ class Clip:
     rate: Optional[Fraction] = None  # exact fps (24000/1001) when the file has one
     timecode: Optional[str] = None  # of frame 0 of the file, "HH:MM:SS:FF"
     kind: str = "png"  # the output format that matches the source: png, png16, exr, prores, prores4444, dnxhr, h264
+    exr_attributes: Optional[dict] = None  # an EXR source's header attributes that an EXR output keeps
 
     @property
     def stored(self) -> np.ndarray:
@@ -95,17 +98,17 @@ def read_clip(
     """Decode a movie, a folder of frames or a single image into a Clip.
 
     frame_range = (a, b) keeps frames a..b of the file, both inclusive and 0-based (None = open end);
-    max_frames then caps the count. `fps` overrides what the file says (folders have none of their own);
+    max_frames then caps the count. `fps` overrides what the file says (PNG folders have none of their own, EXR headers may);
     `colorspace` overrides the stored pixels' colour space (OCIO or Blender name).
     """
     p = Path(path).expanduser()
     if not p.exists():
         raise BadInputMedia(f"'{p}' does not exist", "check the path; use an absolute path")
     a, b = _normalise_range(frame_range, p)
-    rate, timecode = None, None
+    rate, timecode, attributes = None, None, None
     if p.is_dir() or p.suffix.lower() in IMAGE_EXTS:
-        files = list_frame_files(p) if p.is_dir() else [p]
-        files = files[a : None if b is None else b + 1]
+        listed = list_frame_files(p) if p.is_dir() else [p]
+        files = listed[a : None if b is None else b + 1]
         if max_frames is not None:
             files = files[:max_frames]
         if not files:
@@ -113,7 +116,11 @@ def read_clip(
             raise BadInputMedia(f"'{p}': no frames in the range {a}..{'end' if b is None else b}", hint)
         stored = _read_images(files, folder=p if p.is_dir() else None)
         exr = files[0].suffix.lower() == ".exr"
-        space = colorspace or (exr_colorspace(files[0]) if exr else "sRGB")
+        space = colorspace or "sRGB"
+        if exr:  # frame 0 of the sequence: its rate, timecode (of frame 0, as a movie's) and colour space
+            header = exr_header(listed[0])
+            rate, timecode, attributes = exr_clip_attributes(header)
+            space = colorspace or exr_colorspace(header)
         kind = "exr" if exr else ("png16" if stored.dtype != np.uint8 else "png")
     else:
         stored, rate, timecode, kind, tagged = _read_movie(p, a, b, max_frames)
@@ -125,7 +132,7 @@ def read_clip(
     if fps and (rate is None or abs(float(rate) - fps) > 1e-6):
         rate = exact_rate(fps)
     return Clip(frames=frames, fps=out_fps, path=str(p), start=a, native=native, colorspace=space,
-                rate=rate, timecode=timecode, kind=kind)
+                rate=rate, timecode=timecode, kind=kind, exr_attributes=attributes)
 
 
 def exact_rate(fps: float) -> Fraction:
@@ -148,7 +155,8 @@ def probe_clip(path: str | os.PathLike) -> ClipInfo:
     if p.is_dir() or p.suffix.lower() in IMAGE_EXTS:
         files = list_frame_files(p) if p.is_dir() else [p]
         first = read_image(files[0])
-        return ClipInfo(len(files), first.shape[0], first.shape[1], None, str(p))
+        rate = exr_clip_attributes(exr_header(files[0]))[0] if files[0].suffix.lower() == ".exr" else None
+        return ClipInfo(len(files), first.shape[0], first.shape[1], float(rate) if rate else None, str(p))
     info = probe_movie(p)
     check_size(info.height, info.width, p)
     _check_count(info.num_frames, p)

@@ -2,7 +2,8 @@
 
 `read_image` gives the stored pixels as RGB (H,W,3) of the file's dtype (uint8, uint16, float16 or
 float32): grey is expanded to RGB and an alpha channel is dropped (the model sees the picture as shown).
-`write_image` writes RGB plus an optional alpha (the edit's matte) in the dtype it is given.
+`write_image` writes RGB plus an optional alpha (the edit's matte) in the dtype it is given, and EXR
+header attributes (frame rate, timecode, what the source's header said).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import struct
+from fractions import Fraction
 from pathlib import Path
 from typing import Optional
 
@@ -103,16 +105,56 @@ def _read_exr(p: Path) -> np.ndarray:
     return rgb
 
 
-def exr_colorspace(p: Path) -> str:
-    """The colour space an EXR's header names (`colorSpace`, OIIO's `oiio:ColorSpace`), else scene-linear Rec.709."""
+def exr_header(p: Path) -> dict:
+    """An EXR's header attributes (OpenEXR's names: `framesPerSecond` a Fraction, `timeCode` a TimeCode, ...)."""
     import OpenEXR
 
-    with OpenEXR.File(str(p), header_only=True) as f:
-        header = f.header()
+    try:
+        with OpenEXR.File(str(p), header_only=True) as f:
+            return dict(f.header())  # a copy: closing the file empties its header dict
+    except Exception as exc:  # OpenEXR raises plain RuntimeError/Exception for bad files
+        raise BadInputMedia(f"cannot read EXR '{p}': {exc}", "the file is corrupt or not an EXR; re-export it") from exc
+
+
+def exr_colorspace(header: dict) -> str:
+    """The colour space an EXR header names (`colorSpace`, OIIO's `oiio:ColorSpace`), else scene-linear Rec.709."""
     for key in ("colorSpace", "oiio:ColorSpace", "colorspace"):
         if isinstance(header.get(key), str) and header[key]:
             return header[key]
     return EXR_LINEAR
+
+
+# header attributes that describe one file (layout, compression) or one frame (its timecode, capture time):
+# an edit's EXR output sets its own; the rest of a source EXR's header (colour space, chromaticities,
+# owner, comments, ...) is kept in the output
+_PER_FILE_OR_FRAME = {"channels", "compression", "dataWindow", "displayWindow", "lineOrder", "type", "tiles", "name",
+                      "version", "chunkCount", "view", "multiView", "preview", "dwaCompressionLevel",
+                      "zipCompressionLevel", "timeCode", "keyCode", "capDate", "utcOffset", "framesPerSecond"}
+
+
+def exr_clip_attributes(header: dict) -> tuple[Optional[Fraction], Optional[str], dict]:
+    """From frame 0's EXR header: the exact rate (`framesPerSecond`), the timecode (`timeCode`) and the
+    attributes an edit of the clip keeps."""
+    rate = header.get("framesPerSecond")
+    rate = rate if isinstance(rate, Fraction) and rate > 0 else None
+    tc = header.get("timeCode")
+    kept = {k: v for k, v in header.items() if k not in _PER_FILE_OR_FRAME}
+    return rate, (timecode_text(tc) if tc is not None else None), kept
+
+
+def timecode_text(tc) -> str:
+    """An OpenEXR TimeCode → "HH:MM:SS:FF" (";" before FF for drop-frame, as FFmpeg writes it)."""
+    return f"{tc.hours:02d}:{tc.minutes:02d}:{tc.seconds:02d}{';' if tc.dropFrame else ':'}{tc.frame:02d}"
+
+
+def exr_timecode(text: str):
+    """"HH:MM:SS:FF" (or ";FF", drop-frame) → an OpenEXR TimeCode attribute."""
+    import OpenEXR
+
+    tc = OpenEXR.TimeCode()
+    h, m, s, f = (int(x) for x in text.replace(";", ":").split(":"))
+    tc.hours, tc.minutes, tc.seconds, tc.frame, tc.dropFrame = h, m, s, f, ";" in text
+    return tc
 
 
 def image_bits(p: Path) -> int:
@@ -121,8 +163,9 @@ def image_bits(p: Path) -> int:
     return {np.dtype(np.uint8): 8, np.dtype(np.uint16): 16, np.dtype(np.float16): 16}.get(img.dtype, 32)
 
 
-def write_image(p: Path, rgb: np.ndarray, alpha: Optional[np.ndarray] = None) -> None:
-    """RGB (H,W,3) in its stored dtype (+ alpha float (H,W) in 0..1) → p (.png/.tif: uint8/uint16, .exr: half/float)."""
+def write_image(p: Path, rgb: np.ndarray, alpha: Optional[np.ndarray] = None, exr_attributes: Optional[dict] = None) -> None:
+    """RGB (H,W,3) in its stored dtype (+ alpha float (H,W) in 0..1) → p (.png/.tif: uint8/uint16, .exr: half/float,
+    with `exr_attributes` in its header)."""
     ext = p.suffix.lower()
     if ext == ".exr":
         import OpenEXR
@@ -131,7 +174,7 @@ def write_image(p: Path, rgb: np.ndarray, alpha: Optional[np.ndarray] = None) ->
         channels = {c: np.ascontiguousarray(rgb[..., i], dtype) for i, c in enumerate("RGB")}
         if alpha is not None:
             channels["A"] = np.ascontiguousarray(alpha, dtype)
-        header = {"compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage}
+        header = {**(exr_attributes or {}), "compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage}
         try:
             OpenEXR.File(header, channels).write(str(p))
         except Exception as exc:
@@ -145,6 +188,23 @@ def write_image(p: Path, rgb: np.ndarray, alpha: Optional[np.ndarray] = None) ->
         img = np.dstack([img, a])
     if not cv2.imwrite(str(p), img):
         raise BadInputMedia(f"could not write '{p}'", "check that the folder is writable and has free space")
+
+
+def read_matte(p: Path) -> np.ndarray:
+    """The edit's matte as written by write_image/write_grey → float32 (H,W) in [0,1]: an EXR's A channel,
+    else the grey level of an 8/16-bit image."""
+    if p.suffix.lower() == ".exr":
+        import OpenEXR
+
+        try:
+            with OpenEXR.File(str(p), separate_channels=True) as f:
+                return np.asarray(f.channels()["A"].pixels, np.float32)
+        except Exception as exc:
+            raise BadInputMedia(f"cannot read the matte (alpha) of '{p}': {exc}", "re-run the edit that wrote it") from exc
+    grey = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
+    if grey is None or grey.ndim != 2 or grey.dtype not in (np.uint8, np.uint16):
+        raise BadInputMedia(f"cannot read the matte '{p}' (a grey 8/16-bit image)", "re-run the edit that wrote it")
+    return grey.astype(np.float32) / np.iinfo(grey.dtype).max
 
 
 def write_grey(p: Path, grey: np.ndarray) -> None:

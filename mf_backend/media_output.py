@@ -11,6 +11,12 @@ Integer formats cannot hold scene-linear light: a linear source written to them 
 Layout of the output folder: `frame_{k:04d}.png|exr` for every source frame, or `result.mov|mp4`; the matte
 (`composite.matte`, the blend weight of the composite) is the alpha channel of EXR and ProRes 4444, else
 a 16-bit grey sequence `matte/frame_{k:04d}.png`. RGB is the full frame, not premultiplied by the matte.
+Every EXR frame carries the shot's exact rate (`framesPerSecond`) and its own timecode (`timeCode`: the
+source's start timecode + k, as Nuke, Resolve and Blender read them), and what an EXR source's header
+said besides (colour space, chromaticities, ...).
+
+A farm chunk (`edit --chunk`) is written in the output's image format, a movie's as an image sequence of
+its depth (`chunk_encoding`); merge-chunks (mf_backend/chunks.py) writes the shot with this writer.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import numpy as np
 from mf_backend import media_colour as colour
 from mf_backend.files import frame_pattern
 from mf_backend.media import IO_THREADS, Clip
-from mf_backend.media_images import EXR_LINEAR, write_grey, write_image
+from mf_backend.media_images import EXR_LINEAR, exr_timecode, write_grey, write_image
 from mf_backend.media_movie import CODECS, MovieWriter
 
 IMAGE_FORMATS = {"png": ".png", "png16": ".png", "exr": ".exr"}
@@ -61,6 +67,28 @@ def output_encoding(output_format: str, clip: Clip) -> OutputEncoding:
     return OutputEncoding(fmt, np.dtype(dtype), space)
 
 
+def chunk_encoding(enc: OutputEncoding) -> OutputEncoding:
+    """A farm chunk's frames: the output's image format, or for a movie an image sequence of its depth
+    (png16 for 10-bit ProRes/DNxHR, png for H.264), which merge-chunks encodes into the movie."""
+    if enc.format in IMAGE_FORMATS:
+        return enc
+    return OutputEncoding("png16" if enc.dtype == np.uint16 else "png", enc.dtype, enc.colorspace)
+
+
+def matte_path(folder: Path, frame_file: str, enc: OutputEncoding) -> Path:
+    """Where the matte of output frame file `frame_file` is: the file itself (its alpha) or matte/<name>.png."""
+    if enc.has_alpha:
+        return Path(folder) / frame_file
+    return Path(folder) / MATTE_DIR / (Path(frame_file).stem + ".png")
+
+
+def timecode_at(start: str, k: int, rate: Fraction) -> str:
+    """The timecode of frame k of a clip whose frame 0 is at `start` ("HH:MM:SS:FF"; ";FF" drop-frame)."""
+    from timecode import Timecode
+
+    return str(Timecode(str(rate), start, force_non_drop_frame=";" not in start) + k)
+
+
 def encode_stored(stored: np.ndarray, space: str, enc: OutputEncoding) -> np.ndarray:
     """Source pixels (k,H,W,3) as stored in `space` → the output encoding (the same array when it matches)."""
     if stored.dtype == enc.dtype and space == enc.colorspace:
@@ -86,8 +114,11 @@ class OutputWriter:
     renamed into place on success; movies are also written under a temporary name until `close`)."""
 
     def __init__(self, folder: Path, enc: OutputEncoding, num_frames: int, width: int, height: int,
-                 rate: Optional[Fraction], timecode: Optional[str], audio_from: Optional[str] = None):
+                 rate: Optional[Fraction], timecode: Optional[str], audio_from: Optional[str] = None,
+                 exr_attributes: Optional[dict] = None):
+        """`exr_attributes`: an EXR source's header attributes (Clip.exr_attributes), kept in EXR frames."""
         self.folder, self.enc, self.rate, self.timecode = Path(folder), enc, rate, timecode
+        self.exr_attributes = {**(exr_attributes or {}), **({"framesPerSecond": rate} if rate else {})}
         self.count = 0
         self.pattern = frame_pattern(num_frames, IMAGE_FORMATS.get(enc.format, ".png"))
         self.movie: Optional[MovieWriter] = None
@@ -106,15 +137,23 @@ class OutputWriter:
 
         def write_files(i: int) -> None:
             k = start + i
+            name = self.pattern.format(k=k)
             if self.movie is None:
-                write_image(self.folder / self.pattern.format(k=k), rgb[i], matte[i] if self.enc.has_alpha else None)
+                write_image(self.folder / name, rgb[i], matte[i] if self.enc.has_alpha else None, self._exr_header(k))
             if not self.enc.has_alpha:
-                write_grey(self.folder / MATTE_DIR / self.pattern.format(k=k).replace(".exr", ".png"),
-                           np.rint(matte[i] * 65535).astype(np.uint16))
+                write_grey(matte_path(self.folder, name, self.enc), np.rint(matte[i] * 65535).astype(np.uint16))
 
         with ThreadPoolExecutor(IO_THREADS) as pool:  # the encoders release the GIL
             list(pool.map(write_files, range(len(rgb))))
         self.count += len(rgb)
+
+    def _exr_header(self, k: int) -> Optional[dict]:
+        """Frame k's EXR attributes: the rate, its timecode (only with a rate to count frames by), the source's."""
+        if self.enc.format != "exr":
+            return None
+        if self.timecode and self.rate:
+            return {**self.exr_attributes, "timeCode": exr_timecode(timecode_at(self.timecode, k, self.rate))}
+        return self.exr_attributes
 
     def close(self) -> dict[str, Any]:
         """Finish the file(s); returns what the add-on needs to import the result (for edit.json too)."""

@@ -158,16 +158,17 @@ def write_output(footage: Footage, plan: CropPlan, edited: np.ndarray, crops: di
     from mf_backend.media import write_video
     from mf_backend.media_colour import to_working
     from mf_backend.media_movie import CODECS
-    from mf_backend.media_output import OutputWriter, composite_edit, encode_stored, output_encoding
+    from mf_backend.media_output import OutputWriter, chunk_encoding, composite_edit, encode_stored, output_encoding
 
-    enc = output_encoding(output_format, footage.head)
+    shot = output_encoding(output_format, footage.head)
+    enc = chunk_encoding(shot) if only_edited else shot  # a farm chunk: the shot's image format (merge-chunks)
     pos = np.full(footage.num_frames, -1)
     pos[edited] = np.arange(len(edited))
     frames = edited if only_edited else np.arange(footage.num_frames)
     read = np.arange(footage.num_frames) if preview is not None else frames  # the preview shows every frame
     movie_in = footage.head.kind in CODECS and not only_edited  # the whole movie: its audio fits
     writer = OutputWriter(folder, enc, footage.num_frames, footage.width, footage.height, footage.head.rate,
-                          footage.head.timecode, footage.path if movie_in else None)
+                          footage.head.timecode, footage.path if movie_in else None, footage.head.exr_attributes)
     seconds = [0.0]
 
     def chunks() -> Iterator[np.ndarray]:  # composited and written; yields the preview's frames
@@ -201,7 +202,7 @@ def write_output(footage: Footage, plan: CropPlan, edited: np.ndarray, crops: di
         else:
             for _ in chunks():
                 pass
-        return writer.close(), seconds[0]
+        return {**writer.close(), **({"shot_format": shot.format} if only_edited else {})}, seconds[0]
     except BaseException:
         writer.abort()
         raise

@@ -49,6 +49,7 @@ def test_compiled_job_runs_and_merges_the_shot(tmp_path, case, tiny_folder):
     submitted = run_local.synthetic_job(case, out, FRAMES, frame_start=1, frame_end=10, chunk_length=6, chunk_overlap=2,
                                         model=str(tiny_folder), steps=2, seed=5, size=SIZE)
     submitted["settings"]["prepare_args"] += " --mask-predictor geometric"
+    submitted["settings"]["edit_args"] += " --output-format png"  # frames (the source is an mp4: auto = H.264)
     job = run_local.compile_job(submitted, tmp_path)
     times = run_local.run_in_dependency_order(job, env={"OMP_NUM_THREADS": "1"})  # tiny model: threads only fight
     print("  ".join(f"{name} {seconds:.1f} s" for name, seconds in times))
@@ -56,6 +57,8 @@ def test_compiled_job_runs_and_merges_the_shot(tmp_path, case, tiny_folder):
 
     merged = read_clip(out)
     info = json.loads((out / "edit.json").read_text())
+    assert (info["output"]["format"], info["output"]["matte"]) == ("png", "matte/")
+    assert len(list_frame_files(out / "matte")) == FRAMES  # the merged matte, every frame
     src = case["frames"]
     assert merged.frames.shape == src.shape  # every source frame, at the source's size
     assert info["frames"] == FRAMES and info["fps"] == pytest.approx(FPS) and info["edited_frames"] == [1, 10]
@@ -89,12 +92,26 @@ def test_compiled_job_runs_and_merges_the_shot(tmp_path, case, tiny_folder):
 # ---- merge-chunks on its own ---------------------------------------------------------------------
 
 
-def _chunk(folder: Path, frames: np.ndarray, first: int, last: int, fps=24.0, source=None) -> Path:
-    from mf_backend.media import write_frames
+def _chunk(folder: Path, frames: np.ndarray, first: int, last: int, fps=24.0, source=None, src=None, n=None,
+           fmt: str = "png", shot_format: str = "", timecode=None) -> Path:
+    """A chunk output as `edit --chunk` writes it (media_output.OutputWriter): `frames` are source frames
+    first.. (or all of them, from 0), the matte 1 where they differ from `src`."""
+    from fractions import Fraction
 
-    write_frames(frames, folder)
-    info = {"frames": len(frames), "height": frames.shape[1], "width": frames.shape[2], "edited_frames": [first, last],
-            "timing": {"source_fps": fps}, "params": {"source": source}}
+    from mf_backend import media_colour as colour
+    from mf_backend.media_output import OutputEncoding, OutputWriter
+
+    start = 0 if n is None else first
+    n = n or len(frames)
+    enc = OutputEncoding(fmt, frames.dtype, colour.working_space())
+    ref = src[start:start + len(frames)] if src is not None else frames
+    matte = (frames != ref).any(axis=-1).astype(np.float32)
+    rate = Fraction(fps).limit_denominator(1001)
+    writer = OutputWriter(folder, enc, n, frames.shape[2], frames.shape[1], rate, timecode)
+    writer.write(frames, matte, start)
+    output = {**writer.close(), **({"shot_format": shot_format} if shot_format else {})}
+    info = {"frames": n, "height": frames.shape[1], "width": frames.shape[2], "edited_frames": [first, last],
+            "timing": {"source_fps": fps}, "params": {"source": source}, "output": output}
     (folder / "edit.json").write_text(json.dumps(info))
     return folder
 
@@ -109,8 +126,8 @@ def test_merge_cross_fades_overlaps_and_copies_the_rest(tmp_path):
     a, b = src.copy(), src.copy()
     a[1:7, 2:6, 2:6] = 200  # chunk A edits frames 1..6, chunk B 4..9 (overlap 4..6), same region
     b[4:10, 2:6, 2:6] = 50
-    ca = _chunk(tmp_path / "a", a, 1, 6, source=str(tmp_path / "src"))
-    cb = _chunk(tmp_path / "b", b, 4, 9, source=str(tmp_path / "src"))
+    ca = _chunk(tmp_path / "a", a, 1, 6, source=str(tmp_path / "src"), src=src)
+    cb = _chunk(tmp_path / "b", b, 4, 9, source=str(tmp_path / "src"), src=src)
     res = merge_chunks([cb, ca], tmp_path / "out")  # any order
     out = read_clip(tmp_path / "out").frames
     assert np.array_equal(out[:4], a[:4]) and np.array_equal(out[7:], b[7:])
@@ -122,11 +139,14 @@ def test_merge_cross_fades_overlaps_and_copies_the_rest(tmp_path):
     seam = res["overlaps"][0]["seam_error"]
     assert res["overlaps"][0]["frames"] == [4, 6] and res["fps"] == 24.0 and res["edited_frames"] == [1, 9]
     assert seam["all_pixels"] == pytest.approx(150 * 16 / 64) and seam["edited_region"] == pytest.approx(150)
-    # frames one chunk edited are copied byte for byte, named as edit names them
+    # frames one chunk edited are written as it wrote them (the same PNG bytes), named as edit names them
     files = list_frame_files(tmp_path / "out")
     assert [f.name for f in files] == [f"frame_{k:04d}.png" for k in range(10)]
-    assert files[2].read_bytes() == (ca / "frame_2.png").read_bytes()
-    assert files[9].read_bytes() == (cb / "frame_9.png").read_bytes()
+    assert files[2].read_bytes() == (ca / "frame_0002.png").read_bytes()
+    assert files[9].read_bytes() == (cb / "frame_0009.png").read_bytes()
+    # the matte too: each chunk's where it alone edited, cross-faded in the overlap (16-bit)
+    matte = read_clip(tmp_path / "out" / "matte").stored[..., 3, 3, 0]
+    assert matte.tolist() == [0] + [65535] * 9 and read_clip(tmp_path / "out" / "matte").stored[:, 0, 0, 0].max() == 0
 
 
 def test_merge_of_chunks_holding_only_their_frames(tmp_path):
@@ -141,9 +161,7 @@ def test_merge_of_chunks_holding_only_their_frames(tmp_path):
     a[2:8, :4] = 10  # chunk A: frames 2..7, chunk B: 6..9 (frames 0, 1, 10, 11 edited by none)
     b[6:10, :4] = 90
     for name, frames, first, last in (("a", a, 2, 7), ("b", b, 6, 9)):
-        _chunk(tmp_path / name, frames[first:last + 1], first, last, source=str(tmp_path / "src"))
-        info = json.loads((tmp_path / name / "edit.json").read_text())
-        (tmp_path / name / "edit.json").write_text(json.dumps({**info, "frames": 12}))  # the source's count
+        _chunk(tmp_path / name, frames[first:last + 1], first, last, source=str(tmp_path / "src"), src=src, n=12)
     res = merge_chunks([tmp_path / "a", tmp_path / "b"], tmp_path / "out")
     out = read_clip(tmp_path / "out").frames
     assert out.shape == src.shape and res["frames"] == 12

@@ -102,23 +102,51 @@ def test_prores4444_at_24000_1001_with_timecode_comes_back_as_prores(tmp_path, t
     assert not list(tmp_path.glob("out/*.partial*"))
 
 
-def test_linear_exr_half_keeps_values_outside_the_edit_and_the_matte_is_alpha(tmp_path, tiny_folder, case):
+# a source EXR sequence's header, as a camera/comp export writes it; frame k's timecode is its own
+EXR_START = "00:59:59:22"
+EXR_TIMECODES = ["00:59:59:22", "00:59:59:23", "01:00:00:00", "01:00:00:01", "01:00:00:02", "01:00:00:03"]
+
+
+def _exr_source(folder, lin: np.ndarray) -> None:
+    from mf_backend.media_images import exr_timecode, write_image
+
+    folder.mkdir()
+    for k, img in enumerate(lin):
+        write_image(folder / f"frame_{k}.exr", img, exr_attributes={
+            "framesPerSecond": RATE, "timeCode": exr_timecode(EXR_TIMECODES[k]), "owner": "MF test plate",
+            "capDate": f"2026:11:30 10:00:{k:02d}"})
+
+
+def _read_exr(path) -> tuple[dict, dict]:
+    """(header, channels) of an EXR."""
     import OpenEXR
 
-    from mf_backend.media_images import write_image
+    with OpenEXR.File(str(path), separate_channels=True) as f:
+        return dict(f.header()), {n: c.pixels for n, c in f.channels().items()}
+
+
+def _check_exr_header(header: dict, k: int) -> None:
+    from mf_backend.media_images import timecode_text
+
+    assert header["framesPerSecond"] == RATE and timecode_text(header["timeCode"]) == EXR_TIMECODES[k], k
+    assert header["owner"] == "MF test plate" and "capDate" not in header  # kept / per-frame, not copied
+
+
+def test_linear_exr_half_keeps_values_outside_the_edit_and_the_matte_is_alpha(tmp_path, tiny_folder, case):
+    from mf_backend.media import read_clip
 
     lin = _linear(case["frames"])
-    (tmp_path / "exr").mkdir()
-    for k, img in enumerate(lin):
-        write_image(tmp_path / "exr" / f"frame_{k}.exr", img)
+    _exr_source(tmp_path / "exr", lin)
+    clip = read_clip(tmp_path / "exr", frame_range=(2, 3))  # rate and timecode (of frame 0) from the headers
+    assert (clip.rate, clip.fps, clip.timecode) == (RATE, pytest.approx(23.976, abs=1e-3), EXR_START)
     res = _edit(case, tmp_path / "exr", tmp_path / "out", tiny_folder)
     out = res["output"]
-    assert (out["format"], out["dtype"], out["blender_colorspace"], out["matte"]) == \
-        ("exr", "float16", "Linear Rec.709", "alpha")
+    assert (out["format"], out["dtype"], out["blender_colorspace"], out["matte"], out["fps"], out["timecode"]) == \
+        ("exr", "float16", "Linear Rec.709", "alpha", [24000, 1001], EXR_START)
     changed = 0
     for k in range(FRAMES):
-        with OpenEXR.File(str(tmp_path / "out" / f"frame_{k:04d}.exr"), separate_channels=True) as f:
-            ch = {n: c.pixels for n, c in f.channels().items()}
+        header, ch = _read_exr(tmp_path / "out" / f"frame_{k:04d}.exr")
+        _check_exr_header(header, k)
         assert all(ch[c].dtype == np.float16 for c in "RGBA")
         rgb, alpha = np.stack([ch[c] for c in "RGB"], -1), ch["A"]
         outside = alpha == 0
@@ -128,6 +156,47 @@ def test_linear_exr_half_keeps_values_outside_the_edit_and_the_matte_is_alpha(tm
         assert 0 < (alpha > 0).mean() < 0.5 and alpha.max() == 1.0
         changed += int((rgb[alpha == 1] != lin[k][alpha == 1]).any())
     assert changed == FRAMES  # the edit landed in every frame
+
+
+def test_chunked_exr_edit_merges_to_exr_with_a_cross_fade(tmp_path, tiny_folder, case):
+    """Two farm chunks (frames 0..3 and 2..5) of an EXR shot → merge-chunks → EXR frames: untouched pixels
+    the source's halves exactly, the overlap a float cross-fade of the chunks, rate and timecode kept."""
+    from mf_backend.chunks import merge_chunks
+    from mf_backend.media import list_frame_files
+
+    lin = _linear(case["frames"])
+    _exr_source(tmp_path / "exr", lin)
+    for name, a, b in (("a", 0, 3), ("b", 2, 5)):
+        res = _edit(case, tmp_path / "exr", tmp_path / name, tiny_folder, frame_start=a, frame_end=b, chunk=True)
+        assert res["output"]["format"] == "exr" and res["output"]["shot_format"] == "exr"
+        assert [f.name for f in list_frame_files(tmp_path / name)] == [f"frame_{k:04d}.exr" for k in range(a, b + 1)]
+    merged = merge_chunks([tmp_path / "b", tmp_path / "a"], tmp_path / "out")
+    assert merged["output"]["format"] == "exr" and merged["overlaps"][0]["frames"] == [2, 3]
+
+    def rgba(path) -> np.ndarray:
+        header, ch = _read_exr(path)
+        return np.stack([ch[c] for c in "RGBA"], -1)
+
+    faded = 0
+    for k in range(FRAMES):
+        header, _ = _read_exr(tmp_path / "out" / f"frame_{k:04d}.exr")
+        _check_exr_header(header, k)
+        got = rgba(tmp_path / "out" / f"frame_{k:04d}.exr")
+        assert got.dtype == np.float16
+        ea = rgba(tmp_path / "a" / f"frame_{k:04d}.exr") if k <= 3 else None
+        eb = rgba(tmp_path / "b" / f"frame_{k:04d}.exr") if k >= 2 else None
+        if k in (2, 3):  # B's weight 1/3, 2/3, in float; equal halves stay as they are
+            w = np.float32((k - 1) / 3)
+            blend = (ea.astype(np.float32) + (eb.astype(np.float32) - ea.astype(np.float32)) * w).astype(np.float16)
+            want = np.where(ea == eb, ea, blend)
+            faded += int((want != ea).any() and (want != eb).any())
+        else:
+            want = ea if k <= 1 else eb
+        assert np.array_equal(got.view(np.uint16), want.view(np.uint16)), k
+        outside = got[..., 3] == 0
+        assert np.array_equal(got[..., :3][outside].view(np.uint16), lin[k][outside].view(np.uint16)), k
+        assert outside.mean() > 0.5
+    assert faded == 2  # the chunks differ in both overlap frames, and the merge blends them
 
 
 def test_16bit_png_keeps_16_bits(tmp_path, tiny_folder, case):

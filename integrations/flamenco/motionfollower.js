@@ -66,7 +66,6 @@ function compileJob(job) {
             "edit", ...shot.slice(0, 4), "--out", dir, "--chunk",
             ...preparedArgs(prepared),
             "--frame-start", String(a), "--frame-end", String(b), "--timing", s.timing,
-            "--output-format", "png",  // chunks are frames: merge-chunks cross-fades their PNGs
             "--model", s.model, "--seed", String(s.seed), ...positive("--steps", s.steps), ...positive("--size", s.size),
             ...words(s.edit_args),
         ]));

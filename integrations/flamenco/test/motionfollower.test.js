@@ -106,7 +106,7 @@ test("a 600-frame shot compiles to prepare, 15 chunks of 48 with 8 shared, merge
         "--out", `${WORK}/chunk-000000-000047`, "--chunk",
         "--source-poses", `${PREPARED}/source_poses`, "--target-aligned-poses", `${PREPARED}/target_aligned_poses`,
         "--source-masks", `${PREPARED}/source_masks`, "--predicted-masks", `${PREPARED}/predicted_masks`,
-        "--frame-start", "0", "--frame-end", "47", "--timing", "hold-last", "--output-format", "png",
+        "--frame-start", "0", "--frame-end", "47", "--timing", "hold-last",
         "--model", "official", "--seed", "7", "--steps", "25", "--size", "512",
     ]);
     assert.deepEqual(args(byName(job).prepare), [
