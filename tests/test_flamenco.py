@@ -172,6 +172,37 @@ def test_merge_of_chunks_holding_only_their_frames(tmp_path):
     assert res["overlaps"][0]["seam_error"]["edited_region"] == pytest.approx(80)
 
 
+def test_merge_of_a_prores_shot_encodes_its_16_bit_chunks_as_prores(tmp_path):
+    """A ProRes shot's chunks are 16-bit PNG (its 10 bits); merge-chunks cross-fades them in 16 bits and
+    writes the shot as ProRes with its exact rate and timecode, the matte beside it."""
+    from fractions import Fraction
+
+    from mf_backend.chunks import merge_chunks
+    from mf_backend.media import read_clip
+    from mf_backend.media_movie import probe_movie
+
+    y, x = np.mgrid[0:64, 0:96]
+    src = np.stack([np.stack([x * 600 + 900 * f, y * 900, np.full_like(x, 20000)], -1) for f in range(8)]).astype(np.uint16)
+    a, b = src.copy(), src.copy()
+    a[0:5, 16:48, 24:72] = 60000  # chunk A: frames 0..4, chunk B: 3..7 (overlap 3..4)
+    b[3:8, 16:48, 24:72] = 6000
+    for name, frames, first, last in (("a", a, 0, 4), ("b", b, 3, 7)):
+        _chunk(tmp_path / name, frames[first:last + 1], first, last, fps=24000 / 1001, src=src, n=8, fmt="png16",
+               shot_format="prores", timecode="01:00:00:00")
+    res = merge_chunks([tmp_path / "a", tmp_path / "b"], tmp_path / "out")
+    assert (res["output"]["format"], res["output"]["movie"], res["output"]["matte"]) == ("prores", "result.mov", "matte/")
+    got = probe_movie(tmp_path / "out" / "result.mov")
+    assert (got.codec, got.rate, got.timecode, got.num_frames, got.width, got.height) == \
+        ("prores", Fraction(24000, 1001), "01:00:00:00", 8, 96, 64)
+    movie = read_clip(tmp_path / "out" / "result.mov").stored.astype(np.float32)  # 10-bit ProRes decoded to 16
+    want = np.concatenate([a[:3], [(a[k] + (b[k].astype(np.float32) - a[k]) * w) for k, w in ((3, 1 / 3), (4, 2 / 3))],
+                           b[5:]]).astype(np.float32)
+    assert np.abs(movie - want).mean() < 200  # lossy 10-bit: a few hundred of 65535 at most on average
+    assert np.abs(movie[3:5, 32, 48] - want[3:5, 32, 48]).max() < 1500  # the cross-fade, not either chunk
+    matte = read_clip(tmp_path / "out" / "matte").stored[:, 32, 48, 0]
+    assert matte.tolist() == [65535] * 8 and read_clip(tmp_path / "out" / "matte").stored[:, 0, 0].max() == 0
+
+
 def test_merge_refuses_missing_chunks_triple_overlaps_and_used_outputs(tmp_path):
     from mf_backend.chunks import merge_chunks
     from mf_backend.errors import BadInputMedia, InvalidParams

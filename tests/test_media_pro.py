@@ -158,6 +158,20 @@ def test_linear_exr_half_keeps_values_outside_the_edit_and_the_matte_is_alpha(tm
     assert changed == FRAMES  # the edit landed in every frame
 
 
+def test_timecode_of_frame_k_and_the_exr_attribute():
+    from mf_backend.media_images import exr_timecode, timecode_text
+    from mf_backend.media_output import timecode_at
+
+    assert timecode_at("00:59:59:23", 1, RATE) == "01:00:00:00"  # 23.976 counts 24 frames a second
+    assert timecode_at("00:00:59;28", 2, Fraction(30000, 1001)) == "00:01:00;02"  # drop-frame skips ;00 and ;01
+    assert timecode_at("00:09:59;29", 1, Fraction(30000, 1001)) == "00:10:00;00"  # ... but not every tenth minute
+    assert timecode_at("00:00:59:29", 1, Fraction(30000, 1001)) == "00:01:00:00"  # 29.97 non-drop
+    assert timecode_at("10:00:00:24", 1, Fraction(25)) == "10:00:01:00"
+    tc = exr_timecode("00:01:00;02")
+    assert (tc.hours, tc.minutes, tc.seconds, tc.frame, tc.dropFrame) == (0, 1, 0, 2, True)
+    assert timecode_text(tc) == "00:01:00;02" and timecode_text(exr_timecode("01:02:03:04")) == "01:02:03:04"
+
+
 def test_chunked_exr_edit_merges_to_exr_with_a_cross_fade(tmp_path, tiny_folder, case):
     """Two farm chunks (frames 0..3 and 2..5) of an EXR shot → merge-chunks → EXR frames: untouched pixels
     the source's halves exactly, the overlap a float cross-fade of the chunks, rate and timecode kept."""
