@@ -213,6 +213,27 @@ def test_chunked_exr_edit_merges_to_exr_with_a_cross_fade(tmp_path, tiny_folder,
     assert faded == 2  # the chunks differ in both overlap frames, and the merge blends them
 
 
+def test_a_chunk_of_a_prores_shot_is_16_bit_png_frames(tmp_path, tiny_folder, case):
+    """`edit --chunk` of a ProRes shot: its frames as 16-bit PNG (the 10 bits kept) and the matte, and the
+    shot's format and timecode in edit.json for merge-chunks."""
+    from mf_backend.media import list_frame_files, read_clip
+    from mf_backend.media_movie import MovieWriter
+
+    with MovieWriter(tmp_path / "plate", "prores", W, H, RATE, "01:00:00:00") as w:
+        w.write(case["frames"])
+    res = _edit(case, w.path, tmp_path / "chunk", tiny_folder, frame_start=2, frame_end=4, chunk=True)
+    out = res["output"]
+    assert (out["format"], out["shot_format"], out["dtype"], out["fps"], out["timecode"], out["matte"]) == \
+        ("png16", "prores", "uint16", [24000, 1001], "01:00:00:00", "matte/")
+    files = list_frame_files(tmp_path / "chunk")
+    assert [f.name for f in files] == ["frame_0002.png", "frame_0003.png", "frame_0004.png"]
+    assert len(list_frame_files(tmp_path / "chunk" / "matte")) == 3
+    frames, src = read_clip(tmp_path / "chunk").stored, read_clip(w.path, frame_range=(2, 4)).stored
+    assert frames.dtype == src.dtype == np.uint16
+    matte = read_clip(tmp_path / "chunk" / "matte").stored[..., 0]
+    assert np.array_equal(frames[matte == 0], src[matte == 0])  # the decoded 10-bit values outside the edit
+
+
 def test_16bit_png_keeps_16_bits(tmp_path, tiny_folder, case):
     deep = case["frames"].astype(np.uint16) * 257 + np.arange(W, dtype=np.uint16)[None, None, :, None] % 200
     (tmp_path / "png16").mkdir()
