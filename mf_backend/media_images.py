@@ -25,6 +25,7 @@ log = logging.getLogger("mf_backend.media.images")  # under media: one logger fo
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".exr")
 MAX_SIDE = 8192  # 8K; larger is almost surely a wrong file, and 24 frames of it would not fit in memory
 EXR_LINEAR = "Linear Rec.709 (sRGB)"  # what an EXR holds unless its header names another space
+EXR_SPACE_KEYS = ("colorSpace", "oiio:ColorSpace", "colorspace")  # header attributes that name it
 _alpha_noted: set[str] = set()
 
 
@@ -118,7 +119,7 @@ def exr_header(p: Path) -> dict:
 
 def exr_colorspace(header: dict) -> str:
     """The colour space an EXR header names (`colorSpace`, OIIO's `oiio:ColorSpace`), else scene-linear Rec.709."""
-    for key in ("colorSpace", "oiio:ColorSpace", "colorspace"):
+    for key in EXR_SPACE_KEYS:
         if isinstance(header.get(key), str) and header[key]:
             return header[key]
     return EXR_LINEAR

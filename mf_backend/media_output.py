@@ -32,7 +32,7 @@ import numpy as np
 from mf_backend import media_colour as colour
 from mf_backend.files import frame_pattern
 from mf_backend.media import IO_THREADS, Clip
-from mf_backend.media_images import EXR_LINEAR, exr_timecode, write_grey, write_image
+from mf_backend.media_images import EXR_LINEAR, EXR_SPACE_KEYS, exr_timecode, write_grey, write_image
 from mf_backend.media_movie import CODECS, MovieWriter
 
 IMAGE_FORMATS = {"png": ".png", "png16": ".png", "exr": ".exr"}
@@ -118,7 +118,8 @@ class OutputWriter:
                  exr_attributes: Optional[dict] = None):
         """`exr_attributes`: an EXR source's header attributes (Clip.exr_attributes), kept in EXR frames."""
         self.folder, self.enc, self.rate, self.timecode = Path(folder), enc, rate, timecode
-        self.exr_attributes = {**(exr_attributes or {}), **({"framesPerSecond": rate} if rate else {})}
+        kept = {k: enc.colorspace if k in EXR_SPACE_KEYS else v for k, v in (exr_attributes or {}).items()}
+        self.exr_attributes = {**kept, **({"framesPerSecond": rate} if rate else {})}  # a named space: the output's
         self.count = 0
         self.pattern = frame_pattern(num_frames, IMAGE_FORMATS.get(enc.format, ".png"))
         self.movie: Optional[MovieWriter] = None

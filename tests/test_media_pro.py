@@ -172,6 +172,30 @@ def test_timecode_of_frame_k_and_the_exr_attribute():
     assert timecode_text(tc) == "00:01:00;02" and timecode_text(exr_timecode("01:02:03:04")) == "01:02:03:04"
 
 
+def test_exr_frames_carry_a_rate_only_when_known_and_a_timecode_only_with_one(tmp_path):
+    """OutputWriter's EXR header: no rate, no timecode attributes; a rate alone; a timecode needs a rate to
+    count frames by; a colour space named by the source's header names the output's."""
+    from mf_backend.media import read_clip
+    from mf_backend.media_images import timecode_text
+    from mf_backend.media_output import OutputEncoding, OutputWriter
+
+    enc = OutputEncoding("exr", np.dtype(np.float16), colour.resolve("ACEScg"))
+    rgb, matte = np.zeros((2, 4, 6, 3), np.float16), np.zeros((2, 4, 6), np.float32)
+    cases = {"none": (None, None), "rate": (RATE, None), "tc_no_rate": (None, "01:00:00:00"), "both": (RATE, "01:00:00:00")}
+    for name, (rate, tc) in cases.items():
+        (tmp_path / name).mkdir()  # the edit's temporary folder
+        w = OutputWriter(tmp_path / name, enc, 2, 6, 4, rate, tc, exr_attributes={"colorSpace": "ACES - ACEScg"})
+        w.write(rgb, matte, 0)
+        w.close()
+        header = _read_exr(tmp_path / name / "frame_0001.exr")[0]
+        assert header.get("framesPerSecond") == rate, name
+        assert (timecode_text(header["timeCode"]) if "timeCode" in header else None) == \
+            ("01:00:00:01" if name == "both" else None), name
+        assert header["colorSpace"] == enc.colorspace
+        assert read_clip(tmp_path / name).colorspace == enc.colorspace  # and read back from the header
+        assert read_clip(tmp_path / name).rate == rate
+
+
 def test_chunked_exr_edit_merges_to_exr_with_a_cross_fade(tmp_path, tiny_folder, case):
     """Two farm chunks (frames 0..3 and 2..5) of an EXR shot → merge-chunks → EXR frames: untouched pixels
     the source's halves exactly, the overlap a float cross-fade of the chunks, rate and timecode kept."""
