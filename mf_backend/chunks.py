@@ -7,7 +7,8 @@ of its depth, media_output.chunk_encoding) with the matte. The merge writes the 
 format, movie included, with the one-piece edit's writer (media_output.OutputWriter: EXR rate and
 timecode, movie timecode and audio):
 
-* frames edited by one chunk keep its stored values exactly; frames no chunk edited are the source's
+* frames edited by one chunk are its files copied byte for byte (a movie: its stored values, encoded
+  once); frames no chunk edited are the source's
   (from a chunk written without `--chunk`, which holds them, else decoded from the source clip and
   encoded as the edit encodes them);
 * frames edited by two chunks (the overlap) are cross-faded LINEARLY IN PIXELS, in the stored values
@@ -236,7 +237,9 @@ def merge_chunks(chunk_folders: Sequence[str | Path], out: str | Path, ctx: Opti
                 ctx.progress("write", a, n, "merging frames")
                 if not cs:  # frames no chunk edited: the source's
                     rgb, matte = _unedited(chunks, a, b, enc), np.zeros((b - a + 1, h, w), np.float32)
-                elif len(cs) == 1:  # frames one chunk edited: its values as they are
+                elif len(cs) == 1:  # frames one chunk edited: its files (frames of the shot's format), else its values
+                    if writer.copy(chunks[cs[0]].folder, a, b - a + 1):
+                        continue
                     clip, matte = chunks[cs[0]].read(a, b)
                     rgb = clip.stored
                 else:  # an overlap: cross-faded (pixels and matte)

@@ -21,6 +21,7 @@ its depth (`chunk_encoding`); merge-chunks (mf_backend/chunks.py) writes the sho
 
 from __future__ import annotations
 
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
@@ -147,6 +148,20 @@ class OutputWriter:
         with ThreadPoolExecutor(IO_THREADS) as pool:  # the encoders release the GIL
             list(pool.map(write_files, range(len(rgb))))
         self.count += len(rgb)
+
+    def copy(self, folder: Path, start: int, count: int) -> bool:
+        """Frames start..start+count-1 copied file for file (and their mattes) from `folder`, where a writer of
+        the same encoding and frame count wrote them (a farm chunk); False, copying nothing, when it cannot."""
+        names = [self.pattern.format(k=k) for k in range(start, start + count)]
+        files = [(folder / n, self.folder / n) for n in names]
+        if not self.enc.has_alpha:
+            files += [(matte_path(folder, n, self.enc), matte_path(self.folder, n, self.enc)) for n in names]
+        if self.movie is not None or not all(src.is_file() for src, _ in files):
+            return False
+        with ThreadPoolExecutor(IO_THREADS) as pool:
+            list(pool.map(lambda f: shutil.copyfile(*f), files))
+        self.count += count
+        return True
 
     def _exr_header(self, k: int) -> Optional[dict]:
         """Frame k's EXR attributes: the rate, its timecode (only with a rate to count frames by), the source's."""

@@ -253,3 +253,13 @@ def test_shot_crop_is_used_only_inside_the_prepared_range(tmp_path):
     with pytest.raises(BadInputMedia, match="crop of 128x96 frames; the source is 256x192"):
         shot_crop(masks, (192, 256), np.arange(10, 20), 64)
     assert shot_crop(str(tmp_path / "elsewhere" / "masks"), (96, 128), np.arange(10, 20), 64) is None
+
+
+def test_bench_merge_runs_and_prints_its_figures(capsys):
+    from mf_backend.cli import build_parser
+
+    args = build_parser().parse_args(["bench", "merge", "--height", "48", "--width", "64", "--frames", "6",
+                                      "--overlap", "2", "--formats", "exr,prores"])
+    assert args.func(args) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith(("exr", "prores"))]
+    assert [r[:2] for r in rows] == [["exr", "exr"], ["prores", "png16"]] and all(float(r[3]) > 0 for r in rows)

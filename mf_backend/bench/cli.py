@@ -21,6 +21,7 @@ ACTIONS = {
     "activations": ("mf_backend.bench.activations", "what the guidance pass keeps for its backward, per UNet layer"),
     "flops": ("mf_backend.bench.flops", "FLOPs of the passes one edit runs, counted on the meta device (no GPU)"),
     "io": ("mf_backend.bench.io", "ms per 1080p frame to write and read each output format"),
+    "merge": ("mf_backend.bench.merge", "ms per 1080p frame of merge-chunks (farm chunks put together), by format"),
     "scale": ("mf_backend.bench.scale", "one clip on N Ray workers: sync overhead per step, projection for N GPUs"),
 }
 
