@@ -3,36 +3,40 @@
 only working-size arrays and keypoints are kept for the whole clip.
 
 The peak of Python-tracked allocations (numpy arrays, cv2 images; tracemalloc) of a whole `edit` is
-measured at two clip lengths, 16 and 80 frames of 360×640, with the tiny random model: once with the
-user's pose and mask folders (no pose or mask model), once as a user starts it (BlazePose poses, the
-driving clip's renders decoded, M_r and M_e computed). Holding the clip (or its masks as float32)
-would add ≥ 0.7 MB for every further frame; the streamed edit adds only its working-size crops.
+measured at two clip lengths with the tiny random model: with the user's pose and mask folders (no pose
+or mask model), 16 and 80 frames of 360×640; as a user starts it (BlazePose poses, the driving clip's
+renders decoded, M_r and M_e computed), 32 and 96 frames of 720×1280 (both several chunks; at 720p the
+≈ 0.25 MB a frame that is kept on purpose, the masks shrunk for the warp and the working-size crops, is
+far from a full-resolution frame). Holding the clip, or any full-resolution mask, would add at least a
+frame's bytes for every further frame; the streamed edit adds only its small copies.
 """
 
 from __future__ import annotations
 
+import gc
 import tracemalloc
 
 import numpy as np
 import pytest
 
-HW, SHORT, LONG = (360, 640), 16, 80
+ROUTES = {"user": ((360, 640), 16, 80), "computed": ((720, 1280), 32, 96)}  # frame size, short, long
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
-def _edit_peak(root, frames: int, model, route: str) -> tuple[int, dict]:
+def _edit_peak(root, frames: int, model, route: str, hw: tuple[int, int]) -> tuple[int, dict]:
     """Peak bytes traced during an edit of `frames` frames, and its result."""
     from mf_backend.bench.host_memory import write_case
     from mf_backend.dispatch import run_job
     from mf_backend.jobs import JobContext
     from mf_backend.params import JobParams
 
-    case = write_case(root, frames, HW)
+    case = write_case(root, frames, hw)
     if route == "computed":  # the clips only: poses extracted, masks computed
         case = {"source": case["source"], "driving": case["driving"]}
     params = JobParams.from_dict({**case, "out": str(root / f"out{frames}"), "model": str(model), "size": 64,
                                   "steps": 1, "device": "cpu", "precision": "fp32", "threads": 1})
+    gc.collect()  # the previous run's garbage does not count
     tracemalloc.start()
     try:
         result = run_job("edit", params, JobContext())
@@ -45,9 +49,11 @@ def _edit_peak(root, frames: int, model, route: str) -> tuple[int, dict]:
 def test_edit_peak_memory_does_not_grow_with_frames(tmp_path, tiny_folder, route):
     from mf_backend.media import read_clip
 
-    short, _ = _edit_peak(tmp_path, SHORT, tiny_folder, route)
-    long, result = _edit_peak(tmp_path, LONG, tiny_folder, route)
-    frame_bytes = HW[0] * HW[1] * 3  # one full-resolution RGB frame, uint8
+    hw, SHORT, LONG = ROUTES[route]
+    _edit_peak(tmp_path / "warm-up", SHORT, tiny_folder, route, hw)  # first-run costs (imports, caches) do not count
+    short, _ = _edit_peak(tmp_path, SHORT, tiny_folder, route, hw)
+    long, result = _edit_peak(tmp_path, LONG, tiny_folder, route, hw)
+    frame_bytes = hw[0] * hw[1] * 3  # one full-resolution RGB frame, uint8
     growth = (long - short) / (LONG - SHORT)
     print(f"{route}: traced peak: {SHORT} frames {short / 2**20:.1f} MB, {LONG} frames {long / 2**20:.1f} MB "
           f"({growth / 1024:.0f} KB per added frame; a full-resolution frame is {frame_bytes / 1024:.0f} KB)")

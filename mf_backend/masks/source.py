@@ -45,7 +45,7 @@ def mediapipe_probabilities(frames: np.ndarray, ctx=None) -> np.ndarray:
     # model_selection=0 is the "general" 256x256 model: better for full bodies than the landscape one.
     with selfie_segmentation.SelfieSegmentation(model_selection=0) as seg:
         for f in range(len(frames)):  # the graph takes one image at a time
-            out[f] = seg.process(np.ascontiguousarray(frames[f])).segmentation_mask
+            out[f] = seg.process(frames[f].copy()).segmentation_mask  # a copy: see pose/extract.py blazepose_chunks
             if ctx is not None and f % 8 == 0:
                 ctx.progress("masks", f, len(frames), "source masks (mediapipe)")
     return out
@@ -62,12 +62,28 @@ def person_chunks(frames: Frames | np.ndarray, ctx=None) -> Iterator[tuple[int, 
     for a, landmarks, prob, rgb in blazepose_chunks(frames, segmentation=True, ctx=ctx, stage="masks"):
         missed = landmarks[:, :, 3].max(1) <= 0
         if missed.any():
-            b = a + len(rgb)
-            before = frames.read(a - 1, a) if a > 0 else rgb[:0]
-            after = frames.read(b, b + 1) if b < frames.num_frames else rgb[:0]
-            selfie = temporal_smooth(mediapipe_probabilities(np.concatenate([before, rgb, after]), ctx))
-            prob[missed] = selfie[len(before):len(before) + len(rgb)][missed]
+            prob[missed] = _selfie_of_missed(frames, a, rgb, missed, ctx)
         yield a, prob, rgb
+
+
+def _selfie_of_missed(frames: Frames, a: int, rgb: np.ndarray, missed: np.ndarray, ctx=None) -> np.ndarray:
+    """(k',H,W) selfie probability of the `missed` frames of chunk a..a+k-1, each smoothed with its
+    neighbours as `temporal_smooth` does over the whole clip: the segmenter sees only those frames."""
+    k = np.asarray(TEMPORAL_KERNEL, np.float32)
+    r = len(k) // 2
+    targets = a + np.flatnonzero(missed)
+    need = np.unique(np.clip((targets[:, None] + np.arange(-r, r + 1)).ravel(), 0, frames.num_frames - 1))
+    images = np.stack([rgb[f - a] if a <= f < a + len(rgb) else frames.read(int(f), int(f) + 1)[0] for f in need])
+    prob = dict(zip(need.tolist(), mediapipe_probabilities(images, ctx)))
+    out = []
+    for f in targets.tolist():  # the few missed frames; the same sums, in the same order, as temporal_smooth
+        acc, weight = np.zeros(rgb.shape[1:3], np.float32), np.zeros((1, 1), np.float32)
+        for o in range(-r, r + 1):
+            if 0 <= f + o < frames.num_frames:
+                acc += k[o + r] * prob[f + o]
+                weight += k[o + r]
+        out.append(acc / weight)
+    return np.stack(out)
 
 
 def person_probabilities(frames: np.ndarray, ctx=None) -> np.ndarray:

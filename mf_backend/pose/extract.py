@@ -75,7 +75,9 @@ def blazepose_chunks(frames: Frames | np.ndarray, segmentation: bool = False, ct
             for i in range(len(rgb)):  # the graph takes one image at a time
                 if ctx is not None:
                     ctx.progress(stage, a + i, len(frames), "BlazePose")
-                result = tracker.process(np.ascontiguousarray(rgb[i]))
+                # a copy: mediapipe's graph keeps its last input alive (until the garbage collector breaks its
+                # reference cycles), and a view would keep the whole chunk
+                result = tracker.process(rgb[i].copy())
                 if result.pose_landmarks is not None:
                     landmarks[i] = [(p.x, p.y, p.z, p.visibility) for p in result.pose_landmarks.landmark]
                     if seg is not None and result.segmentation_mask is not None:
