@@ -72,6 +72,17 @@ class BackendProcess:
         self.send(msg)
         return self.response(req_id, timeout)
 
+    def cancel(self, job_id: str, job_req_id: Any, timeout: float = 60.0) -> dict:
+        """Send `cancel` for job_id and wait for both answers: {req id: (message, time.monotonic() on arrival)}
+        for the cancel ("c") and the job's own request (job_req_id)."""
+        self.send({"jsonrpc": "2.0", "id": "c", "method": "cancel", "params": {"job_id": job_id}})
+        answers = {}
+        while not {"c", job_req_id} <= answers.keys():
+            msg = self.next_message(timeout=timeout)
+            if "id" in msg:
+                answers[msg["id"]] = (msg, time.monotonic())
+        return answers
+
     @property
     def stderr(self) -> str:
         return b"".join(self.stderr_chunks).decode(errors="replace")
@@ -119,6 +130,19 @@ def assert_valid_jsonrpc_line(line: bytes) -> dict:
         if "error" in msg:
             assert isinstance(msg["error"]["code"], int) and isinstance(msg["error"]["message"], str), line
     return msg
+
+
+def write_noise_avi(path: Path, frames: int, hw: tuple[int, int]) -> Path:
+    """An MJPG AVI of `frames` random (H,W) frames at 24 fps."""
+    import cv2
+    import numpy as np
+
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 24, (hw[1], hw[0]))
+    rng = np.random.default_rng(0)
+    for _ in range(frames):
+        w.write(rng.integers(0, 255, (*hw, 3), dtype=np.uint8))
+    w.release()
+    return path
 
 
 def write_pose_render_clip(folder: Path, frames: int = 12, size: int = 128, phase: float = 0.0) -> Path:

@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO, assert_matches_docs
+from conftest import REPO, assert_matches_docs, write_noise_avi
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -307,19 +307,12 @@ def test_cli_edit_terminal_shows_progress_not_third_party_noise(tmp_path, case, 
 
 def test_a_truncated_video_is_refused_not_edited_with_what_decodes(tmp_path, case):
     """An AVI cut in half still claims 24 frames; only 12 decode: the job names the file and stops."""
-    import cv2
-
     from mf_backend.errors import BadInputMedia
     from mf_backend.jobs import JobContext
     from mf_backend.params import JobParams
     from mf_backend.prepare import prepare
 
-    whole = tmp_path / "whole.avi"
-    w = cv2.VideoWriter(str(whole), cv2.VideoWriter_fourcc(*"MJPG"), 24, (64, 64))
-    rng = np.random.default_rng(0)
-    for _ in range(24):
-        w.write(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
-    w.release()
+    whole = write_noise_avi(tmp_path / "whole.avi", 24, (64, 64))
     cut = tmp_path / "cut.avi"
     cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
     params = JobParams.from_dict(_params(case, tmp_path / "out", source=str(cut), predicted_masks=None))

@@ -78,12 +78,7 @@ def test_edit_cancel_over_the_protocol_is_fast_and_leaves_nothing(tmp_path):
         r = b.request("edit", {**params, "job_id": "e2", "out": str(tmp_path / "other")}, req_id="second")
         assert r["error"]["code"] == -32005 and "e1" in r["error"]["message"]  # busy
         t_cancel = time.monotonic()
-        b.send({"jsonrpc": "2.0", "id": "c", "method": "cancel", "params": {"job_id": "e1"}})
-        answers = {}
-        while len(answers) < 2:
-            msg = b.next_message(timeout=60)
-            if "id" in msg:
-                answers[msg["id"]] = (msg, time.monotonic())
+        answers = b.cancel("e1", "edit")
         assert answers["c"][0]["result"] == {"cancelled": True, "job_id": "e1"}
         err, t_end = answers["edit"]
         assert err["error"]["code"] == -32003 and err["error"]["data"]["job_id"] == "e1"

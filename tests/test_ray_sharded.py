@@ -233,12 +233,7 @@ def test_protocol_edit_on_ray_reports_progress_and_cancels(tiny_folder, tmp_path
             if msg["params"]["stage"] == "editing":
                 steps.append(msg["params"]["message"])
         t0 = time.monotonic()
-        b.send({"jsonrpc": "2.0", "id": "c", "method": "cancel", "params": {"job_id": "r1"}})
-        answers = {}
-        while len(answers) < 2:
-            msg = b.next_message(timeout=60)
-            if "id" in msg:
-                answers[msg["id"]] = (msg, time.monotonic())
+        answers = b.cancel("r1", "edit")
         err, t_end = answers["edit"]
         print(f"\nprotocol: {steps[-1]!r}; cancel -> {err['error']['data']['type']} after {t_end - t0:.2f} s")
         assert "on 2 workers" in steps[-1]

@@ -18,6 +18,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from conftest import write_noise_avi
 
 ROUTES = {"user": ((360, 640), 16, 80), "computed": ((720, 1280), 32, 96)}  # frame size, short, long
 
@@ -68,17 +69,10 @@ def test_edit_peak_memory_does_not_grow_with_frames(tmp_path, tiny_folder, route
 def test_footage_counts_the_frames_that_decode_without_holding_them(tmp_path):
     """A movie whose container claims more frames than decode is refused up front (as a whole read is),
     and a chunk read past what decodes is a named error, not a short clip."""
-    import cv2
-
     from mf_backend.errors import BadInputMedia
     from mf_backend.streaming import Footage, open_footage
 
-    whole = tmp_path / "whole.avi"
-    w = cv2.VideoWriter(str(whole), cv2.VideoWriter_fourcc(*"MJPG"), 24, (64, 48))
-    rng = np.random.default_rng(0)
-    for _ in range(24):
-        w.write(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
-    w.release()
+    whole = write_noise_avi(tmp_path / "whole.avi", 24, (48, 64))
     footage = open_footage(str(whole))
     assert (footage.num_frames, footage.height, footage.width, footage.fps) == (24, 48, 64, 24.0)
     assert footage.read(16, 24).num_frames == 8
