@@ -20,7 +20,7 @@ from typing import Any
 
 import bpy
 
-from . import preferences, properties, results, strips
+from . import preferences, properties, results, strips, ui
 
 JOB_TYPE = "motionfollower"
 FARM_TIMINGS = ("hold-last", "loop", "stretch")  # policies that edit every frame of the range (chunkable)
@@ -150,12 +150,9 @@ class MOTIONFOLLOWER_OT_submit_flamenco(bpy.types.Operator):
         return {"FINISHED"}
 
 
-class SEQUENCER_PT_motionfollower_flamenco(bpy.types.Panel):
+class SEQUENCER_PT_motionfollower_flamenco(ui.SidebarPanel, bpy.types.Panel):
     bl_label = "Render farm"
-    bl_space_type = "SEQUENCE_EDITOR"
-    bl_region_type = "UI"
-    bl_category = "MotionFollower"
-    bl_parent_id = "SEQUENCER_PT_motionfollower"
+    bl_parent_id = ui.SEQUENCER_PT_motionfollower.bl_idname
     bl_options = {"DEFAULT_CLOSED"}
 
     def draw(self, context):

@@ -14,12 +14,17 @@ def _eta(seconds) -> str:
     return f"{seconds // 60}:{seconds % 60:02d} left" if seconds >= 60 else f"{seconds} s left"
 
 
-class SEQUENCER_PT_motionfollower(bpy.types.Panel):
-    bl_label = "MotionFollower"
-    bl_idname = "SEQUENCER_PT_motionfollower"
+class SidebarPanel:
+    """Where every MotionFollower panel lives: the Sequencer's sidebar, tab "MotionFollower"."""
+
     bl_space_type = "SEQUENCE_EDITOR"
     bl_region_type = "UI"
     bl_category = "MotionFollower"
+
+
+class SEQUENCER_PT_motionfollower(SidebarPanel, bpy.types.Panel):
+    bl_label = "MotionFollower"
+    bl_idname = "SEQUENCER_PT_motionfollower"
 
     def draw(self, context):
         layout = self.layout
@@ -92,15 +97,12 @@ class SEQUENCER_PT_motionfollower(bpy.types.Panel):
             layout.operator("motionfollower.stop_backend", icon="X")
 
 
-class SEQUENCER_PT_motionfollower_advanced(bpy.types.Panel):
+class SEQUENCER_PT_motionfollower_advanced(SidebarPanel, bpy.types.Panel):
     """Expert settings (the job's `advanced` group), closed by default: the defaults are the reference's."""
 
     bl_label = "Advanced"
     bl_idname = "SEQUENCER_PT_motionfollower_advanced"
     bl_parent_id = SEQUENCER_PT_motionfollower.bl_idname
-    bl_space_type = "SEQUENCE_EDITOR"
-    bl_region_type = "UI"
-    bl_category = "MotionFollower"
     bl_options = {"DEFAULT_CLOSED"}
 
     def draw(self, context):

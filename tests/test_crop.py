@@ -142,6 +142,14 @@ def _scene(f, h, w, seed=0):
     return np.clip(base[None] + noise, 0, 255).astype(np.uint8)
 
 
+def _planned_scene(seed: int, cx: int):
+    """Two 160×240 frames with a person centred at (cx, 80), their masks, crop plan at 64² and crops."""
+    src = _scene(2, 160, 240, seed=seed)
+    masks, kps = _person(2, 160, 240, cx=cx, cy=80, ph=80, pw=30)
+    plan = plan_crop(kps, masks, (160, 240), 64)
+    return src, masks, plan, plan.apply(src)
+
+
 @pytest.mark.parametrize("mode", ["person", "letterbox", "overflow"])
 def test_composite_changes_only_the_dilated_mask_region(mode):
     f, h, w, S = 3, 180, 320, 64
@@ -176,11 +184,7 @@ def test_composite_changes_only_the_dilated_mask_region(mode):
 
 
 def test_composite_of_an_unchanged_crop_returns_the_source_closely():
-    f, h, w, S = 2, 160, 240, 64
-    src = _scene(f, h, w, seed=1)
-    masks, kps = _person(f, h, w, cx=80, cy=80, ph=80, pw=30)
-    plan = plan_crop(kps, masks, (h, w), S)
-    crops = plan.apply(src)
+    src, masks, plan, crops = _planned_scene(seed=1, cx=80)
     out = composite(src, crops, plan, plan.apply_masks(masks), None)
     # inside the blend region the crop's resampling blur shows, but no shift or colour change
     diff = out.astype(int) - src
@@ -188,11 +192,7 @@ def test_composite_of_an_unchanged_crop_returns_the_source_closely():
 
 
 def test_colour_match_removes_a_global_colour_drift_at_the_seam():
-    f, h, w, S = 2, 160, 240, 64
-    src = _scene(f, h, w, seed=2)
-    masks, kps = _person(f, h, w, cx=120, cy=80, ph=80, pw=30)
-    plan = plan_crop(kps, masks, (h, w), S)
-    crops = plan.apply(src)
+    src, masks, plan, crops = _planned_scene(seed=2, cx=120)
     M_r = plan.apply_masks(masks)
     drifted = np.clip(crops.astype(int) + [18, -12, 10], 0, 255).astype(np.uint8)  # diffusion colour drift
     region = changed_region(plan, M_r)
