@@ -6,6 +6,11 @@ Prints, per case, the mean body-joint error in pixels (at the cases' 512² size)
 `align_poses(decode(source_poses), decode(target_poses))` and the decoded reference
 `target_aligned_poses` (joints present in both), and the renderer's pixel agreement with the
 shipped `source_poses` when re-rendering their decoded keypoints.
+
+`--jitter`: BlazePose on every case's source and driving clip, smoothed over frames with each σ of
+JITTER_SIGMAS (pose.smooth.centred_gaussian; 0 = none): the body-joint error against the case's decoded
+DWPose renders, the median joint acceleration (px/frame², the jitter) and the σ a leave-one-case-out
+choice by joint error makes for each held-out case.
 """
 
 from __future__ import annotations
@@ -61,6 +66,47 @@ def extraction_speed(case: Path) -> tuple[float, float]:
     return round(fps, 2), round(joint_error(seq.body, ref.body)[0], 2)
 
 
+JITTER_SIGMAS = (0.0, 0.5, 0.6, 0.8, 1.0)
+
+
+def acceleration(body: np.ndarray) -> float:
+    """Median |p[t+1] - 2 p[t] + p[t-1]| over joints visible in the three frames, (F,J,3) → px/frame²."""
+    acc = np.linalg.norm(body[2:, :, :2] - 2 * body[1:-1, :, :2] + body[:-2, :, :2], axis=-1)
+    vis = body[..., 2] > 0
+    seen = vis[2:] & vis[1:-1] & vis[:-2]
+    return float(np.median(acc[seen])) if seen.any() else float("nan")
+
+
+def jitter_rows(cases: list[Path]) -> list[dict]:
+    """One row per (case, clip, σ): joint error vs the DWPose renders and median acceleration, then one
+    leave-one-case-out row per case (σ chosen on the other cases' mean error)."""
+    from mf_backend.media import read_clip
+    from mf_backend.pose.extract import extract_mediapipe
+    from mf_backend.pose.smooth import centred_gaussian
+
+    rows = []
+    for case in cases:
+        for clip, renders in (("source_images", "source_poses"), ("target_images", "target_poses")):
+            raw = extract_mediapipe(read_clip(case / clip).frames, sigma=0).body
+            ref = decode_poses(read_pose_folder(case / renders)).body
+            for sigma in JITTER_SIGMAS:
+                body = centred_gaussian(raw, sigma)
+                rows.append({"case": case.name, "clip": clip, "sigma": sigma,
+                             "body_err_px": round(joint_error(body, ref)[0], 3), "accel_px": round(acceleration(body), 3)})
+    mean = lambda rs, key: float(np.mean([r[key] for r in rs]))  # noqa: E731
+    loco = []
+    for case in cases:
+        others = [r for r in rows if r["case"] != case.name]
+        chosen = min(JITTER_SIGMAS, key=lambda s: mean([r for r in others if r["sigma"] == s], "body_err_px"))
+        held = [r for r in rows if r["case"] == case.name]
+        loco.append({"held_out": case.name, "chosen_sigma": chosen,
+                     "body_err_px": round(mean([r for r in held if r["sigma"] == chosen], "body_err_px"), 3),
+                     "unsmoothed_body_err_px": round(mean([r for r in held if r["sigma"] == 0], "body_err_px"), 3),
+                     "accel_px": round(mean([r for r in held if r["sigma"] == chosen], "accel_px"), 3),
+                     "unsmoothed_accel_px": round(mean([r for r in held if r["sigma"] == 0], "accel_px"), 3)})
+    return rows + loco
+
+
 # `--mode all`: every aligner mode, plus first-frame with the driver's placement kept.
 ALL_MODES = tuple((m, False) for m in ALIGN_MODES) + (("first-frame", True),)
 
@@ -90,6 +136,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--extract-speed", action="store_true",
                     help="also time BlazePose extraction on each case's source_images (frames/s)")
     ap.add_argument("--render", action="store_true", help="also report re-render pixel agreement")
+    ap.add_argument("--jitter", action="store_true",
+                    help="only the pose smoothing: joint error vs the DWPose renders and jitter per σ, and its LOCO choice")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -97,6 +145,10 @@ def run(args: argparse.Namespace) -> int:
     if not cases:
         print(f"no cases with target_aligned_poses under {args.cases}", file=sys.stderr)
         return 2
+    if args.jitter:
+        for row in jitter_rows(cases):
+            print(json.dumps(row))
+        return 0
     modes = ALL_MODES if args.mode == "all" else ((args.mode, args.keep_placement),)
     rows = []
     for case in cases:

@@ -17,7 +17,7 @@ import numpy as np
 from mf_backend.errors import BadInputMedia, WeightsMissing
 from mf_backend.frames import Frames
 from mf_backend.pose.keypoints import NUM_BODY, NUM_HAND, PoseSequence
-from mf_backend.pose.smooth import fill_gaps, smooth_poses
+from mf_backend.pose.smooth import POSE_SIGMA, centred_gaussian, fill_gaps, smooth_poses
 
 MIN_CONFIDENCE = 0.3  # below this a joint counts as missing (DWPose's drawing threshold)
 
@@ -95,14 +95,15 @@ def blazepose_track(frames: Frames | np.ndarray, segmentation: bool = False, ctx
 
 
 def extract_mediapipe(frames: Frames | np.ndarray, fps: Optional[float] = None, ctx=None,
-                      smooth_landmarks: bool = False) -> PoseSequence:
-    """frames (F,H,W,3) uint8 RGB → PoseSequence (body only: BlazePose has no 21-point hands)."""
+                      smooth_landmarks: bool = False, sigma: float = POSE_SIGMA) -> PoseSequence:
+    """frames (F,H,W,3) uint8 RGB → PoseSequence (body only: BlazePose has no 21-point hands); sigma: the
+    centred smoothing over frames (0: none; `bench poses --jitter` compares)."""
     frames = Frames.of(frames)
     landmarks = np.concatenate([lm for _, lm, _, _ in blazepose_chunks(frames, ctx=ctx,
                                                                        smooth_landmarks=smooth_landmarks)])
-    # Gaps filled only, no temporal filter: a One-Euro filter lagged fast limbs (wrists 10 px → 40-60 px
-    # off on the dance cases; docs/masks.md).
-    body = fill_gaps(blazepose_to_openpose(landmarks, frames.width, frames.height))
+    # Gaps filled, then a centred filter against the detector's jitter: a causal one (One-Euro, mediapipe's
+    # own) lagged fast limbs (wrists 10 px → 40-60 px off on the dance cases; docs/masks.md).
+    body = centred_gaussian(fill_gaps(blazepose_to_openpose(landmarks, frames.width, frames.height)), sigma)
     hands = np.zeros((frames.num_frames, 2, NUM_HAND, 3), np.float32)
     return PoseSequence(body, hands, frames.width, frames.height, fps)
 
