@@ -13,7 +13,7 @@ from mf_backend.pose.decode import decode_pose, decode_poses, looks_like_pose_re
 from mf_backend.pose.extract import blazepose_to_openpose, track_protagonist
 from mf_backend.pose.keypoints import BODY_TREE, PoseSequence
 from mf_backend.pose.render import HAND_DOT_RGB, JOINT_RGB, LIMB_RGB, render_pose, render_poses
-from mf_backend.pose.smooth import fill_gaps, one_euro
+from mf_backend.pose.smooth import fill_gaps
 
 REPO = Path(__file__).resolve().parents[1]
 CASES = REPO.parent / "shared" / "real-cases"
@@ -126,7 +126,7 @@ def test_align_per_frame_follows_source_and_rescales_frame():
     assert np.allclose(out.body[:, 1, :2], src.body[:, 1, :2], atol=1e-3)
 
 
-def test_smoothing_fills_short_gaps_and_reduces_jitter():
+def test_short_gaps_are_filled_and_long_ones_stay_missing():
     rng = np.random.default_rng(0)
     pts = np.zeros((60, 2, 3), np.float32)
     pts[:, :, 0] = 50 + rng.normal(0, 2, (60, 2))
@@ -136,8 +136,7 @@ def test_smoothing_fills_short_gaps_and_reduces_jitter():
     pts[30:45, 1, 2] = 0  # a long gap stays missing
     filled = fill_gaps(pts, max_gap=3)
     assert (filled[10:12, 0, 2] > 0).all() and (filled[30:45, 1, 2] == 0).all()
-    smooth = one_euro(filled, fps=30, min_cutoff=1.0, beta=0.0)
-    assert smooth[20:, 0, 0].std() < 0.6 * filled[20:, 0, 0].std()
+    np.testing.assert_allclose(filled[10:12, 0, 0], np.interp([10, 11], [9, 12], pts[[9, 12], 0, 0]), rtol=1e-6)
 
 
 def test_centred_smoothing_cuts_jitter_without_lag_even_at_gaps_and_ends():
@@ -166,6 +165,50 @@ def test_centred_smoothing_cuts_jitter_without_lag_even_at_gaps_and_ends():
     assert accel(smooth) < 0.75 * accel(noisy)
     assert np.abs(smooth[:, 1, 0] - truth).mean() < np.abs(noisy[:, 1, 0] - truth).mean()
     np.testing.assert_array_equal(centred_gaussian(noisy, sigma=0), noisy)
+
+
+def test_dwpose_keypoints_follow_a_fast_wrist_without_lag(tmp_path, monkeypatch):
+    """DWPose (controlnet-aux's Wholebody, replaced here by a stand-in detector: its weights are not in the
+    repo) → the protagonist's body and hands in our order, smoothed centred: a wrist sweeping 40 px a frame
+    stays on its detections (a One-Euro filter here left it 16-81 px behind on the example cases)."""
+    import sys
+    import types
+
+    from mf_backend.pose.extract import DWPOSE_FILES, extract_dwpose
+
+    f, size = 12, 256
+
+    class Wholebody:  # controlnet_aux.dwpose.wholebody.Wholebody: BGR image → (N,134,2) keypoints, (N,134) scores
+        def __init__(self, det: str, pose: str):
+            assert det.endswith(DWPOSE_FILES[0]) and pose.endswith(DWPOSE_FILES[1])
+
+        def __call__(self, bgr):
+            t = int(bgr[0, 0, 0])  # the frame index, painted into each frame
+            kp = np.zeros((2, 134, 2), np.float32)
+            kp[0, :18] = np.stack([40 + 8 * np.arange(18), 60 + 6 * np.arange(18)], -1)  # the protagonist
+            kp[0, 4] = (10 + 40 * t / 2, 200 - 3 * t)  # right wrist, fast
+            kp[0, 113:134] = kp[0, 7] + np.arange(21)[:, None]  # COCO-WholeBody's right hand
+            kp[1, :18] = kp[0, :18] * 0.2 + 5  # a small person in the corner
+            scores = np.full((2, 134), 0.9, np.float32)
+            scores[:, 92:113] = 0.1  # the left hand is not seen
+            return kp, scores
+
+    module = types.ModuleType("controlnet_aux.dwpose.wholebody")
+    module.Wholebody = Wholebody
+    for name in ("controlnet_aux", "controlnet_aux.dwpose"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, "controlnet_aux.dwpose.wholebody", module)
+    (tmp_path / "DWPose").mkdir()
+    for n in DWPOSE_FILES:
+        (tmp_path / "DWPose" / n).write_bytes(b"")
+    frames = np.zeros((f, size, size, 3), np.uint8)
+    frames[:, 0, 0, 2] = np.arange(f)  # RGB: the detector gets BGR, reads channel 0
+    seq = extract_dwpose(frames, tmp_path, fps=24.0)
+    t = np.arange(f)
+    np.testing.assert_allclose(seq.body[:, 4, :2], np.stack([10 + 20 * t, 200 - 3 * t], -1), atol=1e-3)
+    np.testing.assert_allclose(seq.body[:, 0, :2], np.broadcast_to([40, 60], (f, 2)), atol=1e-4)  # the big one
+    assert (seq.hands[:, 0, :, 2] > 0).all() and (seq.hands[:, 1, :, 2] == 0).all()  # right hand first
+    np.testing.assert_allclose(seq.hands[:, 0, 5, :2], seq.body[:, 7, :2] + 5, atol=1e-3)
 
 
 def test_blazepose_mapping_and_protagonist():

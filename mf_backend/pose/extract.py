@@ -17,7 +17,7 @@ import numpy as np
 from mf_backend.errors import BadInputMedia, WeightsMissing
 from mf_backend.frames import Frames
 from mf_backend.pose.keypoints import NUM_BODY, NUM_HAND, PoseSequence
-from mf_backend.pose.smooth import POSE_SIGMA, centred_gaussian, fill_gaps, smooth_poses
+from mf_backend.pose.smooth import POSE_SIGMA, smooth_poses
 
 MIN_CONFIDENCE = 0.3  # below this a joint counts as missing (DWPose's drawing threshold)
 
@@ -101,11 +101,11 @@ def extract_mediapipe(frames: Frames | np.ndarray, fps: Optional[float] = None, 
     frames = Frames.of(frames)
     landmarks = np.concatenate([lm for _, lm, _, _ in blazepose_chunks(frames, ctx=ctx,
                                                                        smooth_landmarks=smooth_landmarks)])
-    # Gaps filled, then a centred filter against the detector's jitter: a causal one (One-Euro, mediapipe's
-    # own) lagged fast limbs (wrists 10 px → 40-60 px off on the dance cases; docs/masks.md).
-    body = centred_gaussian(fill_gaps(blazepose_to_openpose(landmarks, frames.width, frames.height)), sigma)
+    # mediapipe's own landmark filter is off: causal, it lagged fast limbs (docs/masks.md); smooth_poses
+    # smooths the whole clip centred instead.
+    body = blazepose_to_openpose(landmarks, frames.width, frames.height)
     hands = np.zeros((frames.num_frames, 2, NUM_HAND, 3), np.float32)
-    return PoseSequence(body, hands, frames.width, frames.height, fps)
+    return smooth_poses(PoseSequence(body, hands, frames.width, frames.height, fps), sigma)
 
 
 def dwpose_available(models_dir: Optional[str | Path]) -> bool:

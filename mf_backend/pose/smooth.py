@@ -2,11 +2,10 @@
 
 1. Short gaps (≤ `max_gap` frames) of a joint are linearly interpolated, confidence = the lower
    neighbour's; longer gaps stay missing (the renderer drops them) rather than inventing motion.
-2. Extracted BlazePose landmarks: a centred (zero-phase) Gaussian over frames, `centred_gaussian`. The
+2. A centred (zero-phase) Gaussian over frames, `centred_gaussian`, against the detector's jitter. The
    clip is whole before it is smoothed, so nothing needs a causal filter, and a causal one lags: a
-   One-Euro filter (and mediapipe's own) put fast wrists 40–60 px behind (docs/masks.md).
-3. DWPose keypoints: a One-Euro filter (Casiry et al. 2012) forward over frames for every joint at
-   once: strong smoothing when a joint is slow (jitter), little lag when it moves fast.
+   One-Euro filter (and mediapipe's own) put fast wrists 40–60 px behind BlazePose's detections, and
+   16–81 px behind the example cases' DWPose keypoints (docs/masks.md, "Pose jitter").
 """
 
 from __future__ import annotations
@@ -64,42 +63,8 @@ def centred_gaussian(points: np.ndarray, sigma: float = POSE_SIGMA) -> np.ndarra
     return out
 
 
-def one_euro(points: np.ndarray, fps: float = 30.0, min_cutoff: float = 1.0, beta: float = 0.05,
-             d_cutoff: float = 1.0) -> np.ndarray:
-    """One-Euro filter over frames of (F,J,3) points; missing joints restart the filter and stay missing."""
-    out = points.copy()
-    flat = out.reshape(len(points), -1, 3)
-    src = points.reshape(len(points), -1, 3)
-    dt = 1.0 / fps
-
-    def alpha(cutoff: np.ndarray | float) -> np.ndarray | float:
-        tau = 1.0 / (2 * np.pi * cutoff)
-        return 1.0 / (1.0 + tau / dt)
-
-    prev = src[0, :, :2].astype(np.float64)
-    dprev = np.zeros_like(prev)
-    seen = src[0, :, 2] > 0
-    for t in range(1, len(points)):  # a recursive filter: sequential in t, vectorised over joints
-        x = src[t, :, :2].astype(np.float64)
-        vis = src[t, :, 2] > 0
-        dx = (x - prev) / dt
-        dhat = dprev + alpha(d_cutoff) * (dx - dprev)
-        cutoff = min_cutoff + beta * np.linalg.norm(dhat, axis=-1, keepdims=True)
-        xhat = prev + alpha(cutoff) * (x - prev)
-        live = vis & seen  # continue the filter only where the joint was visible just before
-        new = np.where(live[:, None], xhat, x)
-        flat[t, vis, :2] = new[vis]
-        prev = np.where(vis[:, None], new, prev)
-        dprev = np.where(live[:, None], dhat, 0.0)
-        seen = vis
-    return out
-
-
-def smooth_poses(seq: PoseSequence, max_gap: int = 3, min_cutoff: float = 1.0, beta: float = 0.05) -> PoseSequence:
-    """Fill short gaps and One-Euro-filter body and hands. Coordinates are normalised by the frame
-    height first, so the parameters mean the same at any resolution."""
-    fps = seq.fps or 30.0
-    norm = np.array([seq.height, seq.height, 1.0], np.float32)
-    body = one_euro(fill_gaps(seq.body, max_gap) / norm, fps, min_cutoff, beta) * norm
-    hands = one_euro(fill_gaps(seq.hands, max_gap) / norm, fps, min_cutoff, beta) * norm
-    return PoseSequence(body.astype(np.float32), hands.astype(np.float32), seq.width, seq.height, seq.fps)
+def smooth_poses(seq: PoseSequence, sigma: float = POSE_SIGMA, max_gap: int = 3) -> PoseSequence:
+    """Extracted keypoints (BlazePose, DWPose) → short gaps filled, body and hands smoothed over frames."""
+    body = centred_gaussian(fill_gaps(seq.body, max_gap), sigma)
+    hands = centred_gaussian(fill_gaps(seq.hands, max_gap), sigma)
+    return PoseSequence(body, hands, seq.width, seq.height, seq.fps)
