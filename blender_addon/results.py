@@ -94,18 +94,33 @@ def result_dir(blend_path: str, name: str) -> Path:
 
 
 def check_writable(folder: Path) -> None:
-    """Create folder (and parents) and prove a file can be written there; PlaceError names it."""
+    """Prove that folder (and its parents) can be made and written to; PlaceError names it. The folders
+    it had to make go again: a run cancelled or failed later leaves no empty `//motionfollower/`."""
+    made = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".mf-write-test-"):
             pass
     except OSError as exc:
         raise PlaceError(f"cannot write to '{folder}': {exc.strerror or exc}") from exc
+    finally:
+        _remove_empty(made)
+
+
+def _remove_empty(folders: Iterable[Path]) -> None:
+    """rmdir each (deepest first) while empty: only folders this add-on made, never anything with files."""
+    for f in folders:
+        try:
+            f.rmdir()
+        except OSError:  # not empty (something was put there meanwhile) or already gone
+            if f.exists():
+                return
 
 
 def place(src: Path, final: Path) -> Path:
     """Move the finished folder src to final (which must not exist): a rename on the same disk, else a
     copy into a hidden sibling renamed into place, so final is either complete or absent."""
+    made = [p for p in final.parents if not p.exists()]
     final.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.replace(src, final)
@@ -119,9 +134,33 @@ def place(src: Path, final: Path) -> Path:
         os.replace(partial, final)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
+        _remove_empty(made)  # a failed copy leaves no empty //motionfollower/
         raise
     shutil.rmtree(src, ignore_errors=True)
     return final
+
+
+def discard_job(job_dir: Path, keep: Iterable[Path] = ()) -> None:
+    """Remove a cancelled or failed run's job folder, all but the result folders in keep (an unsaved
+    .blend's earlier variations live there until the first save, and strips show them); with those
+    its owner.json stays too (the save handler and `clean_stale` find the folder by it)."""
+    job_dir = Path(job_dir)
+    kept = {Path(k).resolve() for k in keep if Path(k).is_dir()}
+    if not kept:
+        shutil.rmtree(job_dir, ignore_errors=True)
+        return
+    try:
+        entries = list(job_dir.iterdir())
+    except OSError:
+        return
+    for entry in entries:
+        e = entry.resolve()
+        if entry.name == OWNER or any(k == e or e in k.parents for k in kept):  # a kept folder or one holding it
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
 
 
 def point_strip(strip: Any, folder: Path) -> None:

@@ -50,6 +50,7 @@ class EditRun:
     preview: bool = False
     warnings: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
+    placed: list[Path] = field(default_factory=list)  # result folders inside job_dir (unsaved .blend): kept
 
     @property
     def exported(self) -> tuple[int, int]:
@@ -236,10 +237,10 @@ def advance(run: EditRun, budget_s: Optional[float] = None) -> None:
 
 
 def abort_edit(run: EditRun) -> None:
-    """Drop an edit: the temporary scenes and the job folder go."""
+    """Drop an edit: the temporary scenes and the job folder go, all but results already on the timeline."""
     for export in run.exports:
         export.close()
-    shutil.rmtree(run.job_dir, ignore_errors=True)
+    results.discard_job(run.job_dir, run.placed)
 
 
 def start_edit(context: Any) -> EditRun:
@@ -269,8 +270,12 @@ def tick(run: EditRun) -> None:
 
 
 def _place(run: EditRun, folder: Path, name: str) -> Path:
-    """A finished result folder: next to the .blend; unsaved, it stays in the job folder until the first save."""
-    return results.place(folder, results.result_dir(bpy.data.filepath, name)) if bpy.data.filepath else folder
+    """A finished result folder: next to the .blend; unsaved, it stays in the job folder until the first save
+    (and is kept there if a later job of the run is cancelled or fails: `run.placed`)."""
+    if bpy.data.filepath:
+        return results.place(folder, results.result_dir(bpy.data.filepath, name))
+    run.placed.append(folder)
+    return folder
 
 
 def _import(run: EditRun, scene: Any, folder: Path, what: str, meta: dict[str, Any],
@@ -290,7 +295,7 @@ def finish_edit(run: EditRun) -> tuple[Optional[bool], str]:
     assert run.job is not None and run.job.finished
     job = run.job
     if job.error is not None:
-        shutil.rmtree(run.job_dir, ignore_errors=True)
+        results.discard_job(run.job_dir, run.placed)
         if run.cancel_requested_at is not None:
             return False, "MotionFollower: cancelled"
         raise UserError(f"MotionFollower failed: {job.error.message}", job.error.hint)
@@ -329,7 +334,7 @@ def finish_edit(run: EditRun) -> tuple[Optional[bool], str]:
                 run.job = STATE.client.start_job(nxt[0], nxt[1], job_id=f"{run.job_dir.name}_{nxt[0]}_{nxt[1]['seed']}")
                 return None, message
     except BaseException:
-        shutil.rmtree(run.job_dir, ignore_errors=True)
+        results.discard_job(run.job_dir, run.placed)
         raise
     for sub in ("source", "driving") if not scene.motionfollower.keep_inputs else ():
         shutil.rmtree(run.job_dir / sub, ignore_errors=True)

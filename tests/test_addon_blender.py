@@ -538,6 +538,40 @@ def test_modal_path_renders_a_frame_per_tick_then_edits(scene, addon, small_mode
     assert (strip.frame_final_start, strip.frame_final_duration) == (10, N)
 
 
+def test_a_cancelled_variation_keeps_the_earlier_results_of_an_unsaved_file(scene, addon, small_model, tmp_path,
+                                                                            monkeypatch):
+    """Unsaved .blend: variation 1's frames live in the job folder until the first save; cancelling
+    variation 2 removes the rest of that folder but never the frames a strip shows."""
+    from blender_addon import properties
+    from blender_addon import run as mfrun
+
+    job_params = properties.job_params
+    monkeypatch.setattr(properties, "job_params", lambda mf: _geometric(job_params(mf)))
+    person_clips(scene, tmp_path)
+    mf = scene.motionfollower
+    mf.model, mf.model_folder, mf.variations, mf.steps = "folder", small_model, 2, 20
+    seen = {}
+
+    def cancel_the_second():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            run = mfrun.STATE.run
+            if run is not None and run.job is not None and "_edit_" in run.job.job_id:  # the second seed's job
+                seen["job_dir"] = run.job_dir
+                mfrun.request_cancel(run)
+                return
+            time.sleep(0.01)
+
+    t = threading.Thread(target=cancel_the_second)
+    t.start()
+    assert bpy.ops.motionfollower.edit() == {"CANCELLED"}
+    t.join()
+    (strip,) = edited_strips(scene)
+    folder = Path(bpy.path.abspath(strip.directory))
+    assert all((folder / e.filename).is_file() for e in strip.elements) and len(strip.elements) == N
+    assert sorted(p.name for p in seen["job_dir"].iterdir()) == ["edited_s1", "owner.json"]
+
+
 def test_modal_cancel_while_exporting_leaves_nothing(scene, addon, monkeypatch):
     from blender_addon import operators, strips
     from blender_addon import run as mfrun

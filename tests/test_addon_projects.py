@@ -280,3 +280,47 @@ def test_queue_and_variations_in_each_blender(python, tmp_path, clips):
         """ % clips["movie"])
     assert r == [["second (MotionFollower seed 4)", 20, N], ["second (MotionFollower seed 5)", 20, N],
                  ["source (MotionFollower seed 4)", 1, N], ["source (MotionFollower seed 5)", 1, N]]
+
+
+@pytest.mark.parametrize("python", BLENDERS)
+def test_a_cancelled_or_failed_run_leaves_no_empty_folder_in_the_project(python, tmp_path, clips):
+    """A saved project: Run checks `//motionfollower/` can be written, but a run cancelled while
+    exporting, cancelled mid-job or failed leaves neither that folder (empty) nor a job folder behind."""
+    r = run_script(python, tmp_path, clips, """
+        import threading
+        sc = make_scene(steps=200)
+        proj, scratch = %r, %r
+        os.makedirs(proj)
+        bpy.ops.wm.save_as_mainfile(filepath=proj + "/p.blend")
+        left = lambda: [sorted(os.listdir(proj)), sorted(p for p in os.listdir(scratch) if p != "backend.log")]
+        out = {}
+        run = R.STATE.run = R.begin_edit(bpy.context)  # what the panel's Run does, then a tick or two …
+        R.advance(run, 1e-4)
+        R.request_cancel(run)  # … and Cancel: the next tick drops the run before the backend job starts
+        R.abort_edit(run)
+        R.STATE.run = None
+        out["cancelled exporting"] = left()
+
+        def cancel_when_sampling():
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                run = R.STATE.run
+                if run is not None and run.job is not None and run.job.snapshot()["stage"] == "editing":
+                    return R.request_cancel(run)
+                time.sleep(0.01)
+
+        t = threading.Thread(target=cancel_when_sampling)
+        t.start()
+        out["cancelled job"] = [sorted(bpy.ops.motionfollower.edit())] + left()
+        t.join()
+        sc.motionfollower.model_folder = proj + "/no-model"
+        try:
+            bpy.ops.motionfollower.edit()
+            out["failed"] = ["ran"] + left()
+        except RuntimeError as exc:
+            out["failed"] = [str(exc)[:80]] + left()
+        print("RESULT " + json.dumps(out))
+        """ % (str(tmp_path / "proj"), str(tmp_path / "tmp" / "motionfollower-jobs")))
+    assert r["cancelled exporting"] == [["p.blend"], []], r
+    assert r["cancelled job"] == [["CANCELLED"], ["p.blend"], []], r
+    assert r["failed"][0] != "ran" and r["failed"][1:] == [["p.blend"], []], r
