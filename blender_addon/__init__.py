@@ -20,14 +20,14 @@ bl_info = {  # legacy installs (scripts/addons); 4.2+ extensions read blender_ma
 if "bpy" in locals():  # F8 / script reload: re-import the sub-modules
     import importlib
 
-    for _name in ("config", "client", "depth", "strips", "inputs", "results", "properties", "preferences", "run",
+    for _name in ("config", "client", "depth", "strips", "inputs", "results", "properties", "preferences", "bar", "run",
                   "operators", "ui", "flamenco"):
         if _name in locals():
             importlib.reload(locals()[_name])
 
 import bpy  # noqa: E402,F401
 
-from . import client, config, depth, flamenco, inputs, operators, preferences, properties, results, run, strips, ui  # noqa: E402,F401
+from . import bar, client, config, depth, flamenco, inputs, operators, preferences, properties, results, run, strips, ui  # noqa: E402,F401
 
 # Registered in this order, unregistered in reverse; a new feature module (e.g. flamenco) joins the tuple.
 _MODULES = (preferences, properties, run, operators, ui, flamenco)

@@ -80,7 +80,7 @@ class MOTIONFOLLOWER_OT_edit(bpy.types.Operator):
         STATE.run = None
         if STATE.queue:
             try:
-                STATE.run = begin_edit(context, STATE.queue.pop(0))
+                STATE.run = begin_edit(context, STATE.queue.pop(0), position=(run.position[0] + 1, run.position[1]))
             except BaseException as exc:  # noqa: BLE001
                 STATE.queue = []
                 return self._fail(exc)
@@ -95,7 +95,8 @@ class MOTIONFOLLOWER_OT_edit(bpy.types.Operator):
             first, *STATE.queue = plan(context)
             if self.preview:
                 STATE.queue = []
-            STATE.run = begin_edit(context, first, preview=self.preview)  # frames are rendered later: advance()
+            STATE.run = begin_edit(context, first, preview=self.preview,  # frames are rendered later: advance()
+                                   position=(1, 1 + len(STATE.queue)))
         except BaseException as exc:  # noqa: BLE001
             STATE.queue = []
             return self._fail(exc)
@@ -118,11 +119,11 @@ class MOTIONFOLLOWER_OT_edit(bpy.types.Operator):
             try:
                 while not run.job.wait(TIMER_S):
                     tick(run)
-                    snap = run.job.snapshot()
-                    line = f"{snap['stage']} {snap['done']}/{snap['total']}"
+                    p = STATE.progress()  # the whole run's bar, as the panel shows it
+                    line = f"{p['stage']} {p['done']}/{p['total']}" + (f" ({p['part']})" if p["part"] else "")
                     if line != last and bpy.app.background:
-                        eta = f", eta {snap['eta_s']:.0f} s" if snap["eta_s"] is not None else ""
-                        print(f"MotionFollower: {snap['fraction'] * 100:5.1f}% {line}{eta}", file=sys.stderr, flush=True)
+                        eta = f", eta {p['eta_s']:.0f} s" if p["eta_s"] is not None else ""
+                        print(f"MotionFollower: {p['fraction'] * 100:5.1f}% {line}{eta}", file=sys.stderr, flush=True)
                         last = line
             except KeyboardInterrupt:
                 request_cancel(run, everything=True)

@@ -2,7 +2,8 @@
 
 check the strips (inputs) → job folder in scratch (results) → spawn the backend while the strips
 render a slice per call (`advance`) → handshake → `edit` job → import the frames as a strip whose
-folder is `//motionfollower/<name>/` (or the job folder until the first save).
+folder is `//motionfollower/<name>/` (or the job folder until the first save). One progress bar covers
+it all (bar.py).
 Cancel asks the backend to stop after its current step (`BackendClient.request_cancel`); `tick` kills
 the backend tree when that takes longer than the job's grace period (`Job.cancel_grace_s`).
 Loading another .blend cancels the run (load_pre); a dead Blender's job folders go at the next start.
@@ -22,6 +23,7 @@ from typing import Any, Optional
 import bpy
 from bpy.app.handlers import persistent
 
+from . import bar as mfbar
 from . import client as mfclient
 from . import inputs, preferences, properties, results, strips
 from .inputs import UserError
@@ -50,7 +52,12 @@ class EditRun:
     preview: bool = False
     warnings: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
+    exported_at: Optional[float] = None  # when the last frame was rendered (the export's measured rate)
+    jobs_planned: int = 1  # backend jobs on these frames: one per variation; a preview's edit + prepare
+    job_times: list[float] = field(default_factory=list)  # seconds each finished job took (the next one's estimate)
     placed: list[Path] = field(default_factory=list)  # result folders inside job_dir (unsaved .blend): kept
+    position: tuple[int, int] = (1, 1)  # (k, n): the queue's k-th source strip of n
+    bar: mfbar.Bar = field(default_factory=mfbar.Bar)  # the whole run's one progress bar (bar.py)
 
     @property
     def exported(self) -> tuple[int, int]:
@@ -84,24 +91,13 @@ class State:
         return seconds * ((steps or s0) * frames * (size or z0) ** 2) / max(s0 * f0 * z0 ** 2, 1)
 
     def progress(self) -> Optional[dict[str, Any]]:
+        """The running edit's one bar over export, backend jobs and import (bar.snapshot); None when idle."""
         if self.run is None:
             return None
         run = self.run
-        if run.job is None:  # still in Blender: exporting the strips, then the backend handshake
-            done, total = run.exported
-            elapsed = time.monotonic() - run.started
-            exporting = done < total
-            eta = elapsed / done * (total - done) if exporting and done else None
-            return {"stage": "cancelling" if run.cancel_requested_at is not None else
-                    "export" if exporting else "starting", "fraction": done / total if total else 0.0,
-                    "eta_s": eta, "done": done, "total": total, "elapsed_s": elapsed, "finished": False,
-                    "message": f"rendering the strips to frames ({run.source}, {run.driving})" if exporting
-                    else "waiting for the backend"}
-        snap = run.job.snapshot()
-        if run.cancel_requested_at is not None:
-            snap["stage"] = "cancelling"
-            snap["message"] = f"stopping after the current step (up to {run.job.cancel_grace_s:.0f} s)"
-        return snap
+        frames = run.count or (run.exports[0].total if run.exports else 0)
+        guess = self.estimate_s(run.params.get("steps") or 0, frames, run.params.get("size") or 0) if frames else None
+        return mfbar.snapshot(run, guess)
 
 
 STATE = State()
@@ -149,10 +145,12 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "strip"
 
 
-def begin_edit(context: Any, source: Optional[str] = None, preview: bool = False) -> EditRun:
+def begin_edit(context: Any, source: Optional[str] = None, preview: bool = False,
+               position: tuple[int, int] = (1, 1)) -> EditRun:
     """Check the strips and folders, create the job folder, spawn the backend (it imports torch while
     the strips export) and set up both exports. Nothing is rendered yet: `advance` does the work.
-    preview: the first PREVIEW_FRAMES frames, PREVIEW_STEPS steps, at most PREVIEW_SIZE px, one seed."""
+    preview: the first PREVIEW_FRAMES frames, PREVIEW_STEPS steps, at most PREVIEW_SIZE px, one seed.
+    position: (k, n), the queue's k-th source of n (the progress label)."""
     scene = strips.vse_scene(context)
     mf = scene.motionfollower
     source = inputs.sources(context)[0] if source is None else source
@@ -178,7 +176,8 @@ def begin_edit(context: Any, source: Optional[str] = None, preview: bool = False
     run = EditRun(scene.name, source, mf.driving_strip, job_dir, 0, 0,
                   {**properties.job_params(mf), "source": str(job_dir / "source"), "driving": str(job_dir / "driving"),
                    "seed": seeds[0], "out": str(job_dir / f"edited_s{seeds[0]}")}, seeds=seeds[1:],
-                  settings=properties.settings_of(mf), preview=preview)
+                  settings=properties.settings_of(mf), preview=preview,
+                  jobs_planned=2 if preview else len(seeds), position=position)
     if preview:
         official = (STATE.backend_info or {}).get("weights", {}).get("official_model")
         run.params["steps"] = min(run.params.get("steps") or PREVIEW_STEPS, PREVIEW_STEPS)
@@ -211,6 +210,7 @@ def advance(run: EditRun, budget_s: Optional[float] = None) -> None:
                 # as many frames as fit the time left, at the last measured cost (one frame to measure it)
                 n = export.total if left is None else 1 if export.frame_s is None else int(left / export.frame_s)
                 export.render(n)
+        run.exported_at = run.exported_at or time.monotonic()
         if run.handshake is None:
             src, drv = (e.finish() for e in run.exports)
             run.first_frame, run.count = src["first"], src["count"]
@@ -329,6 +329,7 @@ def finish_edit(run: EditRun) -> tuple[Optional[bool], str]:
                 ("edit", {**run.params, "seed": run.seeds[0], "out": str(run.job_dir / f"edited_s{run.seeds[0]}")})
                 if run.seeds else None)
             if nxt is not None:  # the next job on the same exported frames
+                run.job_times.append(time.monotonic() - job.started)
                 run.seeds = run.seeds[1:]
                 run.params = nxt[1] if nxt[0] == "edit" else run.params
                 run.job = STATE.client.start_job(nxt[0], nxt[1], job_id=f"{run.job_dir.name}_{nxt[0]}_{nxt[1]['seed']}")

@@ -139,7 +139,8 @@ def strip_field(layout, scene, mf, name: str, icon: str) -> None:
 
 
 def draw_progress(layout, state) -> None:
-    """Progress bar with stage, step and ETA, and the Cancel button."""
+    """One bar for the whole run (export, backend, import: run.State.progress) with what happens now and
+    the whole run's ETA; which strip / variation of several; the Cancel button."""
     p = state.progress() or {}
     box = layout.box()
     fraction = float(p.get("fraction") or 0.0)
@@ -150,10 +151,8 @@ def draw_progress(layout, state) -> None:
         box.label(text=f"{fraction * 100:.0f}%  {text}")
     if p.get("message"):
         box.label(text=str(p["message"]))
-    run = state.run
-    left = len(run.seeds) if run is not None else 0
-    if left or state.queue:
-        box.label(text=f"then {left} more variation(s), {len(state.queue)} more strip(s) queued")
+    if p.get("part"):
+        box.label(text=str(p["part"]))
     row = box.row()
     row.operator("motionfollower.cancel", icon="CANCEL")
     if state.queue:

@@ -301,9 +301,11 @@ def draw_panel(name: str = "SEQUENCER_PT_motionfollower") -> list:
     return log
 
 
-def test_panel_draws_idle_running_and_failed(scene, addon):
-    from blender_addon import client
+def test_panel_draws_idle_running_and_failed(scene, addon, monkeypatch):
+    from blender_addon import bar, client
     from blender_addon import run as mfrun
+
+    monkeypatch.setattr(mfrun.STATE, "last_cost", None)  # no earlier edit to estimate the job from
 
     log = draw_panel()
     assert ("operator", "motionfollower.edit") in log and ("prop", "w_body") not in log
@@ -312,17 +314,23 @@ def test_panel_draws_idle_running_and_failed(scene, addon):
     assert {("prop", "w_body"), ("prop", "memory"), ("prop", "compile")} <= set(draw_panel(advanced.__name__))
     assert not any(e[0] == "progress" for e in log)
 
-    job = client.Job(job_id="j", method="edit", request_id=1)
+    job = client.Job(job_id="j", method="edit", request_id=1, started=time.monotonic() - 25)  # 25 s in, 75 s to go
     job._progress({"stage": "editing", "done": 3, "total": 10, "fraction": 0.42, "eta_s": 75, "message": "step 3/10"})
     mfrun.STATE.run = mfrun.EditRun("s", "source", "driving", Path("/nonexistent"), 10, N, {}, job=job)
     log = draw_panel()
     bars = [e for e in log if e[0] == "progress"]
-    assert bars and bars[0][1] == pytest.approx(0.42) and "editing 3/10" in bars[0][2] and "1:15" in bars[0][2]
+    assert bars and bars[0][1] == pytest.approx(0.25, abs=0.01) and "editing 3/10" in bars[0][2] and "1:15" in bars[0][2]
     assert ("operator", "motionfollower.cancel") in log and ("operator", "motionfollower.edit") not in log
-    mfrun.STATE.run.job = None  # still exporting: 3 of 16 frames rendered
+    # still exporting: 3 of 16 frames rendered, the queue's second strip of 3, two variations to run; with
+    # nothing measured of the backend each job is guessed at JOB_PER_EXPORT × the export
+    mfrun.STATE.run = mfrun.EditRun("s", "source", "driving", Path("/nonexistent"), 10, N, {}, jobs_planned=2,
+                                    position=(2, 3))
     mfrun.STATE.run.exports = [types.SimpleNamespace(done=3, total=8), types.SimpleNamespace(done=0, total=8)]
-    bars = [e for e in draw_panel() if e[0] == "progress"]
-    assert bars and bars[0][1] == pytest.approx(3 / 16) and "export 3/16" in bars[0][2]
+    log = draw_panel()
+    bars = [e for e in log if e[0] == "progress"]
+    assert bars and bars[0][1] == pytest.approx(3 / 16 / (1 + 2 * bar.JOB_PER_EXPORT)) and "export 3/16" in bars[0][2]
+    assert "estimating" in bars[0][2]  # a guess moves the bar but promises no time
+    assert ("label", "strip 2 of 3 · variation 1 of 2") in log
     mfrun.STATE.run.exports[0].done = mfrun.STATE.run.exports[1].done = 8  # all rendered, waiting for the backend's handshake
     assert [e for e in draw_panel() if e[0] == "progress"][0][2].startswith("starting")
 
@@ -536,6 +544,62 @@ def test_modal_path_renders_a_frame_per_tick_then_edits(scene, addon, small_mode
     assert strips.TMP_SCENE not in bpy.data.scenes
     (strip,) = edited_strips(scene)
     assert (strip.frame_final_start, strip.frame_final_duration) == (10, N)
+
+
+def test_bar_never_goes_back_and_ends_at_1_when_the_estimate_changes():
+    from blender_addon.bar import Bar
+
+    b = Bar()
+    shown = [b.show(r) for r in (0.0, 0.05, 0.09, 0.03, 0.03, 0.5, 0.4, 0.9, 1.0)]  # 0.03: the backend's first ETA
+    assert shown == sorted(shown) and shown[-1] == 1.0
+    assert shown[3] == shown[2] == 0.09 and shown[5] > 0.5  # held, then the rest is spread over what is left
+
+
+def test_one_bar_from_run_to_result_over_export_and_both_variations(scene, addon, small_model, monkeypatch):
+    """Run → strips on the timeline: one bar over the export (a frame per tick), the backend's start and
+    two variations' jobs: monotone, from near 0 to 1 at the import, not back to 0 where the backend takes
+    over, with the whole run's ETA (more than the running job's own) while the jobs run."""
+    from blender_addon import operators
+    from blender_addon import run as mfrun
+
+    monkeypatch.setattr(operators, "EXPORT_SLICE_S", 1e-4)  # one frame per tick
+    monkeypatch.setattr(mfrun.STATE, "last_cost", None)  # nothing measured yet: the first guess's rule
+    mf = scene.motionfollower
+    mf.model, mf.model_folder, mf.variations = "folder", small_model, 2
+    samples = []  # (the panel's progress, the running job's own ETA), in time order
+
+    def sample():
+        run = mfrun.STATE.run
+        samples.append((mfrun.STATE.progress(), run.job.snapshot()["eta_s"] if run.job is not None else None))
+
+    finish = operators.finish_edit
+    monkeypatch.setattr(operators, "finish_edit", lambda run: (sample(), finish(run))[1])  # the bar at each import
+    modal, reports = _modal(operators)
+    mfrun.STATE.run = mfrun.begin_edit(bpy.context)
+    result, deadline = None, time.monotonic() + 240
+    while result is None and time.monotonic() < deadline:
+        r = modal("TIMER")
+        result = None if r == {"PASS_THROUGH"} else r
+        if mfrun.STATE.run is not None:
+            sample()
+        time.sleep(0.01)
+    assert result == {"FINISHED"}, reports
+    assert len(edited_strips(scene)) == 2
+    fractions = [p["fraction"] for p, _ in samples]
+    stages = [p["stage"] for p, _ in samples]
+    assert fractions == sorted(fractions), [(s, round(f, 3)) for s, f in zip(stages, fractions)]
+    assert stages[0] == "export" and 0 < fractions[0] < 0.05
+    last_export = max(i for i, s in enumerate(stages) if s == "export")
+    first_job = next(i for i, (p, _) in enumerate(samples) if p["stage"] not in ("export", "starting"))
+    print("bar at each stage's start: " + ", ".join(f"{s} {f:.3f}" for k, (s, f) in enumerate(zip(stages, fractions))
+                                                   if k == 0 or stages[k - 1] != s))
+    assert fractions[first_job] >= fractions[last_export] > 0.02  # the backend's 0 % is not the bar's 0 %
+    imports = [p for p, _ in samples if p["stage"] == "importing"]
+    assert len(imports) == 1 and imports[0]["fraction"] == 1.0  # the second variation's end; the first's is below
+    assert {p.get("part") for p, _ in samples} >= {"variation 1 of 2", "variation 2 of 2"}
+    first = [(p["eta_s"], job_eta) for p, job_eta in samples if p.get("part") == "variation 1 of 2" and job_eta]
+    assert first and all(eta > job_eta for eta, job_eta in first)  # the whole run's remainder: + the second job
+    assert any(p["eta_s"] is not None for p, _ in samples if p.get("part") == "variation 2 of 2")
 
 
 def test_a_cancelled_variation_keeps_the_earlier_results_of_an_unsaved_file(scene, addon, small_model, tmp_path,
