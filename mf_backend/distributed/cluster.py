@@ -10,12 +10,15 @@ cluster (`ray start --head ...`, or the cluster of a `ray job submit`).
 from __future__ import annotations
 
 import atexit
+import importlib.util
 import logging
 import os
+import queue
 import signal
+import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from mf_backend.errors import ClusterTooSmall, InvalidParams
 
@@ -25,14 +28,51 @@ LOCAL_OBJECT_STORE_BYTES = 256 * 2**20  # latents only travel: a small store kee
 READY_TIMEOUT_S = 60.0  # how long a placement group may wait for its GPUs before the job fails
 
 
+def _not_installed() -> InvalidParams:
+    return InvalidParams("Ray is not installed in the backend's environment",
+                         "run `python install.py --with-ray` (or pip install 'ray[default]')")
+
+
 def _ray():
     """Import Ray with a clear error when the optional extra is missing."""
     try:
         import ray
     except ModuleNotFoundError as exc:
-        raise InvalidParams("Ray is not installed in the backend's environment",
-                            "run `python install.py --with-ray` (or pip install 'ray[default]')") from exc
+        raise _not_installed() from exc
     return ray
+
+
+def require_ray() -> None:
+    """The same error as `_ray`, without the seconds an import of Ray takes (checked before a job starts)."""
+    if importlib.util.find_spec("ray") is None:
+        raise _not_installed()
+
+
+def check_address(address: Any) -> None:
+    if not isinstance(address, str) or (address not in ("local", "auto") and ":" not in address):
+        raise InvalidParams(f"ray_address must be local, auto or HOST:PORT; got {address!r}",
+                            "e.g. 10.0.0.5:6379 (--ray-address on the command line)")
+
+
+def _init_in_keeper(ray, **kwargs: Any) -> None:
+    """ray.init in a thread that lives as long as the process: Ray starts a local cluster's processes with
+    PR_SET_PDEATHSIG, which kills them when the *thread* that started them ends. A server's job thread
+    ends with its job, and the next job would wait on a dead cluster."""
+    started: "queue.Queue[Optional[BaseException]]" = queue.Queue()
+
+    def keep() -> None:
+        try:
+            ray.init(**kwargs)
+        except BaseException as exc:  # noqa: BLE001 - raised in the caller's thread
+            started.put(exc)
+            return
+        started.put(None)
+        threading.Event().wait()  # forever; a daemon thread does not hold the process up
+
+    threading.Thread(target=keep, name="ray-local", daemon=True).start()
+    error = started.get()
+    if error is not None:
+        raise error
 
 
 def connect(address: str, gpus: int) -> dict[str, Any]:
@@ -51,8 +91,8 @@ def connect(address: str, gpus: int) -> dict[str, Any]:
         ray_constants.ENABLE_RAY_CLUSTER = False
     if not ray.is_initialized():
         if address == "local":
-            ray.init(address="local", num_gpus=gpus, num_cpus=max(gpus, os.cpu_count() or 1), include_dashboard=False,
-                     object_store_memory=LOCAL_OBJECT_STORE_BYTES, log_to_driver=False)
+            _init_in_keeper(ray, address="local", num_gpus=gpus, num_cpus=max(gpus, os.cpu_count() or 1),
+                            include_dashboard=False, object_store_memory=LOCAL_OBJECT_STORE_BYTES, log_to_driver=False)
             _local_node = ray._private.worker._global_node
             atexit.register(stop_local)
             gcs = ray.get_runtime_context().gcs_address
@@ -61,9 +101,7 @@ def connect(address: str, gpus: int) -> dict[str, Any]:
                 raise InvalidParams(f"the local Ray cluster bound {gcs}, not 127.0.0.1 (it was stopped)",
                                     "start a cluster yourself (ray start --head) and pass --ray-address HOST:PORT")
         else:
-            if address != "auto" and ":" not in address:
-                raise InvalidParams(f"ray_address must be local, auto or HOST:PORT; got {address!r}",
-                                    "e.g. --ray-address 10.0.0.5:6379")
+            check_address(address)
             if address != "auto":  # Ray turns token auth on from a token file only for clusters it finds
                 # itself; the same for an explicit address (an explicit RAY_AUTH_MODE still wins)
                 from ray._private.authentication.authentication_token_setup import (
