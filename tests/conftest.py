@@ -168,6 +168,30 @@ def write_pose_render_clip(folder: Path, frames: int = 12, size: int = 128, phas
     return folder
 
 
+def write_tiny_case(root: Path, frames: int = 8, size: int = 64) -> Path:
+    """Random frames in the example-case layout, poses and masks given (no pose or mask model runs)."""
+    import numpy as np
+
+    from mf_backend.media import write_frames, write_masks
+
+    rng = np.random.default_rng(0)
+    m = np.zeros((frames, size, size), np.float32)
+    m[:, 16:48, 10:30] = 1
+    for name in ("source_images", "source_poses", "target_aligned_poses"):
+        write_frames(rng.integers(0, 256, (frames, size, size, 3), dtype=np.uint8), root / name)
+    write_masks(m, root / "source_masks")
+    write_masks(np.roll(m, 12, axis=2), root / "predicted_masks")
+    return root
+
+
+def tiny_edit_params(case: Path, model: Path, steps: int) -> dict:
+    """Edit parameters (all but `out`) of a fast CPU edit of `write_tiny_case`'s clip with the tiny model."""
+    return {"model": str(model), "device": "cpu", "precision": "fp32", "size": 64, "steps": steps,
+            "crop": "letterbox", "source": str(case / "source_images"), "driving": str(case / "target_aligned_poses"),
+            "source_poses": str(case / "source_poses"), "target_aligned_poses": str(case / "target_aligned_poses"),
+            "source_masks": str(case / "source_masks"), "predicted_masks": str(case / "predicted_masks")}
+
+
 def documented_result(method: str) -> dict:
     """The example `result` of `method` in docs/protocol.md (the reply a test compares with the real one)."""
     import re

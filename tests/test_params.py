@@ -9,6 +9,7 @@ import pytest
 
 from mf_backend.errors import InvalidParams
 from mf_backend.params import AdvancedParams, JobParams, advanced_fields, job_fields, nest, user_fields
+from mf_backend.protocol.queue_job import KEYS as QUEUE_KEYS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,9 +29,10 @@ def _documented_keys(table: str) -> set[str]:
 def test_protocol_tables_list_exactly_the_fields():
     text = (REPO / "docs" / "protocol.md").read_text()
     tables = re.findall(r"\n(\| key \| type \| default \| meaning \|\n(?:\|.*\n)+)", text)
-    assert len(tables) == 2
+    assert len(tables) == 3
     assert _documented_keys(tables[0]) - {"job_id"} == {f.name for f in user_fields()} | {"advanced"}
     assert _documented_keys(tables[1]) == {f.name for f in advanced_fields()}
+    assert _documented_keys(tables[2]) == set(QUEUE_KEYS)  # the `queue` request's own params
 
 
 def test_nested_advanced_group_round_trips_and_reports_unknown_keys():

@@ -20,7 +20,7 @@ def test_initialize_reports_versions_device_and_weights(backend, tmp_path):
     assert res["weights"]["models_dir"] == str(tmp_path)
     missing = {m["file"] for m in res["weights"]["missing"]}
     assert {"denoising_unet.pth", "motion_module.pth", "poctr.pth"} <= missing
-    assert set(res["capabilities"]["methods"]) == {"initialize", "prepare", "edit", "cancel", "shutdown"}
+    assert set(res["capabilities"]["methods"]) == {"initialize", "prepare", "edit", "queue", "cancel", "shutdown"}
     assert_matches_docs("initialize", res)
 
 

@@ -12,8 +12,9 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
+
+from conftest import tiny_edit_params, write_tiny_case
 
 pytest.importorskip("ray")
 
@@ -68,26 +69,8 @@ def tiny_folder(tmp_path_factory):
     return save_models(build_models("tiny", seed=0), tmp_path_factory.mktemp("models") / "tiny")
 
 
-def _case(root: Path, frames: int = 8, size: int = 64) -> Path:
-    from mf_backend.media import write_frames, write_masks
-
-    rng = np.random.default_rng(0)
-    m = np.zeros((frames, size, size), np.float32)
-    m[:, 16:48, 10:30] = 1
-    for name in ("source_images", "source_poses", "target_aligned_poses"):
-        write_frames(rng.integers(0, 256, (frames, size, size, 3), dtype=np.uint8), root / name)
-    write_masks(m, root / "source_masks")
-    write_masks(np.roll(m, 12, axis=2), root / "predicted_masks")
-    return root
-
-
 def _jobs(tmp_path: Path, model: Path, n: int = 3, steps: int = 3) -> dict:
-    case = _case(tmp_path / "case")
-    defaults = {"model": str(model), "device": "cpu", "precision": "fp32", "size": 64, "steps": steps,
-                "crop": "letterbox", "source": str(case / "source_images"),
-                "driving": str(case / "target_aligned_poses"), "source_poses": str(case / "source_poses"),
-                "target_aligned_poses": str(case / "target_aligned_poses"),
-                "source_masks": str(case / "source_masks"), "predicted_masks": str(case / "predicted_masks")}
+    defaults = tiny_edit_params(write_tiny_case(tmp_path / "case"), model, steps)
     return {"defaults": defaults,
             "jobs": [{"job_id": f"shot{i}", "out": str(tmp_path / f"out{i}"), "seed": i} for i in range(n)]}
 

@@ -35,8 +35,7 @@ def cmd_queue(args: argparse.Namespace) -> int:
     from mf_backend.distributed.shots import ShotQueue, load_jobs
 
     shots = load_jobs(args.jobs)
-    queue = ShotQueue(shots, args.ray_address, args.workers or min(len(shots), 4), args.retries,
-                      None if args.quiet else _print_event)
+    queue = ShotQueue(shots, args.ray_address, args.workers, args.retries, None if args.quiet else _print_event)
     threading.Thread(target=_read_cancels, args=(queue,), daemon=True).start()
     summary = queue.run()
     print(json.dumps(summary, indent=2, default=str))
@@ -48,6 +47,6 @@ def register(subparsers) -> None:
     p.add_argument("jobs", help="jobs file: JSON list (or TOML [[jobs]]) of edit parameters with source/driving/out")
     p.add_argument("--ray-address", default="local", help="local (a 127.0.0.1 cluster here), auto, or HOST:PORT")
     p.add_argument("--workers", type=int, help="GPUs of a local cluster (default: one per job, at most 4)")
-    p.add_argument("--retries", type=int, default=1, help="new attempts for a job whose worker died (default: 1)")
+    p.add_argument("--retries", type=int, help="new attempts for a job whose worker died (default: 1)")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     p.set_defaults(func=cmd_queue)

@@ -53,8 +53,6 @@ class Shot:
 
 def load_jobs(path: str) -> list[Shot]:
     """Read and validate a jobs file (see the module docstring); every error names the file and job."""
-    from mf_backend.dispatch import check_params
-
     p = Path(path)
     try:
         text = p.read_text()
@@ -62,10 +60,24 @@ def load_jobs(path: str) -> list[Shot]:
     except (OSError, ValueError) as exc:
         raise InvalidParams(f"cannot read jobs file '{p}': {exc}", "give a JSON list of jobs (docs/scale-out.md)")
     defaults, jobs = ({}, data) if isinstance(data, list) else (data.get("defaults", {}), data.get("jobs"))
+    return parse_jobs(jobs, defaults, f"jobs file '{p}'")
+
+
+def parse_jobs(jobs: Any, defaults: Any = None, where: str = "queue") -> list[Shot]:
+    """Validate a list of jobs (each a JobParams object with optional `job_id` and `method`) over shared
+    `defaults`, before anything starts: the jobs file and the protocol's `queue` both come here, and every
+    error names `where` and the job."""
+    from mf_backend.dispatch import check_params
+
+    defaults = {} if defaults is None else defaults
     if not isinstance(jobs, list) or not jobs:
-        raise InvalidParams(f"jobs file '{p}' has no jobs", 'write [{"source": ..., "driving": ..., "out": ...}]')
+        raise InvalidParams(f"{where} has no jobs", 'give a list [{"source": ..., "driving": ..., "out": ...}]')
+    if not isinstance(defaults, dict):
+        raise InvalidParams(f"{where}: defaults must be an object", 'e.g. {"steps": 25}')
     shots, outs = [], set()
     for i, job in enumerate(jobs):
+        if not isinstance(job, dict):
+            raise InvalidParams(f"{where}, job job{i + 1}: a job must be an object", "give its source, driving, out")
         both = defaults.get("advanced"), job.get("advanced")
         job = {**defaults, **job}
         if all(isinstance(a, dict) for a in both):  # the job's advanced values win key by key
@@ -75,11 +87,11 @@ def load_jobs(path: str) -> list[Shot]:
             params = JobParams.from_dict(job)
             check_params(method, params)
             for note in params.warnings:
-                log.warning("jobs file '%s', job %s: %s", p, job_id, note)
+                log.warning("%s, job %s: %s", where, job_id, note)
         except MFError as exc:
-            raise InvalidParams(f"jobs file '{p}', job {job_id}: {exc.message}", exc.hint) from exc
+            raise InvalidParams(f"{where}, job {job_id}: {exc.message}", exc.hint) from exc
         if params.out_path in outs or job_id in {s.job_id for s in shots}:
-            raise InvalidParams(f"jobs file '{p}', job {job_id}: its out folder or job_id repeats another job's",
+            raise InvalidParams(f"{where}, job {job_id}: its out folder or job_id repeats another job's",
                                 "give every job its own out folder and job_id")
         outs.add(params.out_path)
         shots.append(Shot(job_id, method, params))
@@ -115,10 +127,13 @@ class ShotQueue:
     """Runs `shots` on the cluster at `address`; `sink` gets every job's progress events (with job_id)
     and a {"job_id", "state"} event at each state change. `cancel(job_id)` / `cancel()` from any thread."""
 
-    def __init__(self, shots: list[Shot], address: str = "local", gpus: int = 1, retries: int = 1,
-                 sink: Optional[EventSink] = None):
+    def __init__(self, shots: list[Shot], address: str = "local", gpus: Optional[int] = None,
+                 retries: Optional[int] = None, sink: Optional[EventSink] = None):
         self.shots = {s.job_id: s for s in shots}
-        self.address, self.gpus, self.retries = address, gpus, retries
+        # the defaults of the CLI and the protocol: a local cluster gets one GPU per job (at most 4),
+        # a job whose worker died one more attempt
+        self.address, self.gpus = address, gpus or min(len(shots), 4)
+        self.retries = 1 if retries is None else retries
         self.sink = sink or (lambda event: None)
         self._cancel_requests: set[str] = set()
 

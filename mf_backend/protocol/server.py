@@ -23,9 +23,9 @@ from mf_backend.protocol.lines import LineTooLong, Writer, read_lines
 
 log = logging.getLogger(__name__)
 
-JOB_METHODS = ("prepare", "edit")
+JOB_METHODS = ("prepare", "edit", "queue")
 EOF_GRACE_S = 0.5  # after stdin closes, a running job gets this long to stop before the process exits
-METHODS = ("initialize", "prepare", "edit", "cancel", "shutdown")
+METHODS = ("initialize", "prepare", "edit", "queue", "cancel", "shutdown")
 SETTINGS = ("models_dir", "device", "precision", "threads")  # server-wide job defaults (serve flags, initialize)
 SHUTDOWN_WAIT_S = 10.0  # a cancelled job stops within one sub-pass; exit anyway after this
 
@@ -40,13 +40,30 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+class _OneJob:
+    """A `prepare` or `edit` request as the server's job; protocol/queue_job.py has the same face
+    (`job_id`, `cancel(job_id)` that says whether it named this job, `run()`) for a queue of them."""
+
+    def __init__(self, method: str, params: JobParams, ctx: JobContext):
+        self.method, self.params, self.ctx, self.job_id = method, params, ctx, ctx.job_id
+
+    def cancel(self, job_id: Optional[str] = None) -> bool:
+        if job_id not in (None, self.job_id):
+            return False
+        self.ctx.cancel()
+        return True
+
+    def run(self) -> dict[str, Any]:
+        return run_job(self.method, self.params, self.ctx)
+
+
 class Server:
     def __init__(self, stdin: BinaryIO, stdout, defaults: Optional[dict[str, Any]] = None):
         self.stdin = stdin
         self.writer = Writer(stdout)
         self.defaults = dict(defaults or {})  # e.g. models_dir/device from the command line or initialize
         self._job_lock = threading.Lock()
-        self._job: Optional[tuple[JobContext, threading.Thread]] = None
+        self._job: Optional[tuple[Any, threading.Thread]] = None  # (_OneJob or QueueJob, its thread)
         self._stop = threading.Event()
 
     # ---- main loop -------------------------------------------------------------------------
@@ -160,44 +177,46 @@ class Server:
         job_id = params.get("job_id")
         with self._job_lock:
             job = self._job
-        if job is None or (job_id is not None and job_id != job[0].job_id):
+        if job is None or not job[0].cancel(job_id):  # a queue's shot is cancelled alone
             return {"cancelled": False, "job_id": job_id, "reason": "no such running job"}
-        job[0].cancel()
-        return {"cancelled": True, "job_id": job[0].job_id}
+        return {"cancelled": True, "job_id": job_id or job[0].job_id}
 
     def _start_job(self, method: str, params: dict, req_id: Any) -> None:
-        job_params = JobParams.from_dict({**{k: v for k, v in self.defaults.items() if k in SETTINGS},
-                                          **{k: v for k, v in params.items() if k != "job_id"}})
-        check_params(method, job_params)
         job_id = params.get("job_id")
         if job_id is not None and not isinstance(job_id, str):
             raise _ProtocolError(E.INVALID_PARAMS, "Invalid params: job_id must be a string")
         job_id = job_id or (str(req_id) if req_id is not None else uuid.uuid4().hex[:8])
+        settings = {k: v for k, v in self.defaults.items() if k in SETTINGS}
+        if method == "queue":
+            from mf_backend.protocol.queue_job import QueueJob
+
+            job: Any = QueueJob(job_id, params, settings, self._notify)
+        else:
+            job_params = JobParams.from_dict({**settings, **{k: v for k, v in params.items() if k != "job_id"}})
+            check_params(method, job_params)
+            job = _OneJob(method, job_params, JobContext(job_id=job_id, sink=self._send_progress))
         with self._job_lock:
             if self._job is not None and self._job[1].is_alive():
                 raise E.Busy(f"busy: job {self._job[0].job_id} is running",
                              "wait for it to finish or send cancel first")
-            ctx = JobContext(job_id=job_id, sink=self._send_progress)
-            thread = threading.Thread(target=self._run_job, args=(method, job_params, ctx, req_id),
-                                      name=f"job-{job_id}", daemon=True)
-            self._job = (ctx, thread)
+            thread = threading.Thread(target=self._run_job, args=(job, req_id), name=f"job-{job_id}", daemon=True)
+            self._job = (job, thread)
             thread.start()
 
-    def _run_job(self, method: str, params: JobParams, ctx: JobContext, req_id: Any) -> None:
+    def _run_job(self, job: Any, req_id: Any) -> None:
         try:
-            result = run_job(method, params, ctx)
-            reply = {"jsonrpc": "2.0", "id": req_id, "result": {"job_id": ctx.job_id, **result}}
+            reply = {"jsonrpc": "2.0", "id": req_id, "result": {"job_id": job.job_id, **job.run()}}
         except BaseException as exc:  # noqa: BLE001 - every failure becomes an error response
             err = E.translate_exception(exc)
             if not isinstance(exc, E.MFError):
-                log.exception("job %s failed", ctx.job_id)
+                log.exception("job %s failed", job.job_id)
             else:
-                log.info("job %s ended: %s", ctx.job_id, err.message)
-            data = {"job_id": ctx.job_id, **err.to_data()}
+                log.info("job %s ended: %s", job.job_id, err.message)
+            data = {"job_id": job.job_id, **err.to_data()}
             reply = {"jsonrpc": "2.0", "id": req_id, "error": {"code": err.code, "message": err.message, "data": data}}
         # not busy any more BEFORE the reply: a client may send the next job as soon as it reads it
         with self._job_lock:
-            if self._job is not None and self._job[0] is ctx:
+            if self._job is not None and self._job[0] is job:
                 self._job = None
         self.writer.send(reply)
 
@@ -211,7 +230,10 @@ class Server:
 
     # ---- output ------------------------------------------------------------------------------
     def _send_progress(self, event: dict[str, Any]) -> None:
-        self.writer.send({"jsonrpc": "2.0", "method": "progress", "params": event})
+        self._notify("progress", event)
+
+    def _notify(self, method: str, params: dict[str, Any]) -> None:
+        self.writer.send({"jsonrpc": "2.0", "method": method, "params": params})
 
     def _error(self, req_id: Any, code: int, message: str, data: Optional[dict] = None) -> None:
         error: dict[str, Any] = {"code": code, "message": message}
