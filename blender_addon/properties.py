@@ -77,7 +77,8 @@ class MotionFollowerSettings(bpy.types.PropertyGroup):
         ("prores", "ProRes 422 HQ", "A ProRes 422 HQ movie at the source's frame rate"),
         ("prores4444", "ProRes 4444", "A ProRes 4444 movie with the matte in alpha"),
         ("dnxhr", "DNxHR HQX", "A 10-bit DNxHR movie (at least 256x120)"),
-        ("h264", "H.264", "An H.264 MP4 (even width and height)")])
+        ("h264", "H.264", "An H.264 MP4 (even width and height)"),
+        ("hevc", "HEVC 10-bit", "An HEVC Main10 MP4; HDR (PQ/HLG) sources stay HDR (even width and height)")])
     keep_inputs: BoolProperty(name="Keep exported inputs", default=False,
                               description="Keep the exported source/driving frames in the job folder")
 

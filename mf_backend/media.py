@@ -11,7 +11,8 @@ RGB and an alpha channel is dropped (with a logged note): the model sees the pic
 
 Colour (mf_backend/media_colour.py): EXR is scene-linear Rec.709 unless its header names a space (its
 header also gives the rate and timecode: `framesPerSecond`, `timeCode`),
-everything else sRGB; `colorspace` overrides. Every failure a user can cause raises BadInputMedia
+a movie by its transfer tag (linear, PQ, HLG: mf_backend/media_movie.py), everything else sRGB;
+`colorspace` overrides. Every failure a user can cause raises BadInputMedia
 naming the file and what to do.
 """
 

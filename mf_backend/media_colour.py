@@ -10,6 +10,11 @@ Blender's names (`sRGB`, `Linear Rec.709`, `Non-Color`, `ACEScg`, `Rec.1886` …
 are accepted too. Scene-linear values above 1 (highlights) are clipped in the working space: the model
 never saw them, and the edit gives back values in 0..1 of the clip's space.
 
+HDR video (Rec.2100 PQ / HLG display spaces) crosses into scene light through the config's default view
+transform (the studio config's 'Un-tone-mapped': a matrix), where the config puts 1.0 at 100 nits. HDR
+grades put SDR/diffuse white at 203 nits (ITU-R BT.2408: PQ 58 %, HLG 75 %), so the conversion also scales
+by 100/203: diffuse white lands on sRGB white, and only what is brighter than it clips in the working space.
+
 Pixel scales: uint8 0..255, uint16 0..65535, float as stored (1.0 = white for display-referred data).
 """
 
@@ -37,13 +42,21 @@ ALIASES = {
     "display p3": "sRGB Encoded P3-D65",
     "acescg": "ACEScg",
     "aces2065-1": "ACES2065-1",
+    "rec.2100-pq": "Rec.2100-PQ - Display",
+    "pq": "Rec.2100-PQ - Display",
+    "rec.2100-hlg": "Rec.2100-HLG - Display",
+    "hlg": "Rec.2100-HLG - Display",
 }
+# HDR video spaces (studio-config names) and where their diffuse white sits in the config's scene light.
+HDR_SPACES = ("Rec.2100-PQ - Display", "Rec.2100-HLG - Display")
+HDR_WHITE = 203 / 100  # BT.2408 reference white (203 nits) over the config's 1.0 (100 nits)
 WORKING_CANDIDATES = ("sRGB Encoded Rec.709 (sRGB)", "srgb_tx", "sRGB - Texture", "Utility - sRGB - Texture", "sRGB")
 # What Blender calls each space the backend writes, for the add-on's import (unknown → the OCIO name).
 BLENDER_NAMES = {"sRGB Encoded Rec.709 (sRGB)": "sRGB", "Linear Rec.709 (sRGB)": "Linear Rec.709",
                  "Raw": "Non-Color", "ACEScg": "ACEScg", "ACES2065-1": "ACES2065-1",
                  "Gamma 2.4 Encoded Rec.709": "Rec.1886", "Linear Rec.2020": "Linear Rec.2020",
-                 "sRGB Encoded P3-D65": "Display P3"}
+                 "sRGB Encoded P3-D65": "Display P3", "Rec.2100-PQ - Display": "Rec.2100-PQ",
+                 "Rec.2100-HLG - Display": "Rec.2100-HLG"}
 
 
 @functools.lru_cache(maxsize=None)
@@ -95,9 +108,30 @@ def is_scene_linear(space: str) -> bool:
     return space.startswith("Linear") or space in ("ACEScg", "ACES2065-1") or "linear" in space.lower()
 
 
+def is_hdr(space: str) -> bool:
+    """True for the Rec.2100 PQ / HLG video spaces (stored as 10-bit or deeper, diffuse white at 203 nits)."""
+    return space in HDR_SPACES
+
+
 @functools.lru_cache(maxsize=64)
 def _processor(src: str, dst: str):
-    return config().getProcessor(src, dst).getDefaultCPUProcessor()
+    import PyOpenColorIO as ocio
+
+    cfg = config()
+    if not (is_hdr(src) or is_hdr(dst)):
+        return cfg.getProcessor(src, dst).getDefaultCPUProcessor()
+    # through scene-linear light, rescaled so that 203-nit white is 1.0 there (see the module docstring)
+    lin = cfg.getColorSpace(ocio.ROLE_SCENE_LINEAR).getName()
+    scale = lambda k: ocio.MatrixTransform.Scale([k, k, k, 1.0])  # noqa: E731 - uniform, so any linear space
+    steps = []
+    if is_hdr(src):
+        steps += [ocio.ColorSpaceTransform(src, lin), scale(1 / HDR_WHITE)]
+        src = lin
+    if is_hdr(dst):
+        steps += [ocio.ColorSpaceTransform(src, lin), scale(HDR_WHITE), ocio.ColorSpaceTransform(lin, dst)]
+    else:
+        steps.append(ocio.ColorSpaceTransform(src, dst))
+    return cfg.getProcessor(ocio.GroupTransform(steps)).getDefaultCPUProcessor()
 
 
 def convert(rgb: np.ndarray, src: str, dst: str) -> np.ndarray:

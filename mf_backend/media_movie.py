@@ -1,10 +1,20 @@
-"""Movies through PyAV (FFmpeg): probe, read frame ranges in chunks, write ProRes / DNxHR / H.264.
+"""Movies through PyAV (FFmpeg): probe, read frame ranges in chunks, write ProRes / DNxHR / H.264 / HEVC.
 
 Frames come out as RGB in the movie's own precision: uint8 for 8-bit codecs, uint16 (rgb48) for 10/12-bit
 ones (ProRes, DNxHR HQX, 10-bit H.264/H.265), so nothing is lost before the colour step. The frame rate is
 the stream's exact rational rate (24000/1001, not 23.976) and the timecode is the container's (a QuickTime
 tmcd track, as FFmpeg reports it). Frame k is the frame whose timestamp is k frame durations after the
 first one, so seeking to a frame range is exact for intra codecs and long-GOP ones alike.
+
+HDR (Rec.2100): a stream whose transfer tag is PQ (SMPTE ST 2084) or HLG (ARIB STD-B67) is read in that
+OCIO colour space, and a writer given that space tags the stream BT.2020 primaries and non-constant-luminance
+matrix with the same transfer; FFmpeg's YUV→RGB (swscale) takes the matrix from each decoded frame's tag.
+
+swscale puts deep video's white at 65283 in rgb48 (10/12-bit video range; 65472 for 10-bit full range),
+not 65535: 0.4 % dark, 1.4 sRGB levels at PQ diffuse white. Frames are rescaled so that white is 65535,
+and writers scale back before encoding, so a decoded value round-trips exactly (`_video_white`).
+SUBSAMPLING: 4:2:0 / 4:2:2 chroma is repeated when decoding (swscale's POINT) and box-averaged when encoding
+(AREA), the one pairing that gives the decoded chroma back unchanged (bilinear both ways: up to 37 codes).
 
 Writers append chunks and finalise atomically: they write `<name>.partial<ext>` next to the target and
 rename it only on `close()`; `abort()` (or an exception inside `with`) removes it. Given the source
@@ -13,6 +23,7 @@ movie, a writer copies its audio streams packet for packet (not decoded, not tou
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -22,6 +33,7 @@ from typing import Iterator, Optional
 
 import numpy as np
 
+from mf_backend import media_colour as colour
 from mf_backend.errors import BadInputMedia
 
 log = logging.getLogger(__name__)
@@ -46,7 +58,14 @@ CODECS = {
     "prores4444": MovieCodec("prores_ks", "yuva444p10le", ".mov", (("profile", "4"),), alpha=True),
     "dnxhr": MovieCodec("dnxhd", "yuv422p10le", ".mov", (("profile", "dnxhr_hqx"),)),
     "h264": MovieCodec("libx264", "yuv420p", ".mp4", (("crf", "16"), ("preset", "medium"))),
+    # HEVC Main10, what phones shoot HDR in and HDR10 is delivered as; lossless, so that what the edit did
+    # not touch keeps the source's 10-bit values (CRF 0 still moves them by tens of codes)
+    "hevc": MovieCodec("libx265", "yuv420p10le", ".mp4", (("preset", "fast"),
+                                                          ("x265-params", "lossless=1:log-level=error"))),
 }
+# FFmpeg's colour tags (matrix, primaries, transfer) for a transfer tag → the OCIO space it names
+HDR_TRC = {16: "Rec.2100-PQ - Display", 18: "Rec.2100-HLG - Display"}
+SDR_TAGS = (1, 1, 1)  # BT.709 matrix, primaries and transfer
 
 
 @dataclass
@@ -63,14 +82,18 @@ class MovieInfo:
     profile: Optional[str]  # e.g. "4444", "HQ", "DNXHR HQX"
     bit_depth: int  # bits per component of the decoded pixels
     has_alpha: bool
-    colorspace: str = "sRGB"  # from the stream's transfer tag: linear → "Linear Rec.709", else display sRGB
+    colorspace: str = "sRGB"  # from the transfer tag: linear → "Linear Rec.709", PQ/HLG → Rec.2100, else sRGB
 
     @property
     def family(self) -> str:
-        """The output format that matches this movie: prores4444, prores, dnxhr or h264."""
+        """The output format that matches this movie: prores4444, prores, dnxhr, hevc (10-bit HEVC or any
+        other HDR movie: 8-bit H.264 cannot carry it) or h264."""
         if self.codec == "prores":
             return "prores4444" if self.has_alpha or "4444" in (self.profile or "") else "prores"
-        return "dnxhr" if self.codec == "dnxhd" else "h264"
+        if self.codec == "dnxhd":
+            return "dnxhr"
+        deep_hevc = self.codec == "hevc" and self.bit_depth > 8
+        return "hevc" if deep_hevc or self.colorspace in HDR_TRC.values() else "h264"
 
 
 def _open(path: Path):
@@ -104,12 +127,27 @@ def probe_movie(path: str | os.PathLike) -> MovieInfo:
         alpha = fmt is not None and len(fmt.components) in (2, 4)  # ya, rgba, yuva, gbrap
         rate = v.average_rate or v.guessed_rate or v.base_rate
         trc = int(cc.color_trc or 2)
-        if trc in (16, 18):  # PQ, HLG: HDR video
-            log.warning("'%s' is HDR video (%s); it is read as sRGB unless you pass --input-colorspace "
-                        "(e.g. 'Rec.2100-PQ - Display')", p, "PQ" if trc == 16 else "HLG")
         return MovieInfo(str(p), int(n), int(cc.height), int(cc.width), Fraction(rate) if rate else None,
-                         timecode, cc.name, cc.profile, int(depth), bool(alpha),
-                         "Linear Rec.709" if trc == 8 else "sRGB")
+                         timecode, cc.name, cc.profile, int(depth), bool(alpha), _tagged_space(p, trc))
+
+
+def _tagged_space(p: Path, trc: int) -> str:
+    """The colour space a transfer tag names: linear, PQ/HLG (when the OCIO config has them), else sRGB."""
+    if trc not in HDR_TRC:
+        return "Linear Rec.709" if trc == 8 else "sRGB"
+    try:
+        return colour.resolve(HDR_TRC[trc])
+    except BadInputMedia:  # a custom $OCIO config without the Rec.2100 spaces
+        log.warning("'%s' is HDR video (%s) but the OCIO config ($OCIO) has no '%s'; it is read as sRGB unless "
+                    "you pass --input-colorspace", p, "PQ" if trc == 16 else "HLG", HDR_TRC[trc])
+        return "sRGB"
+
+
+def colour_tags(space: Optional[str]) -> tuple[int, int, int]:
+    """(matrix, primaries, transfer) FFmpeg tags for pixels in OCIO space `space`: BT.2020 NCL + PQ/HLG for
+    the Rec.2100 spaces, else BT.709 (what every other output is written as)."""
+    trc = next((t for t, name in HDR_TRC.items() if name == space), None)
+    return (9, 9, trc) if trc else SDR_TAGS
 
 
 def read_movie(path: str | os.PathLike, start: int = 0, stop: Optional[int] = None,
@@ -136,7 +174,9 @@ def read_movie(path: str | os.PathLike, start: int = 0, stop: Optional[int] = No
                 continue
             if stop is not None and k >= stop:
                 break
-            buf.append(frame.to_ndarray(format=fmt))
+            rgb = frame.to_ndarray(format=fmt, interpolation="POINT")  # chroma repeated, see SUBSAMPLING
+            white = _video_white(frame.format.name, int(frame.color_range)) if depth > 8 else 65535
+            buf.append(rgb if white == 65535 else _rescale(rgb, 65535, white))
             if len(buf) == chunk:
                 yield np.stack(buf)
                 buf = []
@@ -144,12 +184,38 @@ def read_movie(path: str | os.PathLike, start: int = 0, stop: Optional[int] = No
             yield np.stack(buf)
 
 
+@functools.lru_cache(maxsize=None)
+def _video_white(pix_fmt: str, color_range: int) -> int:
+    """The rgb48 value swscale gives video white (max luma, neutral chroma) of `pix_fmt`: measured once, as
+    it depends on the FFmpeg build (65535 for RGB formats)."""
+    import av
+
+    bits = av.VideoFormat(pix_fmt).components[0].bits
+    if not pix_fmt.startswith("yuv") or bits <= 8:
+        return 65535
+    top = (1 << bits) - 1
+    frame = av.VideoFrame(16, 16, pix_fmt)
+    for i, plane in enumerate(frame.planes):  # Y, Cb, Cr (, A)
+        value = (top if color_range == 2 else 235 << (bits - 8)) if i == 0 else (top if i == 3 else 1 << (bits - 1))
+        plane.update(np.full(plane.buffer_size // 2, value, np.uint16).tobytes())
+    frame.color_range = color_range
+    return int(frame.to_ndarray(format="rgb48le")[8, 8].max())
+
+
+def _rescale(x: np.ndarray, to: int, white: int) -> np.ndarray:
+    """uint16 values × to/white, rounded, clipped at 65535 (integer maths: exact inverses round-trip)."""
+    y = (x.astype(np.uint64) * to + white // 2) // white
+    return np.minimum(y, 65535).astype(np.uint16)
+
+
 class MovieWriter:
     """Append RGB chunks (uint8 or uint16, (k,H,W,3)) and an optional alpha (float (k,H,W) in 0..1) to a
     movie; `close()` moves it into place. Timecode and the exact rate are written to the container."""
 
     def __init__(self, path: str | os.PathLike, output_format: str, width: int, height: int, rate: Fraction,
-                 timecode: Optional[str] = None, audio_from: Optional[str | os.PathLike] = None):
+                 timecode: Optional[str] = None, audio_from: Optional[str | os.PathLike] = None,
+                 colorspace: Optional[str] = None):
+        """`colorspace`: the OCIO space of the RGB given to write(); a Rec.2100 one makes an HDR movie."""
         import av
 
         if output_format not in CODECS:
@@ -162,8 +228,8 @@ class MovieWriter:
         if self.codec.encoder == "dnxhd" and (width < 256 or height < 120):
             raise BadInputMedia(f"'{self.path}': DNxHR needs at least 256x120, the clip is {width}x{height}",
                                 "use --output-format prores or png16 for small clips")
-        if self.codec.pix_fmt == "yuv420p" and (width % 2 or height % 2):
-            raise BadInputMedia(f"'{self.path}': H.264 4:2:0 needs an even width and height, the clip is {width}x{height}",
+        if "420" in self.codec.pix_fmt and (width % 2 or height % 2):
+            raise BadInputMedia(f"'{self.path}': {output_format} 4:2:0 needs an even width and height, the clip is {width}x{height}",
                                 "use --output-format prores, dnxhr or png16 for odd sizes")
         self._container = av.open(str(self.tmp), "w", format="mov" if self.codec.ext == ".mov" else "mp4")
         if timecode:
@@ -173,10 +239,15 @@ class MovieWriter:
         s.width, s.height, s.pix_fmt = width, height, self.codec.pix_fmt
         s.time_base = 1 / rate
         s.options = dict(self.codec.options)
-        cc = s.codec_context  # tag what write() produces (BT.709 matrix, video range), so readers decode it alike
-        cc.colorspace, cc.color_range, cc.color_primaries, cc.color_trc = 1, 1, 1, 1
+        cc = s.codec_context  # tag what write() produces (matrix, video range), so readers decode it alike
+        matrix, primaries, trc = colour_tags(colorspace)
+        cc.colorspace, cc.color_range, cc.color_primaries, cc.color_trc = matrix, 1, primaries, trc
+        self._matrix = "BT2020" if matrix == 9 else "ITU709"  # swscale's RGB→YUV matrix, as tagged
+        self._white = _video_white(self.codec.pix_fmt, 1)  # video range, as tagged
         if self.codec.encoder == "prores_ks":
             s.codec_tag = "ap4h" if self.codec.alpha else "apch"
+        elif self.codec.encoder == "libx265":
+            s.codec_tag = "hvc1"  # the HEVC tag Apple players and QuickTime accept
         self._stream = s
         self._audio = self._audio_streams(audio_from) if audio_from else []
 
@@ -204,17 +275,19 @@ class MovieWriter:
     def write(self, rgb: np.ndarray, alpha: Optional[np.ndarray] = None) -> None:
         import av
 
+        if rgb.dtype == np.uint16 and self._white != 65535:  # 65535 = white, as read_movie gives it
+            rgb = _rescale(rgb, self._white, 65535)
         if self.codec.alpha:
             a = np.ones(rgb.shape[:3], np.float32) if alpha is None else np.asarray(alpha, np.float32)
             rgba = np.empty((*rgb.shape[:3], 4), np.uint16)
-            rgba[..., :3] = rgb if rgb.dtype == np.uint16 else rgb.astype(np.uint16) * 257
+            rgba[..., :3] = rgb if rgb.dtype == np.uint16 else _rescale(rgb, self._white * 257, 65535)
             rgba[..., 3] = np.rint(np.clip(a, 0.0, 1.0) * 65535)
             frames, fmt = rgba, "rgba64le"
         else:
             frames, fmt = np.ascontiguousarray(rgb), "rgb48le" if rgb.dtype == np.uint16 else "rgb24"
         for img in frames:
             frame = av.VideoFrame.from_ndarray(img, format=fmt)
-            frame = frame.reformat(format=self.codec.pix_fmt, dst_colorspace="ITU709")
+            frame = frame.reformat(format=self.codec.pix_fmt, dst_colorspace=self._matrix, interpolation="AREA")
             frame.pts = self.count
             self.count += 1
             self._container.mux(self._stream.encode(frame))

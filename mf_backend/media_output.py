@@ -1,12 +1,14 @@
 """The edit's output: composite the edited person into the source in the output's own encoding, and
-write frames (PNG, 16-bit PNG, EXR) or a movie (ProRes 422 HQ / 4444, DNxHR HQX, H.264) with the
-person's soft matte.
+write frames (PNG, 16-bit PNG, EXR) or a movie (ProRes 422 HQ / 4444, DNxHR HQX, H.264, HEVC Main10) with
+the person's soft matte.
 
 The output encoding (dtype, colour space) follows the format and the source (`output_encoding`): the
 source's colour space whenever the format can hold it, so with the matching format (the default,
 `auto`) every pixel outside the edit is the source's stored value exactly (EXR halves, 16-bit PNG
 values); only the edited pixels are converted back from the model's sRGB (media_colour.from_working).
 Integer formats cannot hold scene-linear light: a linear source written to them is converted to sRGB.
+HDR video (PQ/HLG) stays HDR in the 10-bit movie formats (tagged so); PNGs carry no HDR tag, so there it is
+converted to sRGB, and EXR takes it as scene-linear light (203-nit white = 1.0, highlights above 1).
 
 Layout of the output folder: `frame_{k:04d}.png|exr` for every source frame, or `result.mov|mp4`; the matte
 (`composite.matte`, the blend weight of the composite) is the alpha channel of EXR and ProRes 4444, else
@@ -62,8 +64,9 @@ def output_encoding(output_format: str, clip: Clip) -> OutputEncoding:
         if clip.kind != "exr" and not colour.is_scene_linear(space):
             space = colour.resolve(EXR_LINEAR)  # EXR holds scene-linear light
     else:
-        dtype = np.uint8 if fmt in ("png", "h264") else np.uint16  # ProRes/DNxHR: 10 bits, carried as 16
-        if colour.is_scene_linear(space):
+        dtype = np.uint8 if fmt in ("png", "h264") else np.uint16  # ProRes/DNxHR/HEVC: 10 bits, carried as 16
+        hdr_movie = fmt in CODECS and dtype == np.uint16  # a 10-bit movie, which can be tagged PQ/HLG
+        if colour.is_scene_linear(space) or (colour.is_hdr(space) and not hdr_movie):
             space = colour.working_space()
     return OutputEncoding(fmt, np.dtype(dtype), space)
 
@@ -127,7 +130,8 @@ class OutputWriter:
         if enc.format in CODECS:
             if rate is None:
                 raise _no_rate(enc.format)
-            self.movie = MovieWriter(self.folder / "result", enc.format, width, height, rate, timecode, audio_from)
+            self.movie = MovieWriter(self.folder / "result", enc.format, width, height, rate, timecode, audio_from,
+                                     enc.colorspace)
         if not enc.has_alpha:
             (self.folder / MATTE_DIR).mkdir(parents=True, exist_ok=True)
 

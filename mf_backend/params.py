@@ -37,7 +37,7 @@ MASK_PREDICTORS = ("auto", "model", "geometric")
 CHECKPOINT_CHOICES = ("auto", "none", "hires", "down", "all", "low-memory")
 COMPILE_SCOPES = ("none", "blocks", "full")
 DISTRIBUTED = ("none", "ray")  # docs/scale-out.md
-OUTPUT_FORMATS = ("auto", "png", "png16", "exr", "prores", "prores4444", "dnxhr", "h264")  # docs/footage.md
+OUTPUT_FORMATS = ("auto", "png", "png16", "exr", "prores", "prores4444", "dnxhr", "h264", "hevc")  # docs/footage.md
 _BLOCK_NAME = re.compile(r"^(down\d+|up\d+|mid|down\*|up\*)$")
 
 SEED_MAX = 2**31 - 1  # Blender's IntProperty range, and every RNG we seed accepts it
