@@ -191,7 +191,8 @@ def read_masks(
     max_frames: Optional[int] = None,
     frame_range: Optional[tuple[Optional[int], Optional[int]]] = None,
 ) -> np.ndarray:
-    """A folder of mask images → float32 (F,H,W) in [0,1] (colour masks are reduced to their grey level)."""
+    """A folder of mask images → float32 (F,H,W) in [0,1] (colour masks are reduced to their grey level);
+    8-bit, 16-bit and float (EXR) masks alike: white is the stored value of white of their depth."""
     p = Path(folder).expanduser()
     if not p.is_dir():
         raise BadInputMedia(f"mask folder '{p}' does not exist or is not a folder", "give a folder of frame_{k}.png masks")
@@ -201,8 +202,8 @@ def read_masks(
         files = files[:max_frames]
     if not files:
         raise BadInputMedia(f"mask folder '{p}': no frames in the range", "check frame_start/frame_end")
-    frames = _read_images(files, folder=p)  # uint8 (F,H,W,3)
-    return frames.max(axis=-1).astype(np.float32) / 255.0
+    frames = _read_images(files, folder=p)  # (F,H,W,3) uint8, uint16 or float
+    return np.clip(colour.to_float(frames.max(axis=-1)), 0.0, 1.0)
 
 
 # ---------------------------------------------------------------------------------------------- writing

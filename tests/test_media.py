@@ -101,6 +101,23 @@ def test_masks_roundtrip(tmp_path):
     np.testing.assert_array_equal(got, (m >= 0.5).astype(np.float32))
 
 
+def test_masks_of_any_depth_read_on_the_same_scale(tmp_path):
+    """16-bit PNG and float EXR mattes (compositing packages export them) mean what 8-bit ones do: a soft
+    edge at 30 % is off, at 70 % on (they were divided by 255: 16-bit edges all on, EXR masks empty)."""
+    from mf_backend.media_images import write_image
+
+    soft = np.zeros((16, 16), np.float32)
+    soft[4:9, 2:12], soft[9:11, 2:12] = 0.7, 0.3
+    cv2.imwrite(str((tmp_path / "png16").mkdir() or tmp_path / "png16" / "frame_0.png"),
+                np.rint(soft * 65535).astype(np.uint16))
+    (tmp_path / "exr").mkdir()
+    write_image(tmp_path / "exr" / "frame_0.exr", np.repeat(soft[..., None], 3, -1))
+    for kind in ("png16", "exr"):
+        got = read_masks(tmp_path / kind)
+        np.testing.assert_allclose(got[0], soft, atol=1e-4, err_msg=kind)
+        np.testing.assert_array_equal(got[0] >= 0.5, soft >= 0.5)
+
+
 # ----------------------------------------------------------------------------------------- bad media
 
 
