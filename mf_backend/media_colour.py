@@ -48,7 +48,7 @@ ALIASES = {
     "hlg": "Rec.2100-HLG - Display",
 }
 # HDR video spaces (studio-config names) and where their diffuse white sits in the config's scene light.
-HDR_SPACES = ("Rec.2100-PQ - Display", "Rec.2100-HLG - Display")
+HDR_SPACES = ("Rec.2100-PQ - Display", "Rec.2100-HLG - Display")  # PQ, HLG
 HDR_WHITE = 203 / 100  # BT.2408 reference white (203 nits) over the config's 1.0 (100 nits)
 WORKING_CANDIDATES = ("sRGB Encoded Rec.709 (sRGB)", "srgb_tx", "sRGB - Texture", "Utility - sRGB - Texture", "sRGB")
 # What Blender calls each space the backend writes, for the add-on's import (unknown → the OCIO name).

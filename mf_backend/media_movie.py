@@ -63,8 +63,8 @@ CODECS = {
     "hevc": MovieCodec("libx265", "yuv420p10le", ".mp4", (("preset", "fast"),
                                                           ("x265-params", "lossless=1:log-level=error"))),
 }
-# FFmpeg's colour tags (matrix, primaries, transfer) for a transfer tag → the OCIO space it names
-HDR_TRC = {16: "Rec.2100-PQ - Display", 18: "Rec.2100-HLG - Display"}
+# FFmpeg's transfer tag (16 PQ, 18 HLG) → the OCIO space it names (media_colour.HDR_SPACES)
+HDR_TRC = dict(zip((16, 18), colour.HDR_SPACES))
 SDR_TAGS = (1, 1, 1)  # BT.709 matrix, primaries and transfer
 
 
@@ -93,7 +93,7 @@ class MovieInfo:
         if self.codec == "dnxhd":
             return "dnxhr"
         deep_hevc = self.codec == "hevc" and self.bit_depth > 8
-        return "hevc" if deep_hevc or self.colorspace in HDR_TRC.values() else "h264"
+        return "hevc" if deep_hevc or colour.is_hdr(self.colorspace) else "h264"
 
 
 def _open(path: Path):
