@@ -58,11 +58,11 @@ def bench_crop(h: int, w: int, frames: int, size: int, repeat: int) -> None:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--height", type=int, default=1080)
-    p.add_argument("--width", type=int, default=1920)
-    p.add_argument("--frames", type=int, default=24)
-    p.add_argument("--size", type=int, default=512)
-    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--height", type=int, default=1080, help="source frame height in pixels")
+    p.add_argument("--width", type=int, default=1920, help="source frame width in pixels")
+    p.add_argument("--frames", type=int, default=24, help="frames in the synthetic clip")
+    p.add_argument("--size", type=int, default=512, help="working (crop) size in pixels")
+    p.add_argument("--repeat", type=int, default=3, help="timed repetitions; the fastest is reported")
 
 
 def run(a: argparse.Namespace) -> int:

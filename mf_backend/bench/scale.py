@@ -19,17 +19,17 @@ H100_WINDOW_S = 27.82  # 24 frames at 512², 50 steps, bf16, default settings (d
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--workers", type=int, default=3)
-    p.add_argument("--frames", type=int, default=48)
-    p.add_argument("--size", type=int, default=64)
-    p.add_argument("--steps", type=int, default=4)
-    p.add_argument("--window", type=int, default=16)
-    p.add_argument("--overlap", type=int, default=4)
-    p.add_argument("--ray-address", default="local")
+    p.add_argument("--workers", type=int, default=3, help="Ray window workers (logical GPUs of a local cluster)")
+    p.add_argument("--frames", type=int, default=48, help="frames of the measured clip")
+    p.add_argument("--size", type=int, default=64, help="working size in pixels (tiny random model)")
+    p.add_argument("--steps", type=int, default=4, help="sampling steps measured")
+    p.add_argument("--window", type=int, default=16, help="frames per sampler window")
+    p.add_argument("--overlap", type=int, default=4, help="frames two neighbouring windows share")
+    p.add_argument("--ray-address", default="local", help="local (a 127.0.0.1 cluster here), auto, or HOST:PORT")
     p.add_argument("--project-frames", type=int, default=600, help="clip length of the projection")
-    p.add_argument("--project-size", type=int, default=512)
-    p.add_argument("--project-gpus", type=int, default=8)
-    p.add_argument("--project-steps", type=int, default=50)
+    p.add_argument("--project-size", type=int, default=512, help="working size of the projection")
+    p.add_argument("--project-gpus", type=int, default=8, help="GPUs of the projection")
+    p.add_argument("--project-steps", type=int, default=50, help="sampling steps of the projection")
     p.add_argument("--gpu-window-seconds", type=float, default=H100_WINDOW_S,
                    help="one 24-frame window, all steps, on one GPU (measure it with bench speed)")
     p.add_argument("--bandwidth-gbs", type=float, default=10.0, help="driver <-> worker bandwidth, GB/s")
